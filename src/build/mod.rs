@@ -1,0 +1,487 @@
+//! `build`: the whole of Kubernetes Ingress semantics, as a pure function
+//! from a [`Cluster`] snapshot to a [`Config`] and the problems found.
+//!
+//! No IO, no clock, no randomness: the same snapshot gives the same config,
+//! whatever order the objects arrived in.
+
+pub mod backends;
+pub mod class;
+pub mod ingress;
+pub mod tls;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::cluster::{Cluster, ObjectKey};
+use crate::config::{Action, Certificate, Config, Location, Match, Rewrite, Server, Source};
+use crate::problem::Problem;
+use crate::values::{DnsSubdomain, HostPattern, HttpPath, RegexPath};
+use backends::{Backends, Resolution};
+pub use class::ClassOptions;
+use ingress::{ParsedIngress, ParsedPath, PathMatch, ServiceRef};
+
+/// Annotation prefix read by default, the one ingress-nginx uses.
+pub const DEFAULT_ANNOTATIONS_PREFIX: &str = "nginx.ingress.kubernetes.io";
+
+/// Everything `build` needs besides the snapshot.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub class: ClassOptions,
+    pub annotations_prefix: String,
+    pub http_port: u16,
+    pub https_port: u16,
+    /// Presented for hosts without a usable certificate of their own.
+    pub default_certificate: Certificate,
+}
+
+/// The result of one build.
+#[derive(Clone, Debug)]
+pub struct Build {
+    pub config: Config,
+    /// Sorted; each problem names its object.
+    pub problems: Vec<Problem>,
+    /// Ingresses that passed validation and are served (in part, where a
+    /// problem says so).
+    pub served: Vec<ObjectKey>,
+}
+
+/// Builds the config for a snapshot.
+pub fn build(cluster: &Cluster, opts: &Options) -> Build {
+    let mut problems = Vec::new();
+    let mut parsed: Vec<ParsedIngress> = Vec::new();
+    for (key, ing) in &cluster.ingresses {
+        if !class::is_ours(ing, cluster, &opts.class) {
+            continue;
+        }
+        match ingress::parse(key, ing, &opts.annotations_prefix, &mut problems) {
+            Ok(p) => parsed.push(p),
+            Err(p) => problems.push(p),
+        }
+    }
+    // Oldest first; objects without a creation time (from files) after all
+    // others; then namespace and name.
+    parsed.sort_by(|a, b| {
+        (a.created.is_none(), &a.created, &a.key).cmp(&(b.created.is_none(), &b.created, &b.key))
+    });
+
+    let mut b = Builder {
+        parsed: &parsed,
+        backends: Backends::new(cluster),
+        problems: &mut problems,
+        hosts: BTreeMap::new(),
+        any: HostRoutes::default(),
+    };
+    b.collect_routes();
+    let tls = b.collect_tls();
+    let mut certs = CertificateCache {
+        cluster,
+        loaded: HashMap::new(),
+        used: BTreeMap::new(),
+    };
+
+    let default_cert = opts.default_certificate.name.clone();
+    let hosts = std::mem::take(&mut b.hosts);
+    let any = std::mem::take(&mut b.any);
+    let mut servers = Vec::new();
+    for (host, hr) in &hosts {
+        let certificate = match tls.get(host) {
+            Some(t) => certs.for_host(&parsed[t.ingress], t, host, b.problems),
+            None => None,
+        };
+        let default = hr.default.as_ref().or(any.default.as_ref());
+        servers.push(b.server(Some(host), hr, default, certificate.unwrap_or(default_cert.clone())));
+    }
+    for (host, t) in &tls {
+        if !hosts.contains_key(host) {
+            b.problems.push(Problem::warning(
+                &parsed[t.ingress].object,
+                Some(t.field.clone()),
+                format!("host {host} is listed for TLS but no rule serves it"),
+            ));
+        }
+    }
+    let default_server = b.server(None, &any, any.default.as_ref(), default_cert);
+    let upstreams = std::mem::replace(&mut b.backends, Backends::new(cluster)).into_upstreams();
+
+    let mut certificates = vec![opts.default_certificate.clone()];
+    certificates.extend(certs.used.into_values());
+
+    let longest = servers.iter().map(|s| s.server_name.len()).max().unwrap_or(1);
+    let exact = servers.iter().filter(|s| !s.server_name.starts_with('~')).count();
+    let config = Config {
+        http_port: opts.http_port,
+        https_port: opts.https_port,
+        server_names_hash_bucket_size: hash_bucket_size(longest),
+        server_names_hash_max_size: (exact.next_power_of_two() as u32 * 4).max(1024),
+        default_server,
+        servers,
+        upstreams,
+        certificates,
+    };
+    problems.sort();
+    problems.dedup();
+    Build {
+        config,
+        problems,
+        served: parsed.into_iter().map(|p| p.key).collect(),
+    }
+}
+
+/// nginx stores each name in a bucket slot of a pointer plus the name
+/// aligned to a pointer; a bucket must hold one slot and an end marker.
+fn hash_bucket_size(longest_name: usize) -> u32 {
+    let slot = 8 + (longest_name + 2).div_ceil(8) * 8;
+    ((slot + 8).next_power_of_two() as u32).max(128)
+}
+
+/// The key two rules collide on: the same host and the same path match.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum RouteKey {
+    Exact(HttpPath),
+    Prefix(HttpPath),
+    Regex(RegexPath),
+}
+
+fn route_key(m: &PathMatch) -> RouteKey {
+    match m {
+        PathMatch::Exact(p) => RouteKey::Exact(p.clone()),
+        PathMatch::Prefix(p) => RouteKey::Prefix(p.as_prefix()),
+        PathMatch::Regex(r) => RouteKey::Regex(r.clone()),
+    }
+}
+
+struct Route<'p> {
+    /// Index of the Ingress in precedence order.
+    ing: usize,
+    path: &'p ParsedPath,
+    action: Action,
+}
+
+#[derive(Default)]
+struct HostRoutes<'p> {
+    routes: BTreeMap<RouteKey, Route<'p>>,
+    /// The default backend for unmatched paths: the Ingress it came from and
+    /// what to do.
+    default: Option<(usize, Action)>,
+}
+
+struct TlsChoice {
+    ingress: usize,
+    secret: Option<DnsSubdomain>,
+    field: String,
+}
+
+struct Builder<'p, 'c> {
+    parsed: &'p [ParsedIngress],
+    backends: Backends<'c>,
+    problems: &'p mut Vec<Problem>,
+    hosts: BTreeMap<HostPattern, HostRoutes<'p>>,
+    /// Rules without a host: the catch-all server for requests whose host
+    /// no rule names. Its default backend (from Ingresses without host
+    /// rules) also serves unmatched paths of hosts without one of their own.
+    any: HostRoutes<'p>,
+}
+
+impl<'p> Builder<'p, '_> {
+    fn action(&mut self, ing: usize, backend: &ServiceRef, field: &str) -> Action {
+        match self.backends.resolve(backend) {
+            Resolution::Upstream(upstream) => Action::Proxy {
+                upstream,
+                rewrite: None,
+            },
+            Resolution::Unavailable(reason) => {
+                self.problems.push(Problem::warning(
+                    &self.parsed[ing].object,
+                    Some(field.to_string()),
+                    format!("{reason}; answering 503"),
+                ));
+                Action::Status { code: 503, reason }
+            }
+        }
+    }
+
+    fn collect_routes(&mut self) {
+        let parsed = self.parsed;
+        for (idx, ing) in parsed.iter().enumerate() {
+            for rule in &ing.rules {
+                for path in &rule.paths {
+                    let key = route_key(&path.matcher);
+                    let target = match &rule.host {
+                        Some(h) => self.hosts.entry(h.clone()).or_default(),
+                        None => &mut self.any,
+                    };
+                    if let Some(existing) = target.routes.get(&key) {
+                        let winner = &parsed[existing.ing];
+                        let host = rule.host.as_ref().map_or("every host".to_string(), |h| format!("host {h}"));
+                        let msg = if existing.ing == idx {
+                            format!("duplicate of {} for {host}; not served twice", existing.path.field)
+                        } else {
+                            format!(
+                                "the same path for {host} is served by ingress {} ({}), which is older or sorts first; this path is not served",
+                                winner.key, existing.path.field
+                            )
+                        };
+                        self.problems
+                            .push(Problem::warning(&ing.object, Some(path.field.clone()), msg));
+                        continue;
+                    }
+                    let action = self.action(idx, &path.backend, &path.field);
+                    let target = match &rule.host {
+                        Some(h) => self.hosts.get_mut(h).expect("inserted above"),
+                        None => &mut self.any,
+                    };
+                    target.routes.insert(
+                        key,
+                        Route {
+                            ing: idx,
+                            path,
+                            action,
+                        },
+                    );
+                }
+            }
+            if let Some(db) = &ing.default_backend {
+                let action = self.action(idx, db, "spec.defaultBackend");
+                let hosts: BTreeSet<&HostPattern> =
+                    ing.rules.iter().filter_map(|r| r.host.as_ref()).collect();
+                let mut conflicts = Vec::new();
+                if hosts.is_empty() {
+                    match &self.any.default {
+                        None => self.any.default = Some((idx, action)),
+                        Some((w, _)) => conflicts.push(("every host".to_string(), *w)),
+                    }
+                } else {
+                    for h in hosts {
+                        let hr = self.hosts.entry(h.clone()).or_default();
+                        match &hr.default {
+                            None => hr.default = Some((idx, action.clone())),
+                            Some((w, _)) if *w != idx => conflicts.push((format!("host {h}"), *w)),
+                            Some(_) => {}
+                        }
+                    }
+                }
+                for (what, w) in conflicts {
+                    self.problems.push(Problem::warning(
+                        &ing.object,
+                        Some("spec.defaultBackend".into()),
+                        format!(
+                            "the default backend for {what} is already set by ingress {}, which is older or sorts first; not used there",
+                            parsed[w].key
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn collect_tls(&mut self) -> BTreeMap<HostPattern, TlsChoice> {
+        let mut out: BTreeMap<HostPattern, TlsChoice> = BTreeMap::new();
+        for (idx, ing) in self.parsed.iter().enumerate() {
+            for t in &ing.tls {
+                let hosts: BTreeSet<HostPattern> = if t.hosts.is_empty() {
+                    ing.rules.iter().filter_map(|r| r.host.clone()).collect()
+                } else {
+                    t.hosts.iter().cloned().collect()
+                };
+                for h in hosts {
+                    match out.get(&h) {
+                        None => {
+                            out.insert(
+                                h,
+                                TlsChoice {
+                                    ingress: idx,
+                                    secret: t.secret.clone(),
+                                    field: t.field.clone(),
+                                },
+                            );
+                        }
+                        Some(c) if c.ingress != idx && c.secret != t.secret => {
+                            self.problems.push(Problem::warning(
+                                &ing.object,
+                                Some(t.field.clone()),
+                                format!(
+                                    "host {h} already takes its certificate from ingress {}, which is older or sorts first; this TLS entry is not used for it",
+                                    self.parsed[c.ingress].key
+                                ),
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn source(&self, ing: usize, field: &str) -> Source {
+        let p = &self.parsed[ing];
+        Source {
+            namespace: p.key.namespace.clone(),
+            name: p.key.name.clone(),
+            field: field.to_string(),
+        }
+    }
+
+    /// One server: its routes, and a location for every request they do not
+    /// match (the default backend, or 404).
+    fn server(
+        &self,
+        host: Option<&HostPattern>,
+        own: &HostRoutes<'p>,
+        default: Option<&(usize, Action)>,
+        certificate: String,
+    ) -> Server {
+        let regex_mode = own.routes.values().any(|r| self.parsed[r.ing].regex());
+        let fallback = match default {
+            Some((ing, action)) => Location {
+                matcher: Match::Root,
+                action: action.clone(),
+                source: Some(self.source(*ing, "spec.defaultBackend")),
+            },
+            None => Location {
+                matcher: Match::Root,
+                action: Action::Status {
+                    code: 404,
+                    reason: "no rule matches".into(),
+                },
+                source: None,
+            },
+        };
+
+        let mut exact: BTreeMap<HttpPath, Location> = BTreeMap::new();
+        let mut dirs: Vec<Location> = Vec::new();
+        let mut root: Option<Location> = None;
+        let mut regexes: Vec<(usize, Location)> = Vec::new();
+        let mut ingresses = BTreeSet::new();
+        for (key, route) in &own.routes {
+            let ing = &self.parsed[route.ing];
+            ingresses.insert(ing.key.to_string());
+            let source = Some(self.source(route.ing, &route.path.field));
+            let action = with_rewrite(&route.action, ing, &route.path.matcher);
+            let loc = |matcher| Location {
+                matcher,
+                action: action.clone(),
+                source: source.clone(),
+            };
+            match key {
+                RouteKey::Exact(p) => {
+                    exact.insert(p.clone(), loc(Match::Exact(p.clone())));
+                }
+                RouteKey::Prefix(p) if p.as_str() == "/" => root = Some(loc(Match::Root)),
+                RouteKey::Prefix(p) if regex_mode => regexes.push((
+                    p.as_str().len(),
+                    loc(Match::Regex {
+                        regex: RegexPath::literal_prefix(p),
+                        case_insensitive: false,
+                    }),
+                )),
+                RouteKey::Prefix(p) => {
+                    // `location /p/` alone would answer `/p` with a redirect;
+                    // the exact location serves it instead, unless an Exact
+                    // rule for `/p` already does.
+                    exact.entry(p.clone()).or_insert_with(|| loc(Match::Exact(p.clone())));
+                    dirs.push(loc(Match::PrefixDir(p.clone())));
+                }
+                RouteKey::Regex(r) => regexes.push((
+                    r.as_str().len(),
+                    loc(Match::Regex {
+                        regex: r.clone(),
+                        case_insensitive: true,
+                    }),
+                )),
+            }
+        }
+        if let Some((ing, _)) = default {
+            ingresses.insert(self.parsed[*ing].key.to_string());
+        }
+        // nginx tries regular expressions in order: longest path first.
+        regexes.sort_by(|a, b| {
+            (Reverse(a.0), &a.1.matcher).cmp(&(Reverse(b.0), &b.1.matcher))
+        });
+        let mut locations: Vec<Location> = exact.into_values().collect();
+        locations.extend(dirs);
+        locations.push(root.unwrap_or(fallback));
+        locations.extend(regexes.into_iter().map(|(_, l)| l));
+
+        Server {
+            server_name: host.map_or("_".to_string(), HostPattern::server_name),
+            host: host.cloned(),
+            certificate,
+            ingresses: ingresses.into_iter().collect(),
+            locations,
+        }
+    }
+}
+
+/// Adds the Ingress's `rewrite-target` to a proxying action.
+fn with_rewrite(action: &Action, ing: &ParsedIngress, matcher: &PathMatch) -> Action {
+    let (Action::Proxy { upstream, .. }, Some(target)) = (action, &ing.annotations.rewrite.target)
+    else {
+        return action.clone();
+    };
+    let regex = match matcher {
+        PathMatch::Regex(r) => format!("(?i)^{}", r.as_str()),
+        PathMatch::Exact(p) | PathMatch::Prefix(p) => {
+            let lit = RegexPath::literal_prefix(p);
+            format!("^{}", lit.as_str())
+        }
+    };
+    Action::Proxy {
+        upstream: upstream.clone(),
+        rewrite: Some(Rewrite {
+            regex,
+            target: target.clone(),
+        }),
+    }
+}
+
+struct CertificateCache<'c> {
+    cluster: &'c Cluster,
+    loaded: HashMap<ObjectKey, Result<(tls::TlsPair, Certificate), String>>,
+    used: BTreeMap<String, Certificate>,
+}
+
+impl CertificateCache<'_> {
+    /// The certificate name for a host, or `None` for the default one (with a
+    /// warning saying why, where there is a reason).
+    fn for_host(
+        &mut self,
+        ing: &ParsedIngress,
+        t: &TlsChoice,
+        host: &HostPattern,
+        problems: &mut Vec<Problem>,
+    ) -> Option<String> {
+        let secret = t.secret.as_ref()?;
+        let key = ObjectKey::new(ing.namespace.as_str(), secret.as_str());
+        let cluster = self.cluster;
+        let loaded = self.loaded.entry(key.clone()).or_insert_with(|| {
+            let Some(s) = cluster.secrets.get(&key) else {
+                return Err(format!("secret {key} not found"));
+            };
+            let pair = tls::from_secret(s).map_err(|e| format!("secret {key}: {e}"))?;
+            let cert = pair.to_certificate(format!("secret {key}"));
+            Ok((pair, cert))
+        });
+        match loaded {
+            Ok((pair, cert)) => {
+                if !pair.covers(host) {
+                    problems.push(Problem::warning(
+                        &ing.object,
+                        Some(format!("{}.secretName", t.field)),
+                        format!("the certificate of secret {key} does not name host {host}; clients will not trust it"),
+                    ));
+                }
+                self.used.insert(cert.name.clone(), cert.clone());
+                Some(cert.name.clone())
+            }
+            Err(e) => {
+                problems.push(Problem::warning(
+                    &ing.object,
+                    Some(format!("{}.secretName", t.field)),
+                    format!("{e}; host {host} is served with the default certificate"),
+                ));
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! TLS Secrets to certificates: parsed, checked (the key matches the
+//! certificate), and re-encoded so nginx only ever reads PEM that wicket
+//! produced from validated DER.
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::Secret;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+
+use crate::config::Certificate;
+use crate::values::HostPattern;
+
+/// Reads a key of a Secret from `data`, or from `stringData` (which wins, as
+/// the API server merges it).
+pub fn secret_value<'s>(secret: &'s Secret, key: &str) -> Option<&'s [u8]> {
+    if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
+        return Some(v.as_bytes());
+    }
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.as_slice())
+}
+
+/// A certificate chain and key, validated.
+#[derive(Clone, Debug)]
+pub struct TlsPair {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// DNS names of the leaf certificate (subjectAltName, else the CN).
+    pub names: Vec<String>,
+}
+
+/// Parses and checks PEM data: at least one certificate, one private key that
+/// matches the first certificate.
+pub fn parse_pair(cert: &[u8], key: &[u8]) -> Result<TlsPair, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.crt is not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("tls.crt holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("tls.key holds no private key: {e}"))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|e| format!("tls.key is not a usable private key: {e}"))?;
+    let certified = rustls::sign::CertifiedKey::new(certs.clone(), signing);
+    match certified.keys_match() {
+        Ok(()) => {}
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            return Err("tls.key does not match the certificate in tls.crt".into());
+        }
+        Err(e) => return Err(format!("tls.crt is not a valid certificate: {e}")),
+    }
+    let names = leaf_names(&certs[0])?;
+
+    let mut cert_pem = String::new();
+    for c in &certs {
+        cert_pem.push_str(&pem("CERTIFICATE", c.as_ref()));
+    }
+    let label = match &key {
+        PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+        PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+        _ => "PRIVATE KEY",
+    };
+    let key_pem = pem(label, key.secret_der());
+    Ok(TlsPair {
+        cert_pem,
+        key_pem,
+        names,
+    })
+}
+
+fn leaf_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("tls.crt: the first certificate cannot be parsed: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        for cn in cert.subject().iter_common_name() {
+            if let Ok(s) = cn.as_str() {
+                names.push(s.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(names)
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+impl TlsPair {
+    /// Whether the certificate names cover a host (a `*.x` name covers one
+    /// label, as TLS clients check it).
+    pub fn covers(&self, host: &HostPattern) -> bool {
+        self.names.iter().any(|n| match (n.strip_prefix("*."), host) {
+            (None, HostPattern::Exact(h)) => n == h,
+            (None, HostPattern::Wildcard(_)) => false,
+            (Some(suffix), HostPattern::Wildcard(s)) => suffix == s,
+            (Some(_), HostPattern::Exact(h)) => HostPattern::Wildcard(n[2..].to_string()).matches(h),
+        })
+    }
+
+    /// The certificate as the config holds it, named by a hash of its
+    /// content so files of unchanged certificates are never rewritten.
+    pub fn to_certificate(&self, source: String) -> Certificate {
+        let mut h = Sha256::new();
+        h.update(self.cert_pem.as_bytes());
+        h.update(self.key_pem.as_bytes());
+        let name = hex::encode(&h.finalize()[..12]);
+        Certificate {
+            name,
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+            source,
+        }
+    }
+}
+
+/// Reads and checks the `tls.crt` and `tls.key` of a Secret.
+pub fn from_secret(secret: &Secret) -> Result<TlsPair, String> {
+    let cert = secret_value(secret, "tls.crt").ok_or("the secret has no tls.crt")?;
+    let key = secret_value(secret, "tls.key").ok_or("the secret has no tls.key")?;
+    parse_pair(cert, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn accepts_a_matching_pair_and_reencodes_it() {
+        let (c, k) = pair(&["shop.example.com"]);
+        let p = parse_pair(c.as_bytes(), k.as_bytes()).unwrap();
+        assert_eq!(p.names, vec!["shop.example.com"]);
+        assert!(p.cert_pem.starts_with("-----BEGIN CERTIFICATE-----\n"));
+        assert!(p.covers(&HostPattern::parse("shop.example.com").unwrap()));
+        assert!(!p.covers(&HostPattern::parse("other.example.com").unwrap()));
+    }
+
+    #[test]
+    fn refuses_a_key_of_another_certificate() {
+        let (c, _) = pair(&["a.example.com"]);
+        let (_, k) = pair(&["a.example.com"]);
+        let e = parse_pair(c.as_bytes(), k.as_bytes()).unwrap_err();
+        assert!(e.contains("does not match"), "{e}");
+    }
+
+    #[test]
+    fn refuses_garbage() {
+        let (c, k) = pair(&["a.example.com"]);
+        assert!(parse_pair(b"nonsense", k.as_bytes()).is_err());
+        assert!(parse_pair(c.as_bytes(), b"nonsense").is_err());
+        // PEM framing around something that is not a certificate
+        let fake = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(parse_pair(fake.as_bytes(), k.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn wildcard_names_cover_one_label() {
+        let (c, k) = pair(&["*.example.com"]);
+        let p = parse_pair(c.as_bytes(), k.as_bytes()).unwrap();
+        assert!(p.covers(&HostPattern::parse("a.example.com").unwrap()));
+        assert!(p.covers(&HostPattern::parse("*.example.com").unwrap()));
+        assert!(!p.covers(&HostPattern::parse("a.b.example.com").unwrap()));
+    }
+}

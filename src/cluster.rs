@@ -1,0 +1,225 @@
+//! The snapshot of everything wicket observes, as plain k8s-openapi objects.
+//!
+//! Both sources (a folder of manifests, the Kubernetes API) produce a
+//! [`Cluster`]; nothing downstream knows which one did. Maps are ordered so
+//! that everything derived from a snapshot is deterministic.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+
+/// Namespace given to objects that do not name one, as `kubectl apply` does.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Namespace and name of a namespaced object. The strings are exactly what the
+/// object said; they are validated where they are used.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            crate::problem::Printable(&self.namespace),
+            crate::problem::Printable(&self.name)
+        )
+    }
+}
+
+/// The kinds of object wicket reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub enum Kind {
+    Ingress,
+    IngressClass,
+    Service,
+    EndpointSlice,
+    Secret,
+    ConfigMap,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ingress => "Ingress",
+            Kind::IngressClass => "IngressClass",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Secret => "Secret",
+            Kind::ConfigMap => "ConfigMap",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A reference to one object: its kind, namespace (empty for cluster-scoped
+/// kinds) and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    pub kind: Kind,
+    pub key: ObjectKey,
+}
+
+impl ObjectRef {
+    pub fn new(kind: Kind, key: ObjectKey) -> Self {
+        ObjectRef { kind, key }
+    }
+    pub fn cluster_scoped(kind: Kind, name: impl Into<String>) -> Self {
+        ObjectRef {
+            kind,
+            key: ObjectKey::new("", name),
+        }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = self.kind.as_str().to_ascii_lowercase();
+        if self.key.namespace.is_empty() {
+            write!(f, "{kind} {}", crate::problem::Printable(&self.key.name))
+        } else {
+            write!(f, "{kind} {}", self.key)
+        }
+    }
+}
+
+/// Everything observed at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Cluster {
+    pub ingresses: BTreeMap<ObjectKey, Ingress>,
+    /// IngressClass is cluster-scoped: keyed by name.
+    pub ingress_classes: BTreeMap<String, IngressClass>,
+    pub services: BTreeMap<ObjectKey, Service>,
+    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    pub secrets: BTreeMap<ObjectKey, Secret>,
+    pub config_maps: BTreeMap<ObjectKey, ConfigMap>,
+}
+
+/// One object of any kind wicket reads.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Ingress(Box<Ingress>),
+    IngressClass(Box<IngressClass>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    Secret(Box<Secret>),
+    ConfigMap(Box<ConfigMap>),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Ingress(_) => Kind::Ingress,
+            Object::IngressClass(_) => Kind::IngressClass,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Secret(_) => Kind::Secret,
+            Object::ConfigMap(_) => Kind::ConfigMap,
+        }
+    }
+
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Object::Ingress(o) => &o.metadata,
+            Object::IngressClass(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
+            Object::ConfigMap(o) => &o.metadata,
+        }
+    }
+
+    /// Kind, namespace and name; the namespace is empty for IngressClass.
+    pub fn object_ref(&self) -> ObjectRef {
+        let meta = self.meta();
+        let name = meta.name.clone().unwrap_or_default();
+        if self.kind() == Kind::IngressClass {
+            ObjectRef::cluster_scoped(Kind::IngressClass, name)
+        } else {
+            let ns = meta
+                .namespace
+                .clone()
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+            ObjectRef::new(self.kind(), ObjectKey::new(ns, name))
+        }
+    }
+}
+
+impl Cluster {
+    /// Adds an object, replacing one of the same kind, namespace and name.
+    /// Returns the object it replaced, if any.
+    pub fn insert(&mut self, object: Object) -> Option<Object> {
+        let r = object.object_ref();
+        match object {
+            Object::Ingress(o) => self
+                .ingresses
+                .insert(r.key, *o)
+                .map(|o| Object::Ingress(Box::new(o))),
+            Object::IngressClass(o) => self
+                .ingress_classes
+                .insert(r.key.name, *o)
+                .map(|o| Object::IngressClass(Box::new(o))),
+            Object::Service(o) => self
+                .services
+                .insert(r.key, *o)
+                .map(|o| Object::Service(Box::new(o))),
+            Object::EndpointSlice(o) => self
+                .endpoint_slices
+                .insert(r.key, *o)
+                .map(|o| Object::EndpointSlice(Box::new(o))),
+            Object::Secret(o) => self
+                .secrets
+                .insert(r.key, *o)
+                .map(|o| Object::Secret(Box::new(o))),
+            Object::ConfigMap(o) => self
+                .config_maps
+                .insert(r.key, *o)
+                .map(|o| Object::ConfigMap(Box::new(o))),
+        }
+    }
+
+    /// Whether an object of this kind, namespace and name is present.
+    pub fn contains(&self, r: &ObjectRef) -> bool {
+        match r.kind {
+            Kind::Ingress => self.ingresses.contains_key(&r.key),
+            Kind::IngressClass => self.ingress_classes.contains_key(&r.key.name),
+            Kind::Service => self.services.contains_key(&r.key),
+            Kind::EndpointSlice => self.endpoint_slices.contains_key(&r.key),
+            Kind::Secret => self.secrets.contains_key(&r.key),
+            Kind::ConfigMap => self.config_maps.contains_key(&r.key),
+        }
+    }
+
+    /// Number of objects of each kind, in a fixed order.
+    pub fn counts(&self) -> [(Kind, usize); 6] {
+        [
+            (Kind::Ingress, self.ingresses.len()),
+            (Kind::IngressClass, self.ingress_classes.len()),
+            (Kind::Service, self.services.len()),
+            (Kind::EndpointSlice, self.endpoint_slices.len()),
+            (Kind::Secret, self.secrets.len()),
+            (Kind::ConfigMap, self.config_maps.len()),
+        ]
+    }
+}

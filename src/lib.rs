@@ -1,0 +1,20 @@
+//! wicket: a Kubernetes Ingress controller that renders an nginx
+//! configuration from Ingress objects, proves it with `nginx -t`, and
+//! hot-reloads an nginx child process.
+//!
+//! The pipeline (see ARCHITECTURE.md):
+//! source ([`source`]) → [`cluster::Cluster`] → [`build::build`] →
+//! [`config::Config`] → [`render::Renderer`] → [`nginx::Nginx`].
+
+pub mod admin;
+pub mod annotations;
+pub mod build;
+pub mod certs;
+pub mod cluster;
+pub mod config;
+pub mod nginx;
+pub mod problem;
+pub mod render;
+pub mod serve;
+pub mod source;
+pub mod values;

@@ -1,0 +1,388 @@
+//! The applier: owns the nginx child process and its state folder.
+//!
+//! Each config is written as a candidate, proven with `nginx -t`, swapped in
+//! with a rename, and loaded with SIGHUP; the applier then waits until a new
+//! worker answers with the new generation on the status socket. When any step
+//! fails, the last good config stays on disk and keeps serving.
+//!
+//! State folder layout:
+//!
+//! ```text
+//! nginx.conf             the config nginx runs (the last good one)
+//! nginx.conf.candidate   the last config that nginx -t refused, if any
+//! certs/NAME.crt|.key    certificates, mode 0600, in a 0700 folder
+//! tmp/                   nginx's temporary files
+//! nginx.pid, wicket-status.sock
+//! ```
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use crate::config::Config;
+use crate::render::{RenderEnv, RenderError, Renderer};
+
+pub const CONF: &str = "nginx.conf";
+pub const CANDIDATE: &str = "nginx.conf.candidate";
+pub const STATUS_SOCKET: &str = "wicket-status.sock";
+/// Longest a reload or start may take before it counts as failed.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest graceful shutdown of the workers before they are killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nginx -t refused the config: {0}")]
+    Invalid(String),
+    #[error("running {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nginx exited ({0}) before serving the config")]
+    Exited(ExitStatus),
+    #[error("nginx did not serve the new config within {0:?}; the previous one keeps serving")]
+    Timeout(Duration),
+}
+
+impl ApplyError {
+    /// A short label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ApplyError::Render(_) => "render",
+            ApplyError::Write { .. } => "write",
+            ApplyError::Invalid(_) => "invalid",
+            ApplyError::Spawn { .. } => "spawn",
+            ApplyError::Exited(_) => "exited",
+            ApplyError::Timeout(_) => "timeout",
+        }
+    }
+}
+
+/// How to run nginx.
+#[derive(Clone, Debug)]
+pub struct NginxOptions {
+    pub binary: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+/// What the applier did with a config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// nginx was started with it.
+    Started,
+    /// nginx was reloaded with it.
+    Reloaded,
+}
+
+/// The nginx child process and the files it reads.
+pub struct Nginx {
+    opts: NginxOptions,
+    user: Option<(String, String)>,
+    child: Option<Child>,
+    generation: u64,
+    /// Generation and text of the config nginx serves.
+    good: Option<(u64, String)>,
+}
+
+/// Writes a file atomically: a temporary file in the same folder, then a
+/// rename over the target.
+fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), ApplyError> {
+    let err = |source| ApplyError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(data).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<(), ApplyError> {
+    let err = |source| ApplyError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)
+}
+
+/// The user and group workers run as when wicket runs as root.
+fn worker_user() -> Option<(String, String)> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let user = nix::unistd::User::from_name("nobody").ok().flatten()?;
+    let group = nix::unistd::Group::from_gid(user.gid).ok().flatten()?;
+    Some((user.name, group.name))
+}
+
+impl Nginx {
+    /// Prepares the state folder. As root, the folder is traversable (0711)
+    /// so unprivileged workers reach their temporary folders; certificates
+    /// stay in a 0700 folder that only the master reads.
+    pub fn new(opts: NginxOptions) -> Result<Self, ApplyError> {
+        let user = worker_user();
+        make_dir(&opts.state_dir, if user.is_some() { 0o711 } else { 0o700 })?;
+        make_dir(&opts.state_dir.join("certs"), 0o700)?;
+        make_dir(&opts.state_dir.join("tmp"), 0o755)?;
+        Ok(Nginx {
+            opts,
+            user,
+            child: None,
+            generation: 0,
+            good: None,
+        })
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.opts.state_dir
+    }
+
+    /// The config nginx serves now.
+    pub fn running_config(&self) -> Option<&str> {
+        self.good.as_ref().map(|(_, t)| t.as_str())
+    }
+
+    /// Renders, proves and loads a config.
+    pub async fn apply(&mut self, config: &Config, renderer: &Renderer) -> Result<Outcome, ApplyError> {
+        self.generation += 1;
+        let env = RenderEnv {
+            generation: self.generation,
+            user: self.user.clone(),
+        };
+        let text = renderer.render(config, &env)?;
+        self.write_certificates(config)?;
+        let dir = self.opts.state_dir.clone();
+        write_atomic(&dir.join(CANDIDATE), text.as_bytes(), 0o644)?;
+        self.test(&dir.join(CANDIDATE)).await?;
+        std::fs::rename(dir.join(CANDIDATE), dir.join(CONF)).map_err(|source| ApplyError::Write {
+            path: dir.join(CONF),
+            source,
+        })?;
+
+        let outcome = if self.running() {
+            self.signal(Signal::SIGHUP);
+            Outcome::Reloaded
+        } else {
+            self.spawn()?;
+            Outcome::Started
+        };
+        if let Err(e) = self.wait_for_generation(self.generation).await {
+            // Put the last good config back on disk (and in nginx, in case it
+            // loaded the new one after all).
+            if let Some((_, good)) = &self.good {
+                write_atomic(&dir.join(CONF), good.as_bytes(), 0o644)?;
+                if self.running() {
+                    self.signal(Signal::SIGHUP);
+                }
+            }
+            return Err(e);
+        }
+        self.good = Some((self.generation, text));
+        self.remove_unused_certificates(config);
+        Ok(outcome)
+    }
+
+    /// Starts nginx again with the last good config, after it died.
+    pub async fn restart(&mut self) -> Result<(), ApplyError> {
+        let Some((generation, _)) = self.good.clone() else {
+            return Ok(());
+        };
+        self.child = None;
+        self.spawn()?;
+        self.wait_for_generation(generation).await
+    }
+
+    fn write_certificates(&self, config: &Config) -> Result<(), ApplyError> {
+        let certs = self.opts.state_dir.join("certs");
+        for c in &config.certificates {
+            for (ext, content) in [("crt", &c.cert_pem), ("key", &c.key_pem)] {
+                let path = certs.join(format!("{}.{ext}", c.name));
+                if std::fs::read(&path).is_ok_and(|old| old == content.as_bytes()) {
+                    continue;
+                }
+                write_atomic(&path, content.as_bytes(), 0o600)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_unused_certificates(&self, config: &Config) {
+        let used: BTreeSet<String> = config
+            .certificates
+            .iter()
+            .flat_map(|c| [format!("{}.crt", c.name), format!("{}.key", c.name)])
+            .collect();
+        let Ok(entries) = std::fs::read_dir(self.opts.state_dir.join("certs")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if let Some(name) = e.file_name().to_str()
+                && !used.contains(name)
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.opts.binary);
+        cmd.current_dir(&self.opts.state_dir)
+            .arg("-p")
+            .arg(&self.opts.state_dir)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    async fn test(&self, conf: &Path) -> Result<(), ApplyError> {
+        let out = self
+            .command()
+            .arg("-t")
+            .arg("-q")
+            .arg("-c")
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(|source| ApplyError::Spawn {
+                binary: self.opts.binary.clone(),
+                source,
+            })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let msg = String::from_utf8_lossy(&out.stderr);
+        let msg = msg
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(ApplyError::Invalid(if msg.is_empty() {
+            format!("exit status {}", out.status)
+        } else {
+            msg
+        }))
+    }
+
+    fn spawn(&mut self) -> Result<(), ApplyError> {
+        // A socket left by a process that died would make bind() fail.
+        let _ = std::fs::remove_file(self.opts.state_dir.join(STATUS_SOCKET));
+        let child = self
+            .command()
+            .arg("-c")
+            .arg(self.opts.state_dir.join(CONF))
+            .spawn()
+            .map_err(|source| ApplyError::Spawn {
+                binary: self.opts.binary.clone(),
+                source,
+            })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    fn signal(&self, sig: Signal) {
+        if let Some(pid) = self.child.as_ref().and_then(Child::id) {
+            let _ = kill(Pid::from_raw(pid as i32), sig);
+        }
+    }
+
+    /// Waits until a worker answers with `generation` on the status socket.
+    async fn wait_for_generation(&mut self, generation: u64) -> Result<(), ApplyError> {
+        let deadline = Instant::now() + LOAD_TIMEOUT;
+        let socket = self.opts.state_dir.join(STATUS_SOCKET);
+        let want = generation.to_string();
+        loop {
+            if let Some(c) = &mut self.child
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return Err(ApplyError::Exited(status));
+            }
+            if query_status(&socket, "/wicket/generation").await.as_deref() == Some(want.as_str()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ApplyError::Timeout(LOAD_TIMEOUT));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Resolves when the nginx child exits; never, when there is none.
+    pub async fn exited(&mut self) -> ExitStatus {
+        match &mut self.child {
+            Some(c) => {
+                let status = c.wait().await;
+                self.child = None;
+                status.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(1))
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops nginx gracefully (SIGQUIT: workers finish their requests), and
+    /// kills it if that takes too long.
+    pub async fn stop(&mut self) {
+        if !self.running() {
+            return;
+        }
+        self.signal(Signal::SIGQUIT);
+        if let Some(c) = &mut self.child
+            && tokio::time::timeout(STOP_TIMEOUT, c.wait()).await.is_err()
+        {
+            let _ = c.kill().await;
+        }
+        self.child = None;
+    }
+}
+
+/// GETs a path on nginx's status socket; the body on a 200 answer.
+pub async fn query_status(socket: &Path, path: &str) -> Option<String> {
+    let fut = async {
+        let mut s = tokio::net::UnixStream::connect(socket).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: wicket\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8(buf).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(2), fut).await.ok().flatten()
+}

@@ -1,0 +1,5 @@
+//! Sources of the [`crate::cluster::Cluster`] snapshot.
+
+pub mod files;
+pub mod legacy;
+pub mod manifest;
