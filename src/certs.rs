@@ -21,8 +21,11 @@ pub fn generate_default() -> Result<Certificate, CertError> {
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "wicket default certificate");
-    let cert = params.self_signed(&key).map_err(|e| CertError(e.to_string()))?;
-    let pair = parse_pair(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).map_err(CertError)?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| CertError(e.to_string()))?;
+    let pair =
+        parse_pair(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).map_err(CertError)?;
     Ok(Certificate {
         name: DEFAULT_CERT_NAME.to_string(),
         cert_pem: pair.cert_pem,

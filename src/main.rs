@@ -14,7 +14,11 @@ use wicket::serve::{self, ServeOptions};
 use wicket::source::files::Folder;
 
 #[derive(Parser)]
-#[command(name = "wicket", version, about = "A Kubernetes Ingress controller built on nginx")]
+#[command(
+    name = "wicket",
+    version,
+    about = "A Kubernetes Ingress controller built on nginx"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,7 +38,11 @@ struct ClassArgs {
     #[arg(long, env = "WICKET_INGRESS_CLASS", default_value = "wicket")]
     ingress_class: String,
     /// The spec.controller an IngressClass of that name must have.
-    #[arg(long, env = "WICKET_CONTROLLER_CLASS", default_value = "wicket.dev/ingress-controller")]
+    #[arg(
+        long,
+        env = "WICKET_CONTROLLER_CLASS",
+        default_value = "wicket.dev/ingress-controller"
+    )]
     controller_class: String,
     /// Serve Ingresses that name no class.
     #[arg(long, env = "WICKET_WATCH_INGRESS_WITHOUT_CLASS", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]

@@ -170,7 +170,11 @@ impl Nginx {
     }
 
     /// Renders, proves and loads a config.
-    pub async fn apply(&mut self, config: &Config, renderer: &Renderer) -> Result<Outcome, ApplyError> {
+    pub async fn apply(
+        &mut self,
+        config: &Config,
+        renderer: &Renderer,
+    ) -> Result<Outcome, ApplyError> {
         self.generation += 1;
         let env = RenderEnv {
             generation: self.generation,
@@ -181,9 +185,11 @@ impl Nginx {
         let dir = self.opts.state_dir.clone();
         write_atomic(&dir.join(CANDIDATE), text.as_bytes(), 0o644)?;
         self.test(&dir.join(CANDIDATE)).await?;
-        std::fs::rename(dir.join(CANDIDATE), dir.join(CONF)).map_err(|source| ApplyError::Write {
-            path: dir.join(CONF),
-            source,
+        std::fs::rename(dir.join(CANDIDATE), dir.join(CONF)).map_err(|source| {
+            ApplyError::Write {
+                path: dir.join(CONF),
+                source,
+            }
         })?;
 
         let outcome = if self.running() {
@@ -384,5 +390,8 @@ pub async fn query_status(socket: &Path, path: &str) -> Option<String> {
         let (head, body) = text.split_once("\r\n\r\n")?;
         head.starts_with("HTTP/1.1 200").then(|| body.to_string())
     };
-    tokio::time::timeout(Duration::from_secs(2), fut).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(2), fut)
+        .await
+        .ok()
+        .flatten()
 }

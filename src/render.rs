@@ -66,7 +66,11 @@ pub struct RenderEnv {
 
 /// Characters that never need quotes in an nginx token.
 fn is_bare(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b':' | b'-' | b'=' | b'~' | b'*' | b'[' | b']')
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'.' | b'_' | b'/' | b':' | b'-' | b'=' | b'~' | b'*' | b'[' | b']'
+        )
 }
 
 /// The one escaping function: makes any string exactly one nginx token.
@@ -151,16 +155,34 @@ impl Renderer {
         Self::from_sources(sources)
     }
 
-    fn from_sources(sources: impl IntoIterator<Item = (String, String)>) -> Result<Self, RenderError> {
+    fn from_sources(
+        sources: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, RenderError> {
         let mut tera = Tera::new();
         tera.set_escape_fn(escape);
         for f in ["safe", "escape_html", "escape_xml"] {
             tera.register_filter(f, not_safe);
         }
-        let sources: Vec<(String, String)> = sources.into_iter().collect();
+        // An included template's final newline would leave a blank line at
+        // every include; drop it.
+        let sources: Vec<(String, String)> = sources
+            .into_iter()
+            .map(|(n, c)| {
+                let c = if n == ROOT_TEMPLATE {
+                    c
+                } else {
+                    c.trim_end_matches('\n').to_string()
+                };
+                (n, c)
+            })
+            .collect();
         tera.add_raw_templates(sources.iter().map(|(n, c)| (n.as_str(), c.as_str())))
             .map_err(|source| RenderError::Template {
-                name: sources.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+                name: sources
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 source,
             })?;
         // Every template is a config file: escape in all of them.
@@ -173,7 +195,9 @@ impl Renderer {
         let mut ctx = Context::new();
         ctx.insert("config", config);
         ctx.insert("env", env);
-        self.tera.render(ROOT_TEMPLATE, &ctx).map_err(RenderError::Render)
+        self.tera
+            .render(ROOT_TEMPLATE, &ctx)
+            .map_err(RenderError::Render)
     }
 }
 
@@ -216,9 +240,10 @@ mod tests {
 
     #[test]
     fn safe_filter_cannot_bypass_escaping() {
-        let r = Renderer::from_sources([
-            ("nginx.conf".to_string(), "x {{ config | safe }};".to_string()),
-        ])
+        let r = Renderer::from_sources([(
+            "nginx.conf".to_string(),
+            "x {{ config | safe }};".to_string(),
+        )])
         .unwrap();
         let mut ctx = Context::new();
         ctx.insert("config", "a; b");

@@ -85,7 +85,9 @@ impl Reporter {
             let line = p.to_string();
             if !self.seen.contains(&line) {
                 match p.severity {
-                    Severity::Rejected | Severity::Warning => warn!(target: "wicket::build", "{line}"),
+                    Severity::Rejected | Severity::Warning => {
+                        warn!(target: "wicket::build", "{line}")
+                    }
                     Severity::Ignored => info!(target: "wicket::build", "{line}"),
                 }
             }
@@ -243,7 +245,9 @@ impl Server {
         if full {
             match self.folder.rescan() {
                 Ok(c) => changed |= c,
-                Err(e) => error!(dir = %self.folder.dir().display(), error = %e, "cannot read the manifests folder; keeping what was read"),
+                Err(e) => {
+                    error!(dir = %self.folder.dir().display(), error = %e, "cannot read the manifests folder; keeping what was read")
+                }
             }
         }
         changed
@@ -285,13 +289,17 @@ impl Server {
                 error!(error = %e, reason = e.label(), "config not applied; the last good config keeps serving");
                 let transient = matches!(
                     e,
-                    ApplyError::Exited(_) | ApplyError::Timeout(_) | ApplyError::Spawn { .. } | ApplyError::Write { .. }
+                    ApplyError::Exited(_)
+                        | ApplyError::Timeout(_)
+                        | ApplyError::Spawn { .. }
+                        | ApplyError::Write { .. }
                 );
                 if transient {
                     self.retry_at = Some(Instant::now() + Duration::from_secs(1));
                 }
                 if self.nginx.running_config().is_some() {
-                    self.status.note(format!("the newest change was not applied: {e}"));
+                    self.status
+                        .note(format!("the newest change was not applied: {e}"));
                 } else {
                     self.status.not_ready(e.to_string());
                 }

@@ -31,7 +31,9 @@ fn check_label(label: &str, what: &str) -> Result<(), Invalid> {
         return invalid(format!("{what} has an empty label"));
     }
     if label.len() > MAX_LABEL {
-        return invalid(format!("{what} has a label longer than {MAX_LABEL} characters"));
+        return invalid(format!(
+            "{what} has a label longer than {MAX_LABEL} characters"
+        ));
     }
     let bytes = label.as_bytes();
     if !bytes
@@ -43,7 +45,9 @@ fn check_label(label: &str, what: &str) -> Result<(), Invalid> {
         ));
     }
     if bytes[0] == b'-' || bytes[bytes.len() - 1] == b'-' {
-        return invalid(format!("{what} labels must start and end with a letter or digit"));
+        return invalid(format!(
+            "{what} labels must start and end with a letter or digit"
+        ));
     }
     Ok(())
 }
@@ -320,7 +324,9 @@ impl RegexPath {
             return invalid(format!("a path must be at most {MAX_PATH_LEN} characters"));
         }
         if !s.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-            return invalid("a regular expression path may only contain printable ASCII without spaces");
+            return invalid(
+                "a regular expression path may only contain printable ASCII without spaces",
+            );
         }
         pcre2::bytes::RegexBuilder::new()
             .caseless(true)
@@ -364,7 +370,9 @@ impl RewriteTarget {
             return invalid("a rewrite target must begin with '/'");
         }
         if s.len() > MAX_PATH_LEN {
-            return invalid(format!("a rewrite target must be at most {MAX_PATH_LEN} characters"));
+            return invalid(format!(
+                "a rewrite target must be at most {MAX_PATH_LEN} characters"
+            ));
         }
         let b = s.as_bytes();
         let mut i = 0;
@@ -389,7 +397,9 @@ impl RewriteTarget {
                         .get(i + 1..i + 3)
                         .is_some_and(|h| h.iter().all(|c| c.is_ascii_hexdigit()));
                     if !ok {
-                        return invalid("'%' in a rewrite target must be followed by two hex digits");
+                        return invalid(
+                            "'%' in a rewrite target must be followed by two hex digits",
+                        );
                     }
                     i += 3;
                 }
@@ -429,9 +439,23 @@ mod tests {
             HostPattern::Wildcard("foo.com".into())
         );
         for bad in [
-            "", "Foo.com", "foo..com", "-foo.com", "foo.com.", "*.*.foo.com", "foo.*.com",
-            "*foo.com", "10.0.0.1", "foo_bar.com", "foo.com:80", "foo com", "a\nb",
-            "foo.com;", "foo.com}", "*", "*.",
+            "",
+            "Foo.com",
+            "foo..com",
+            "-foo.com",
+            "foo.com.",
+            "*.*.foo.com",
+            "foo.*.com",
+            "*foo.com",
+            "10.0.0.1",
+            "foo_bar.com",
+            "foo.com:80",
+            "foo com",
+            "a\nb",
+            "foo.com;",
+            "foo.com}",
+            "*",
+            "*.",
         ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad:?} accepted");
         }
@@ -453,12 +477,33 @@ mod tests {
     #[test]
     fn paths() {
         assert_eq!(HttpPath::parse("/a%20b").unwrap().as_str(), "/a b");
-        assert_eq!(HttpPath::parse("/aaa/bbb/").unwrap().as_prefix().as_str(), "/aaa/bbb");
+        assert_eq!(
+            HttpPath::parse("/aaa/bbb/").unwrap().as_prefix().as_str(),
+            "/aaa/bbb"
+        );
         assert_eq!(HttpPath::parse("/").unwrap().as_prefix().as_str(), "/");
         for bad in [
-            "", "foo", "/a//b", "/a/../b", "/a/./b", "/a/..", "/a/.", "/a%2fb", "/a%2Fb", "/a%",
-            "/a%zz", "/a b", "/a\"b", "/a{b", "/a#b", "/a?b", "/a\nb", "/a%0ab", "/a%00",
-            "/a\\b", "/%2e%2e/x",
+            "",
+            "foo",
+            "/a//b",
+            "/a/../b",
+            "/a/./b",
+            "/a/..",
+            "/a/.",
+            "/a%2fb",
+            "/a%2Fb",
+            "/a%",
+            "/a%zz",
+            "/a b",
+            "/a\"b",
+            "/a{b",
+            "/a#b",
+            "/a?b",
+            "/a\nb",
+            "/a%0ab",
+            "/a%00",
+            "/a\\b",
+            "/%2e%2e/x",
         ] {
             assert!(HttpPath::parse(bad).is_err(), "{bad:?} accepted");
         }
@@ -493,8 +538,20 @@ mod tests {
             assert!(RewriteTarget::parse(ok).is_ok(), "{ok:?} refused");
         }
         for bad in [
-            "", "$1", "http://evil/", "/$host", "/$0", "/$12", "/${1}", "/a b", "/a\"", "/a;b}",
-            "/a\nb", "/a#b", "/a%", "/a\\b",
+            "",
+            "$1",
+            "http://evil/",
+            "/$host",
+            "/$0",
+            "/$12",
+            "/${1}",
+            "/a b",
+            "/a\"",
+            "/a;b}",
+            "/a\nb",
+            "/a#b",
+            "/a%",
+            "/a\\b",
         ] {
             assert!(RewriteTarget::parse(bad).is_err(), "{bad:?} accepted");
         }
@@ -510,7 +567,10 @@ mod tests {
         assert!(PortName::parse("http").is_ok());
         assert!(PortName::parse("80").is_err());
         assert!(PortName::parse("a--b").is_err());
-        assert_eq!(port_number(0), Err(Invalid("port 0 is not between 1 and 65535".into())));
+        assert_eq!(
+            port_number(0),
+            Err(Invalid("port 0 is not between 1 and 65535".into()))
+        );
         assert_eq!(port_number(443), Ok(443));
     }
 }

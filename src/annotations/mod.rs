@@ -108,7 +108,10 @@ impl<'a> Reader<'a> {
             if !self.used.contains(&name) {
                 out.push(Problem::ignored(
                     object,
-                    Some(format!("metadata.annotations[{}]", crate::problem::Quoted(key))),
+                    Some(format!(
+                        "metadata.annotations[{}]",
+                        crate::problem::Quoted(key)
+                    )),
                     "annotation not supported by wicket yet; ignored",
                 ));
             }

@@ -141,7 +141,10 @@ impl<'a> Backends<'a> {
             }) else {
                 continue;
             };
-            let Some(number) = slice_port.port.and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0)
+            let Some(number) = slice_port
+                .port
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n > 0)
             else {
                 continue;
             };
@@ -158,9 +161,7 @@ impl<'a> Backends<'a> {
             }
         }
         if servers.is_empty() {
-            return Resolution::Unavailable(format!(
-                "service {described} has no ready endpoints"
-            ));
+            return Resolution::Unavailable(format!("service {described} has no ready endpoints"));
         }
         let number = u16::try_from(port.port).unwrap_or(0);
         let name = upstream_name(ns, b.name.as_str(), number);

@@ -39,7 +39,10 @@ pub fn requested_class(ing: &Ingress) -> Option<&str> {
         .as_ref()
         .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
         .map(String::as_str)
-        .or(ing.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref()))
+        .or(ing
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress_class_name.as_deref()))
         .filter(|c| !c.is_empty())
 }
 
@@ -48,7 +51,8 @@ fn our_class<'c>(cluster: &'c Cluster, opts: &ClassOptions) -> Option<&'c Ingres
 }
 
 fn controller_matches(class: &IngressClass, opts: &ClassOptions) -> bool {
-    class.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(opts.controller_class.as_str())
+    class.spec.as_ref().and_then(|s| s.controller.as_deref())
+        == Some(opts.controller_class.as_str())
 }
 
 /// Whether wicket serves this Ingress.

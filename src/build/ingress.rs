@@ -87,7 +87,12 @@ impl ParsedIngress {
 struct Errors(Vec<FieldError>);
 
 impl Errors {
-    fn check<T>(&mut self, field: impl Into<String>, value: &str, r: Result<T, Invalid>) -> Option<T> {
+    fn check<T>(
+        &mut self,
+        field: impl Into<String>,
+        value: &str,
+        r: Result<T, Invalid>,
+    ) -> Option<T> {
         match r {
             Ok(t) => Some(t),
             Err(error) => {
@@ -120,7 +125,11 @@ pub fn parse(
     let object = ObjectRef::new(Kind::Ingress, key.clone());
     let mut errors = Errors(Vec::new());
 
-    let namespace = errors.check("metadata.namespace", &key.namespace, DnsLabel::parse(&key.namespace));
+    let namespace = errors.check(
+        "metadata.namespace",
+        &key.namespace,
+        DnsLabel::parse(&key.namespace),
+    );
     errors.check("metadata.name", &key.name, DnsSubdomain::parse(&key.name));
 
     let mut reader = Reader::new(ing.metadata.annotations.as_ref(), annotations_prefix);
@@ -128,7 +137,9 @@ pub fn parse(
     problems.extend(reader.unsupported(&object));
     let regex = annotations.rewrite.regex();
 
-    let ns = namespace.clone().unwrap_or_else(|| DnsLabel::parse("invalid").expect("valid"));
+    let ns = namespace
+        .clone()
+        .unwrap_or_else(|| DnsLabel::parse("invalid").expect("valid"));
     let spec = ing.spec.clone().unwrap_or_default();
 
     let default_backend = spec
@@ -146,7 +157,10 @@ pub fn parse(
         let mut paths = Vec::new();
         if let Some(http) = &rule.http {
             if http.paths.is_empty() {
-                errors.missing(format!("{field}.http.paths"), "at least one path is required");
+                errors.missing(
+                    format!("{field}.http.paths"),
+                    "at least one path is required",
+                );
             }
             for (j, p) in http.paths.iter().enumerate() {
                 let pfield = format!("{field}.http.paths[{j}]");
@@ -245,7 +259,12 @@ pub fn parse(
     })
 }
 
-fn backend(ns: &DnsLabel, b: &IngressBackend, field: &str, errors: &mut Errors) -> Option<ServiceRef> {
+fn backend(
+    ns: &DnsLabel,
+    b: &IngressBackend,
+    field: &str,
+    errors: &mut Errors,
+) -> Option<ServiceRef> {
     if b.resource.is_some() {
         errors.missing(
             format!("{field}.resource"),
@@ -282,12 +301,18 @@ fn backend(ns: &DnsLabel, b: &IngressBackend, field: &str, errors: &mut Errors) 
                 None
             }
             (None, None) => {
-                errors.missing(format!("{field}.service.port"), "a port number or name is required");
+                errors.missing(
+                    format!("{field}.service.port"),
+                    "a port number or name is required",
+                );
                 None
             }
         },
         None => {
-            errors.missing(format!("{field}.service.port"), "a port number or name is required");
+            errors.missing(
+                format!("{field}.service.port"),
+                "a port number or name is required",
+            );
             None
         }
     };

@@ -89,7 +89,12 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
             None => None,
         };
         let default = hr.default.as_ref().or(any.default.as_ref());
-        servers.push(b.server(Some(host), hr, default, certificate.unwrap_or(default_cert.clone())));
+        servers.push(b.server(
+            Some(host),
+            hr,
+            default,
+            certificate.unwrap_or(default_cert.clone()),
+        ));
     }
     for (host, t) in &tls {
         if !hosts.contains_key(host) {
@@ -106,8 +111,15 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
     let mut certificates = vec![opts.default_certificate.clone()];
     certificates.extend(certs.used.into_values());
 
-    let longest = servers.iter().map(|s| s.server_name.len()).max().unwrap_or(1);
-    let exact = servers.iter().filter(|s| !s.server_name.starts_with('~')).count();
+    let longest = servers
+        .iter()
+        .map(|s| s.server_name.len())
+        .max()
+        .unwrap_or(1);
+    let exact = servers
+        .iter()
+        .filter(|s| !s.server_name.starts_with('~'))
+        .count();
     let config = Config {
         http_port: opts.http_port,
         https_port: opts.https_port,
@@ -212,17 +224,26 @@ impl<'p> Builder<'p, '_> {
                     };
                     if let Some(existing) = target.routes.get(&key) {
                         let winner = &parsed[existing.ing];
-                        let host = rule.host.as_ref().map_or("every host".to_string(), |h| format!("host {h}"));
+                        let host = rule
+                            .host
+                            .as_ref()
+                            .map_or("every host".to_string(), |h| format!("host {h}"));
                         let msg = if existing.ing == idx {
-                            format!("duplicate of {} for {host}; not served twice", existing.path.field)
+                            format!(
+                                "duplicate of {} for {host}; not served twice",
+                                existing.path.field
+                            )
                         } else {
                             format!(
                                 "the same path for {host} is served by ingress {} ({}), which is older or sorts first; this path is not served",
                                 winner.key, existing.path.field
                             )
                         };
-                        self.problems
-                            .push(Problem::warning(&ing.object, Some(path.field.clone()), msg));
+                        self.problems.push(Problem::warning(
+                            &ing.object,
+                            Some(path.field.clone()),
+                            msg,
+                        ));
                         continue;
                     }
                     let action = self.action(idx, &path.backend, &path.field);
@@ -379,7 +400,9 @@ impl<'p> Builder<'p, '_> {
                     // `location /p/` alone would answer `/p` with a redirect;
                     // the exact location serves it instead, unless an Exact
                     // rule for `/p` already does.
-                    exact.entry(p.clone()).or_insert_with(|| loc(Match::Exact(p.clone())));
+                    exact
+                        .entry(p.clone())
+                        .or_insert_with(|| loc(Match::Exact(p.clone())));
                     dirs.push(loc(Match::PrefixDir(p.clone())));
                 }
                 RouteKey::Regex(r) => regexes.push((
@@ -395,9 +418,7 @@ impl<'p> Builder<'p, '_> {
             ingresses.insert(self.parsed[*ing].key.to_string());
         }
         // nginx tries regular expressions in order: longest path first.
-        regexes.sort_by(|a, b| {
-            (Reverse(a.0), &a.1.matcher).cmp(&(Reverse(b.0), &b.1.matcher))
-        });
+        regexes.sort_by(|a, b| (Reverse(a.0), &a.1.matcher).cmp(&(Reverse(b.0), &b.1.matcher)));
         let mut locations: Vec<Location> = exact.into_values().collect();
         locations.extend(dirs);
         locations.push(root.unwrap_or(fallback));

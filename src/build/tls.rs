@@ -42,7 +42,8 @@ pub fn parse_pair(cert: &[u8], key: &[u8]) -> Result<TlsPair, String> {
     if certs.is_empty() {
         return Err("tls.crt holds no certificate".into());
     }
-    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("tls.key holds no private key: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|e| format!("tls.key holds no private key: {e}"))?;
     let provider = rustls::crypto::ring::default_provider();
     let signing = provider
         .key_provider
@@ -112,12 +113,16 @@ impl TlsPair {
     /// Whether the certificate names cover a host (a `*.x` name covers one
     /// label, as TLS clients check it).
     pub fn covers(&self, host: &HostPattern) -> bool {
-        self.names.iter().any(|n| match (n.strip_prefix("*."), host) {
-            (None, HostPattern::Exact(h)) => n == h,
-            (None, HostPattern::Wildcard(_)) => false,
-            (Some(suffix), HostPattern::Wildcard(s)) => suffix == s,
-            (Some(_), HostPattern::Exact(h)) => HostPattern::Wildcard(n[2..].to_string()).matches(h),
-        })
+        self.names
+            .iter()
+            .any(|n| match (n.strip_prefix("*."), host) {
+                (None, HostPattern::Exact(h)) => n == h,
+                (None, HostPattern::Wildcard(_)) => false,
+                (Some(suffix), HostPattern::Wildcard(s)) => suffix == s,
+                (Some(_), HostPattern::Exact(h)) => {
+                    HostPattern::Wildcard(n[2..].to_string()).matches(h)
+                }
+            })
     }
 
     /// The certificate as the config holds it, named by a hash of its

@@ -171,7 +171,10 @@ impl Folder {
                 let kept = if st.good.objects.is_empty() {
                     String::new()
                 } else {
-                    format!(" (serving the {} objects of its last good version)", st.good.objects.len())
+                    format!(
+                        " (serving the {} objects of its last good version)",
+                        st.good.objects.len()
+                    )
                 };
                 reports.push(FileReport {
                     path: path.clone(),
@@ -214,14 +217,19 @@ impl Folder {
 mod tests {
     use super::*;
 
-    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n";
+    const SVC: &str =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n";
 
     #[test]
     fn keeps_last_good_objects_of_a_broken_file_and_forgets_deleted_ones() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("a.yaml");
         std::fs::write(&f, SVC).unwrap();
-        std::fs::write(dir.path().join(".hidden.yaml"), SVC.replace("name: a", "name: h")).unwrap();
+        std::fs::write(
+            dir.path().join(".hidden.yaml"),
+            SVC.replace("name: a", "name: h"),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
         let mut folder = Folder::new(dir.path());
         assert!(folder.rescan().unwrap());
@@ -232,7 +240,11 @@ mod tests {
         let (c, reports) = folder.cluster();
         assert_eq!(c.services.len(), 1, "last good objects kept");
         assert_eq!(reports.len(), 1);
-        assert!(reports[0].message.contains("not valid YAML"), "{}", reports[0]);
+        assert!(
+            reports[0].message.contains("not valid YAML"),
+            "{}",
+            reports[0]
+        );
 
         assert!(!folder.refresh(&f), "unchanged content is not re-read");
         std::fs::remove_file(&f).unwrap();
@@ -249,7 +261,14 @@ mod tests {
         folder.rescan().unwrap();
         let (c, reports) = folder.cluster();
         let svc = c.services.values().next().unwrap();
-        assert_eq!(svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port, 80);
-        assert!(reports[0].message.contains("already defined in"), "{}", reports[0]);
+        assert_eq!(
+            svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port,
+            80
+        );
+        assert!(
+            reports[0].message.contains("already defined in"),
+            "{}",
+            reports[0]
+        );
     }
 }

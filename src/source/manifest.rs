@@ -47,7 +47,10 @@ pub fn parse(text: &str, json: bool) -> Result<Manifests, ManifestError> {
     };
     let mut out = Manifests::default();
     for (i, doc) in docs.into_iter().enumerate() {
-        read_value(doc, &mut out).map_err(|message| ManifestError::Document { doc: i + 1, message })?;
+        read_value(doc, &mut out).map_err(|message| ManifestError::Document {
+            doc: i + 1,
+            message,
+        })?;
     }
     Ok(out)
 }
@@ -63,7 +66,9 @@ fn read_value(v: Value, out: &mut Manifests) -> Result<(), String> {
     if !v.is_mapping() {
         return Err("expected an object with apiVersion and kind".into());
     }
-    let api_version = str_field(&v, "apiVersion").ok_or("apiVersion is missing")?.to_string();
+    let api_version = str_field(&v, "apiVersion")
+        .ok_or("apiVersion is missing")?
+        .to_string();
     let kind = str_field(&v, "kind").ok_or("kind is missing")?.to_string();
     if kind == "List" || (kind.ends_with("List") && v.get("items").is_some()) {
         let items = match v.get("items") {
@@ -77,7 +82,9 @@ fn read_value(v: Value, out: &mut Manifests) -> Result<(), String> {
         return Ok(());
     }
     let object = match (api_version.as_str(), kind.as_str()) {
-        ("networking.k8s.io/v1", "Ingress") => Object::Ingress(Box::new(typed::<Ingress>(v, &kind)?)),
+        ("networking.k8s.io/v1", "Ingress") => {
+            Object::Ingress(Box::new(typed::<Ingress>(v, &kind)?))
+        }
         ("networking.k8s.io/v1beta1" | "extensions/v1beta1", "Ingress") => {
             Object::Ingress(Box::new(legacy::convert(v)?))
         }
@@ -181,7 +188,9 @@ metadata: {name: web}
         .unwrap();
         assert_eq!(m.objects.len(), 2);
         assert_eq!(m.objects[0].object_ref().key.namespace, "default");
-        let Object::Secret(s) = &m.objects[1] else { panic!() };
+        let Object::Secret(s) = &m.objects[1] else {
+            panic!()
+        };
         let data = s.data.as_ref().unwrap();
         assert_eq!(data["tls.crt"].0, b"hello");
         assert_eq!(data["tls.key"].0, b"world");
@@ -209,7 +218,10 @@ metadata: {name: web}
         let e = parse("apiVersion: v1\nkind: Service\n---\nkind: [", false).unwrap_err();
         assert!(matches!(e, ManifestError::Yaml(_)), "{e}");
         let e = parse("apiVersion: v1\nkind: Service\nspec: 5\n", false).unwrap_err();
-        assert!(e.to_string().starts_with("document 1: not a valid Service"), "{e}");
+        assert!(
+            e.to_string().starts_with("document 1: not a valid Service"),
+            "{e}"
+        );
         let e = parse("- a\n- b\n", false).unwrap_err();
         assert!(e.to_string().contains("apiVersion"), "{e}");
     }

@@ -1,0 +1,375 @@
+//! `build` on plain objects: Ingress semantics, validation, conflicts and
+//! determinism, without nginx. What the routes do to real requests is tested
+//! through nginx in `serve.rs`.
+
+use wicket::build::{self, Build, ClassOptions, Options};
+use wicket::cluster::{Cluster, Kind};
+use wicket::config::{Action, Match};
+use wicket::problem::Severity;
+use wicket::render::{RenderEnv, Renderer};
+use wicket::source::manifest;
+
+fn objects(yaml: &str) -> Vec<wicket::cluster::Object> {
+    manifest::parse(yaml, false)
+        .expect("test manifests parse")
+        .objects
+}
+
+fn cluster(yaml: &str) -> Cluster {
+    let mut c = Cluster::default();
+    for o in objects(yaml) {
+        c.insert(o);
+    }
+    c
+}
+
+fn opts() -> Options {
+    Options {
+        class: ClassOptions {
+            watch_without_class: true,
+            ..ClassOptions::default()
+        },
+        annotations_prefix: build::DEFAULT_ANNOTATIONS_PREFIX.into(),
+        http_port: 80,
+        https_port: 443,
+        default_certificate: wicket::certs::generate_default().unwrap(),
+    }
+}
+
+fn run(yaml: &str) -> Build {
+    build::build(&cluster(yaml), &opts())
+}
+
+const BACKENDS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-a, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [10.0.0.1]
+- addresses: [10.0.0.2]
+  conditions: {ready: false}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-b, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: metrics, port: 9090}]
+endpoints:
+- addresses: [10.0.0.3]
+  conditions: {ready: true}
+"#;
+
+fn ingress(name: &str, extra_meta: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: shop\n{extra_meta}spec:\n{spec}\n"
+    )
+}
+
+fn simple_rule(host: &str, path: &str, path_type: &str) -> String {
+    format!(
+        "  rules:\n  - host: \"{host}\"\n    http:\n      paths:\n      - path: {path}\n        pathType: {path_type}\n        backend: {{service: {{name: web, port: {{name: http}}}}}}\n"
+    )
+}
+
+#[test]
+fn endpoints_are_joined_over_slices_by_port_name_and_only_ready_ones_count() {
+    let b = run(&format!(
+        "{BACKENDS}{}",
+        ingress("a", "", &simple_rule("a.example.com", "/", "Prefix"))
+    ));
+    assert!(b.problems.is_empty(), "{:?}", b.problems);
+    assert_eq!(b.config.upstreams.len(), 1);
+    let u = &b.config.upstreams[0];
+    assert_eq!(u.name, "shop_web_80");
+    let servers: Vec<String> = u.servers.iter().map(|s| s.to_string()).collect();
+    assert_eq!(servers, vec!["10.0.0.1:8080", "10.0.0.3:8080"]);
+}
+
+#[test]
+fn prefix_paths_get_an_exact_location_so_nginx_never_redirects() {
+    let b = run(&format!(
+        "{BACKENDS}{}",
+        ingress("a", "", &simple_rule("a.example.com", "/foo/", "Prefix"))
+    ));
+    let s = &b.config.servers[0];
+    let matchers: Vec<&Match> = s.locations.iter().map(|l| &l.matcher).collect();
+    assert!(
+        matches!(matchers[0], Match::Exact(p) if p.as_str() == "/foo"),
+        "{matchers:?}"
+    );
+    assert!(
+        matches!(matchers[1], Match::PrefixDir(p) if p.as_str() == "/foo"),
+        "{matchers:?}"
+    );
+    assert!(matches!(matchers[2], Match::Root));
+    assert!(matches!(
+        &s.locations[2].action,
+        Action::Status { code: 404, .. }
+    ));
+}
+
+#[test]
+fn an_invalid_ingress_is_rejected_alone_naming_each_field() {
+    let bad_spec = "  rules:\n  - host: Bad_Host\n    http:\n      paths:\n      - path: /a b\n        pathType: Exact\n        backend: {service: {name: web, port: {number: 70000}}}\n";
+    let b = run(&format!(
+        "{BACKENDS}{}{}",
+        ingress("bad", "", bad_spec),
+        ingress("good", "", &simple_rule("good.example.com", "/", "Prefix"))
+    ));
+    assert_eq!(b.served.len(), 1);
+    assert_eq!(b.served[0].name, "good");
+    assert_eq!(b.config.servers.len(), 1);
+    let rejected: Vec<_> = b
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Rejected)
+        .collect();
+    assert_eq!(rejected.len(), 1, "{:?}", b.problems);
+    let line = rejected[0].to_string();
+    assert!(line.starts_with("rejected ingress shop/bad: "), "{line}");
+    for needle in [
+        "spec.rules[0].host \"Bad_Host\": a host must be lowercase",
+        "spec.rules[0].http.paths[0].path \"/a b\"",
+        "spec.rules[0].http.paths[0].backend.service.port.number \"70000\"",
+    ] {
+        assert!(line.contains(needle), "{needle} not in {line}");
+    }
+}
+
+#[test]
+fn the_oldest_ingress_wins_a_conflict_and_the_loser_is_told() {
+    let older = "  creationTimestamp: \"2024-01-01T00:00:00Z\"\n";
+    let newer = "  creationTimestamp: \"2025-01-01T00:00:00Z\"\n";
+    // "aaa" sorts first by name, but is newer: the older "zzz" wins.
+    let b = run(&format!(
+        "{BACKENDS}{}{}",
+        ingress("aaa", newer, &simple_rule("a.example.com", "/x", "Prefix")),
+        ingress(
+            "zzz",
+            older,
+            &simple_rule("a.example.com", "/x/", "ImplementationSpecific")
+        )
+    ));
+    let warnings: Vec<String> = b.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("warning ingress shop/aaa: spec.rules[0].http.paths[0]: the same path for host a.example.com is served by ingress shop/zzz"),
+        "{}",
+        warnings[0]
+    );
+    let src = b.config.servers[0].locations[0].source.as_ref().unwrap();
+    assert_eq!(src.name, "zzz");
+}
+
+#[test]
+fn exact_and_prefix_on_the_same_path_do_not_conflict() {
+    let spec = "  rules:\n  - host: a.example.com\n    http:\n      paths:\n      - {path: /p, pathType: Exact, backend: {service: {name: web, port: {number: 80}}}}\n      - {path: /p, pathType: Prefix, backend: {service: {name: other, port: {number: 80}}}}\n";
+    let b = run(&format!("{BACKENDS}{}", ingress("a", "", spec)));
+    let s = &b.config.servers[0];
+    // `= /p` is the Exact rule's (web), `/p/` the Prefix rule's (other: 503).
+    assert!(
+        matches!(&s.locations[0].action, Action::Proxy { upstream, .. } if upstream == "shop_web_80")
+    );
+    assert!(matches!(
+        &s.locations[1].action,
+        Action::Status { code: 503, .. }
+    ));
+    assert_eq!(b.problems.len(), 1, "{:?}", b.problems);
+    assert!(
+        b.problems[0]
+            .to_string()
+            .contains("service shop/other not found; answering 503")
+    );
+}
+
+#[test]
+fn ingress_classes_decide_what_is_served() {
+    let mk = |name: &str, meta: &str, class: &str| {
+        ingress(
+            name,
+            meta,
+            &format!(
+                "{class}{}",
+                simple_rule(&format!("{name}.example.com"), "/", "Prefix")
+            ),
+        )
+    };
+    let yaml = format!(
+        "{BACKENDS}{}{}{}{}{}",
+        mk("ours", "", "  ingressClassName: wicket\n"),
+        mk("theirs", "", "  ingressClassName: nginx\n"),
+        mk(
+            "legacy",
+            "  annotations: {kubernetes.io/ingress.class: wicket}\n",
+            "  ingressClassName: nginx\n"
+        ),
+        mk("none", "", ""),
+        mk("other", "", "  ingressClassName: other\n"),
+    );
+    let names = |b: &Build| b.served.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
+
+    let b = run(&yaml);
+    assert_eq!(names(&b), vec!["legacy", "none", "ours"]);
+
+    let mut o = opts();
+    o.class.watch_without_class = false;
+    let b = build::build(&cluster(&yaml), &o);
+    assert_eq!(names(&b), vec!["legacy", "ours"]);
+
+    // An IngressClass named wicket that belongs to another controller: not ours.
+    let foreign = "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: wicket}\nspec: {controller: example.com/other}\n";
+    let b = build::build(&cluster(&format!("{yaml}{foreign}")), &o);
+    assert_eq!(names(&b), Vec::<String>::new());
+
+    // Our IngressClass, marked default: class-less Ingresses are ours.
+    let default = "---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: wicket, annotations: {ingressclass.kubernetes.io/is-default-class: \"true\"}}\nspec: {controller: wicket.dev/ingress-controller}\n";
+    let b = build::build(&cluster(&format!("{yaml}{default}")), &o);
+    assert_eq!(names(&b), vec!["legacy", "none", "ours"]);
+}
+
+#[test]
+fn unsupported_annotations_are_reported_and_ignored() {
+    let meta = "  annotations:\n    nginx.ingress.kubernetes.io/proxy-body-size: 8m\n    example.com/unrelated: x\n";
+    let b = run(&format!(
+        "{BACKENDS}{}",
+        ingress("a", meta, &simple_rule("a.example.com", "/", "Prefix"))
+    ));
+    assert_eq!(b.served.len(), 1);
+    let lines: Vec<String> = b.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        vec![
+            "ignored ingress shop/a: metadata.annotations[\"nginx.ingress.kubernetes.io/proxy-body-size\"]: annotation not supported by wicket yet; ignored"
+        ]
+    );
+}
+
+#[test]
+fn regex_mode_orders_longest_first_and_keeps_other_ingresses_literal() {
+    let regex_meta = "  annotations:\n    nginx.ingress.kubernetes.io/use-regex: \"true\"\n";
+    let b = run(&format!(
+        "{BACKENDS}{}{}",
+        ingress(
+            "re",
+            regex_meta,
+            &simple_rule("a.example.com", "/v[0-9]+/.*", "ImplementationSpecific")
+        ),
+        ingress("lit", "", &simple_rule("a.example.com", "/v1.0", "Prefix")),
+    ));
+    assert!(b.problems.is_empty(), "{:?}", b.problems);
+    let regexes: Vec<(String, bool)> = b.config.servers[0]
+        .locations
+        .iter()
+        .filter_map(|l| match &l.matcher {
+            Match::Regex {
+                regex,
+                case_insensitive,
+            } => Some((regex.as_str().to_string(), *case_insensitive)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        regexes,
+        vec![
+            ("/v[0-9]+/.*".to_string(), true),
+            ("/v1\\.0(/|$)".to_string(), false)
+        ]
+    );
+}
+
+#[test]
+fn rewrite_targets_and_regexes_are_validated() {
+    let meta = |t: &str| {
+        format!("  annotations:\n    nginx.ingress.kubernetes.io/rewrite-target: '{t}'\n")
+    };
+    for (target, path, ok) in [
+        ("/$2", "/something(/|$)(.*)", true),
+        ("/$host", "/x", false),
+        ("/", "/a(", false),
+        ("/ok", "/a;b", true),
+    ] {
+        let b = run(&format!(
+            "{BACKENDS}{}",
+            ingress(
+                "a",
+                &meta(target),
+                &simple_rule("a.example.com", path, "Prefix")
+            )
+        ));
+        assert_eq!(b.served.len() == 1, ok, "{target} {path}: {:?}", b.problems);
+    }
+}
+
+#[test]
+fn missing_and_broken_tls_secrets_fall_back_to_the_default_certificate() {
+    let tls = "  tls:\n  - hosts: [a.example.com]\n    secretName: nope\n";
+    let b = run(&format!(
+        "{BACKENDS}{}",
+        ingress(
+            "a",
+            "",
+            &format!("{tls}{}", simple_rule("a.example.com", "/", "Prefix"))
+        )
+    ));
+    assert_eq!(b.config.servers[0].certificate, "default");
+    assert_eq!(b.problems.len(), 1);
+    assert!(
+        b.problems[0].to_string().contains("spec.tls[0].secretName: secret shop/nope not found; host a.example.com is served with the default certificate"),
+        "{}",
+        b.problems[0]
+    );
+}
+
+#[test]
+fn build_is_deterministic_whatever_the_arrival_order() {
+    let secret = std::fs::read_to_string("tests/fixtures/tls-secret.yaml").unwrap();
+    let yaml = format!(
+        "{BACKENDS}---\n{secret}{}{}{}",
+        ingress(
+            "a",
+            "",
+            &format!(
+                "  tls:\n  - hosts: [secure.example.com]\n    secretName: secure-tls\n{}",
+                simple_rule("secure.example.com", "/", "Prefix")
+            )
+        ),
+        ingress("b", "", &simple_rule("*.example.com", "/x", "Exact")),
+        ingress("c", "", &simple_rule("b.example.com", "/", "Prefix")),
+    );
+    let objs = objects(&yaml);
+    let o = opts();
+    let r = Renderer::embedded().unwrap();
+    let render = |objs: &[wicket::cluster::Object]| {
+        let mut c = Cluster::default();
+        for ob in objs {
+            c.insert(ob.clone());
+        }
+        let b = build::build(&c, &o);
+        (
+            r.render(&b.config, &RenderEnv::default()).unwrap(),
+            b.problems,
+        )
+    };
+    let first = render(&objs);
+    let mut reversed = objs.clone();
+    reversed.reverse();
+    assert_eq!(first, render(&reversed));
+    let mut rotated = objs.clone();
+    rotated.rotate_left(3);
+    assert_eq!(first, render(&rotated));
+    assert!(first.1.is_empty(), "{:?}", first.1);
+    assert_eq!(
+        first.0.matches("ssl_certificate certs/").count(),
+        4,
+        "default server + 3 hosts"
+    );
+    let cluster_counts = cluster(&yaml).counts();
+    assert_eq!(cluster_counts[0], (Kind::Ingress, 3));
+}

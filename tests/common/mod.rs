@@ -1,0 +1,556 @@
+//! Test harness shared by the integration tests: the real nginx, echo
+//! backends, and a `wicket serve` child process driven through its folder
+//! and real HTTP requests.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wicket::config::Config;
+
+/// How long a test waits for something that should happen.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// The nginx binary the tests run: `$WICKET_NGINX_BINARY`, else `nginx` from
+/// PATH or the sbin folders. Tests fail (they do not skip) without it.
+pub fn nginx_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("WICKET_NGINX_BINARY") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
+        .expect("nginx is not installed: run `make test`, which installs it from Debian's packages")
+}
+
+/// Runs `nginx -t` on a rendered config with its certificates in a
+/// temporary state folder; panics with nginx's message if it refuses.
+pub fn nginx_test(text: &str, config: &Config) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    std::fs::create_dir(dir.path().join("tmp")).unwrap();
+    for c in &config.certificates {
+        std::fs::write(
+            dir.path().join(format!("certs/{}.crt", c.name)),
+            &c.cert_pem,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join(format!("certs/{}.key", c.name)), &c.key_pem).unwrap();
+    }
+    std::fs::write(dir.path().join("nginx.conf"), text).unwrap();
+    let out = Command::new(nginx_binary())
+        .current_dir(dir.path())
+        .arg("-t")
+        .arg("-q")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nginx -t refused the config: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A free TCP port on all addresses (bound and released; the test binds it
+/// again right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// ---------------------------------------------------------------- backends
+
+/// An echo backend: answers every request with JSON naming the service and
+/// endpoint that served it and what it saw (method, path, HTTP version,
+/// headers). A request asking for an upgrade gets `101` and then every byte
+/// sent is echoed back.
+pub struct Echo {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone)]
+struct EchoState {
+    service: Arc<str>,
+    endpoint: Arc<str>,
+}
+
+async fn echo(
+    State(st): State<EchoState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+) -> Response {
+    if let Some(proto) = req.headers().get(header::UPGRADE).cloned() {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on_upgrade.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, proto)
+            .body(Body::empty())
+            .unwrap();
+    }
+    let mut headers = BTreeMap::new();
+    for (k, v) in req.headers() {
+        let v = String::from_utf8_lossy(v.as_bytes()).to_string();
+        headers
+            .entry(k.as_str().to_string())
+            .and_modify(|e: &mut String| {
+                e.push_str(", ");
+                e.push_str(&v);
+            })
+            .or_insert(v);
+    }
+    let body = serde_json::json!({
+        "service": &*st.service,
+        "endpoint": &*st.endpoint,
+        "peer": peer.ip().to_string(),
+        "method": req.method().as_str(),
+        "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""),
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::HeaderName::from_static("x-echo-response"), "kept"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+impl Echo {
+    /// Starts an echo backend for `service` on `ip` (port 0: any free one).
+    pub async fn start(service: &str, ip: Ipv4Addr, port: u16) -> Echo {
+        let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().fallback(echo).with_state(EchoState {
+            service: service.into(),
+            endpoint: addr.to_string().into(),
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
+        });
+        Echo { addr, task }
+    }
+}
+
+/// A Service with one port (`port`, named `name` if given) and an
+/// EndpointSlice with the given endpoints (address, ready) on `target`.
+pub fn service(
+    ns: &str,
+    svc: &str,
+    port: u16,
+    port_name: Option<&str>,
+    target: u16,
+    endpoints: &[(IpAddr, bool)],
+) -> String {
+    let name = port_name
+        .map(|n| format!("name: {n}, "))
+        .unwrap_or_default();
+    let eps = if endpoints.is_empty() {
+        "endpoints: []\n".to_string()
+    } else {
+        let mut e = "endpoints:\n".to_string();
+        for (ip, ready) in endpoints {
+            e.push_str(&format!(
+                "- addresses: [\"{ip}\"]\n  conditions: {{ready: {ready}}}\n"
+            ));
+        }
+        e
+    };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {svc}, namespace: {ns}}}\nspec:\n  ports: [{{{name}port: {port}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {svc}-slice, namespace: {ns}, labels: {{kubernetes.io/service-name: {svc}}}}}\naddressType: IPv4\nports: [{{{name}port: {target}}}]\n{eps}"
+    )
+}
+
+/// An Ingress with one rule: `host` (empty: none), and `(path, type, service, port)` paths.
+pub fn ingress(
+    ns: &str,
+    name: &str,
+    meta: &str,
+    host: &str,
+    paths: &[(&str, &str, &str, u16)],
+) -> String {
+    let mut out = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: {ns}\n{meta}spec:\n  rules:\n  - "
+    );
+    if !host.is_empty() {
+        out.push_str(&format!("host: \"{host}\"\n    "));
+    }
+    out.push_str("http:\n      paths:\n");
+    for (path, ty, svc, port) in paths {
+        out.push_str(&format!(
+            "      - path: \"{path}\"\n        pathType: {ty}\n        backend: {{service: {{name: {svc}, port: {{number: {port}}}}}}}\n"
+        ));
+    }
+    out
+}
+
+// ---------------------------------------------------------------- clients
+
+struct Loopback;
+
+impl reqwest::dns::Resolve for Loopback {
+    fn resolve(&self, _: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async {
+            let addrs: reqwest::dns::Addrs =
+                Box::new(std::iter::once(SocketAddr::from(([127, 0, 0, 1], 0))));
+            Ok(addrs)
+        })
+    }
+}
+
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// An HTTP client that resolves every name to 127.0.0.1 and never follows
+/// redirects (a redirect is an answer the tests check).
+pub fn client() -> reqwest::Client {
+    install_crypto();
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(Loopback))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// An HTTPS client that trusts only the given PEM certificates.
+pub fn tls_client(trusted_pem: &[&str]) -> reqwest::Client {
+    install_crypto();
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in trusted_pem {
+        use rustls::pki_types::pem::PemObject;
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(Loopback))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .tls_backend_preconfigured(cfg)
+        .build()
+        .unwrap()
+}
+
+/// A self-signed certificate and key (PEM) for the given names.
+pub fn cert_for(names: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+/// A `kubernetes.io/tls` Secret manifest.
+pub fn tls_secret(ns: &str, name: &str, cert: &str, key: &str) -> String {
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(cert),
+        indent(key)
+    )
+}
+
+/// What a request got back.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub version: reqwest::Version,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Answer {
+    /// The echo backend's JSON, if an echo backend answered.
+    pub fn echo(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.text).ok()
+    }
+    /// Which service answered: the echo's `service`, or `status N`.
+    pub fn who(&self) -> String {
+        match self.echo() {
+            Some(v) if self.status == 200 => v["service"].as_str().unwrap_or("?").to_string(),
+            _ => format!("status {}", self.status),
+        }
+    }
+}
+
+pub async fn fetch(client: &reqwest::Client, url: &str) -> Result<Answer, reqwest::Error> {
+    let r = client.get(url).send().await?;
+    Ok(Answer {
+        status: r.status().as_u16(),
+        version: r.version(),
+        headers: r.headers().clone(),
+        text: r.text().await?,
+    })
+}
+
+// ---------------------------------------------------------------- wicket
+
+/// A `wicket serve` child process with its own manifests folder, ports and
+/// state folder.
+pub struct Wicket {
+    pub manifests: tempfile::TempDir,
+    pub state: tempfile::TempDir,
+    logs: tempfile::TempDir,
+    pub http: u16,
+    pub https: u16,
+    pub admin: u16,
+    child: Option<Child>,
+    pub client: reqwest::Client,
+}
+
+impl Wicket {
+    /// Writes the files, starts `wicket serve` and waits until it is ready.
+    pub async fn start(files: &[(&str, &str)]) -> Wicket {
+        Self::start_with(files, &[]).await
+    }
+
+    pub async fn start_with(files: &[(&str, &str)], args: &[&str]) -> Wicket {
+        let manifests = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(manifests.path().join(name), text).unwrap();
+        }
+        let state = tempfile::tempdir().unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let (http, https, admin) = (free_port(), free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_wicket"))
+            .arg("serve")
+            .arg("--manifests")
+            .arg(manifests.path())
+            .args(["--http-port", &http.to_string()])
+            .args(["--https-port", &https.to_string()])
+            .args(["--admin-port", &admin.to_string()])
+            .arg("--state-dir")
+            .arg(state.path().join("state"))
+            .arg("--nginx-binary")
+            .arg(nginx_binary())
+            .args(args)
+            .env("RUST_LOG", "info,wicket=debug")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(logs.path().join("stdout")).unwrap())
+            .stderr(std::fs::File::create(logs.path().join("stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut w = Wicket {
+            manifests,
+            state,
+            logs,
+            http,
+            https,
+            admin,
+            child: Some(child),
+            client: client(),
+        };
+        w.wait_ready().await;
+        w
+    }
+
+    /// The state folder wicket was given.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.path().join("state")
+    }
+
+    pub fn logs(&self) -> String {
+        let read = |n: &str| std::fs::read_to_string(self.logs.path().join(n)).unwrap_or_default();
+        format!(
+            "--- wicket stderr ---\n{}\n--- wicket stdout ---\n{}",
+            read("stderr"),
+            read("stdout")
+        )
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "wicket exited ({status}) before it was ready\n{}",
+                    self.logs()
+                );
+            }
+            if let Ok(a) = fetch(
+                &self.client,
+                &format!("http://127.0.0.1:{}/readyz", self.admin),
+            )
+            .await
+                && a.status == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wicket was not ready in time\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Writes a manifest file in place (not atomically, as an editor might).
+    pub fn write(&self, name: &str, text: &str) {
+        let mut f = std::fs::File::create(self.manifests.path().join(name)).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.manifests.path().join(name)
+    }
+
+    pub fn url(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.http)
+    }
+
+    pub fn https_url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.https)
+    }
+
+    /// GET over HTTP with this Host (resolved to 127.0.0.1).
+    pub async fn get(&self, host: &str, path: &str) -> Answer {
+        fetch(&self.client, &self.url(host, path))
+            .await
+            .unwrap_or_else(|e| panic!("GET {}: {e}\n{}", self.url(host, path), self.logs()))
+    }
+
+    /// Polls until `check` is true for the answer to GET host/path.
+    pub async fn eventually(
+        &self,
+        host: &str,
+        path: &str,
+        what: &str,
+        check: impl Fn(&Answer) -> bool,
+    ) -> Answer {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(a) = fetch(&self.client, &self.url(host, path)).await
+                && check(&a)
+            {
+                return a;
+            }
+            if Instant::now() > deadline {
+                let last = fetch(&self.client, &self.url(host, path)).await;
+                panic!(
+                    "{host}{path}: never {what}; last answer {last:?}\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Answer {
+        fetch(
+            &self.client,
+            &format!("http://127.0.0.1:{}{path}", self.admin),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("wicket did not stop after SIGTERM\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// PID of the nginx master, from its pid file.
+    pub fn nginx_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.state_dir().join("nginx.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+}
+
+impl Drop for Wicket {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            if std::thread::panicking() {
+                eprintln!("{}", self.logs());
+            }
+            self.stop();
+        }
+    }
+}
+
+/// Reads the whole of a raw TCP answer up to the end of its headers.
+pub async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).await.unwrap();
+        assert!(
+            n > 0,
+            "connection closed mid-head: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// Whether a file exists in a folder.
+pub fn exists(dir: &Path, name: &str) -> bool {
+    dir.join(name).exists()
+}

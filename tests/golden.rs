@@ -1,0 +1,77 @@
+//! Golden configs: the rendered nginx.conf of fixed manifests, compared with
+//! reviewed snapshots (insta), and each proven by the real `nginx -t`.
+
+mod common;
+
+use std::path::Path;
+
+use wicket::build::{self, ClassOptions, Options};
+use wicket::config::Certificate;
+use wicket::render::{RenderEnv, Renderer};
+use wicket::source::files::Folder;
+
+/// A fixed default certificate, so snapshots do not change from run to run
+/// (its content is not part of the rendered text, only its name).
+fn default_certificate() -> Certificate {
+    let mut c = wicket::certs::generate_default().unwrap();
+    c.name = "default".into();
+    c
+}
+
+fn render(dir: &str) -> (String, Vec<String>, wicket::config::Config) {
+    let mut folder = Folder::new(Path::new(dir));
+    folder.rescan().unwrap();
+    let (cluster, reports) = folder.cluster();
+    assert!(reports.is_empty(), "{reports:?}");
+    let opts = Options {
+        class: ClassOptions {
+            watch_without_class: true,
+            ..ClassOptions::default()
+        },
+        annotations_prefix: build::DEFAULT_ANNOTATIONS_PREFIX.into(),
+        http_port: 80,
+        https_port: 443,
+        default_certificate: default_certificate(),
+    };
+    let b = build::build(&cluster, &opts);
+    let env = RenderEnv {
+        generation: 1,
+        user: None,
+    };
+    let text = Renderer::embedded()
+        .unwrap()
+        .render(&b.config, &env)
+        .unwrap();
+    (
+        text,
+        b.problems.iter().map(ToString::to_string).collect(),
+        b.config,
+    )
+}
+
+fn golden(name: &str, dir: &str) {
+    let (text, problems, config) = render(dir);
+    insta::assert_snapshot!(name, text);
+    insta::assert_snapshot!(format!("{name}-problems"), problems.join("\n"));
+    common::nginx_test(&text, &config);
+}
+
+#[test]
+fn examples() {
+    golden("examples", "examples");
+}
+
+#[test]
+fn tls() {
+    golden("tls", "tests/fixtures/golden/tls");
+}
+
+#[test]
+fn regex_and_rewrite() {
+    golden("regex", "tests/fixtures/golden/regex");
+}
+
+#[test]
+fn default_backends_and_unavailable_services() {
+    golden("defaults", "tests/fixtures/golden/defaults");
+}
