@@ -301,10 +301,13 @@ impl Nginx {
     fn spawn(&mut self) -> Result<(), ApplyError> {
         // A socket left by a process that died would make bind() fail.
         let _ = std::fs::remove_file(self.opts.state_dir.join(STATUS_SOCKET));
+        // Its own process group, so the workers of a master that died can be
+        // found and stopped: orphaned, they would keep the ports.
         let child = self
             .command()
             .arg("-c")
             .arg(self.opts.state_dir.join(CONF))
+            .process_group(0)
             .spawn()
             .map_err(|source| ApplyError::Spawn {
                 binary: self.opts.binary.clone(),
@@ -349,12 +352,17 @@ impl Nginx {
         }
     }
 
-    /// Resolves when the nginx child exits; never, when there is none.
+    /// Resolves when the nginx child exits; never, when there is none. The
+    /// workers it leaves behind are killed.
     pub async fn exited(&mut self) -> ExitStatus {
         match &mut self.child {
             Some(c) => {
+                let pgid = c.id();
                 let status = c.wait().await;
                 self.child = None;
+                if let Some(pgid) = pgid {
+                    let _ = nix::sys::signal::killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+                }
                 status.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(1))
             }
             None => std::future::pending().await,
