@@ -151,7 +151,11 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     for p in &result.problems {
         eprintln!("{p}");
     }
-    let text = renderer(&args.class)?.render(&result.config, &RenderEnv::default())?;
+    let env = RenderEnv {
+        ipv6: wicket::render::ipv6_available(),
+        ..RenderEnv::default()
+    };
+    let text = renderer(&args.class)?.render(&result.config, &env)?;
     print!("{text}");
     Ok(ExitCode::SUCCESS)
 }

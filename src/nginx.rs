@@ -96,6 +96,7 @@ pub enum Outcome {
 pub struct Nginx {
     opts: NginxOptions,
     user: Option<(String, String)>,
+    ipv6: bool,
     child: Option<Child>,
     generation: u64,
     /// Generation and text of the config nginx serves.
@@ -154,6 +155,7 @@ impl Nginx {
         Ok(Nginx {
             opts,
             user,
+            ipv6: crate::render::ipv6_available(),
             child: None,
             generation: 0,
             good: None,
@@ -179,6 +181,7 @@ impl Nginx {
         let env = RenderEnv {
             generation: self.generation,
             user: self.user.clone(),
+            ipv6: self.ipv6,
         };
         let text = renderer.render(config, &env)?;
         self.write_certificates(config)?;

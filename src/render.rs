@@ -62,6 +62,13 @@ pub struct RenderEnv {
     /// The unprivileged user and group nginx workers run as, when wicket runs
     /// as root.
     pub user: Option<(String, String)>,
+    /// Also listen on all IPv6 addresses (when the machine has IPv6).
+    pub ipv6: bool,
+}
+
+/// Whether this machine can listen on IPv6.
+pub fn ipv6_available() -> bool {
+    std::net::TcpListener::bind("[::]:0").is_ok()
 }
 
 /// Characters that never need quotes in an nginx token.

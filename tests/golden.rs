@@ -37,6 +37,7 @@ fn render(dir: &str) -> (String, Vec<String>, wicket::config::Config) {
     let env = RenderEnv {
         generation: 1,
         user: None,
+        ipv6: true,
     };
     let text = Renderer::embedded()
         .unwrap()

@@ -61,6 +61,26 @@ async fn hosts_and_wildcards_match_as_the_ingress_api_says() {
     ] {
         assert_eq!(w.get(host, "/some/path").await.who(), want, "host {host}");
     }
+    // nginx listens on all addresses, IPv6 included.
+    let a = fetch(&w.client, &format!("http://[::1]:{}/", w.http))
+        .await
+        .unwrap();
+    assert_eq!(a.who(), "status 404");
+    let v6 = reqwest::Client::builder()
+        .resolve(
+            "shop.example.com",
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, w.http)),
+        )
+        .no_proxy()
+        .build()
+        .unwrap();
+    assert_eq!(
+        fetch(&v6, &w.url("shop.example.com", "/"))
+            .await
+            .unwrap()
+            .who(),
+        "web"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -499,6 +499,10 @@ impl Wicket {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn stop(&mut self) -> ExitStatus {
+        // Close this client's pooled connections first: nginx's graceful
+        // shutdown waits (up to worker_shutdown_timeout) for connections that
+        // were opened but never sent a request, which a client pool may hold.
+        self.client = client();
         let mut child = self.child.take().expect("running");
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
@@ -526,7 +530,7 @@ impl Wicket {
 impl Drop for Wicket {
     fn drop(&mut self) {
         if self.child.is_some() {
-            if std::thread::panicking() {
+            if std::thread::panicking() || std::env::var_os("WICKET_TEST_LOGS").is_some() {
                 eprintln!("{}", self.logs());
             }
             self.stop();
