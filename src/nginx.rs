@@ -311,11 +311,20 @@ impl Nginx {
             .arg("-c")
             .arg(self.opts.state_dir.join(CONF))
             .process_group(0)
+            .stdout(Stdio::piped())
             .spawn()
             .map_err(|source| ApplyError::Spawn {
                 binary: self.opts.binary.clone(),
                 source,
             })?;
+        // The access log goes to nginx's /dev/stdout: a pipe of ours, which
+        // nginx can open whatever user it runs as, copied to our stdout.
+        let mut child = child;
+        if let Some(mut out) = child.stdout.take() {
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut out, &mut tokio::io::stdout()).await;
+            });
+        }
         self.child = Some(child);
         Ok(())
     }
