@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -104,27 +105,28 @@ impl fmt::Display for ObjectRef {
     }
 }
 
-/// Everything observed at one moment.
+/// Everything observed at one moment. Objects are shared (`Arc`), so a
+/// snapshot is cheap to take from a source's cache.
 #[derive(Clone, Debug, Default)]
 pub struct Cluster {
-    pub ingresses: BTreeMap<ObjectKey, Ingress>,
+    pub ingresses: BTreeMap<ObjectKey, Arc<Ingress>>,
     /// IngressClass is cluster-scoped: keyed by name.
-    pub ingress_classes: BTreeMap<String, IngressClass>,
-    pub services: BTreeMap<ObjectKey, Service>,
-    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
-    pub secrets: BTreeMap<ObjectKey, Secret>,
-    pub config_maps: BTreeMap<ObjectKey, ConfigMap>,
+    pub ingress_classes: BTreeMap<String, Arc<IngressClass>>,
+    pub services: BTreeMap<ObjectKey, Arc<Service>>,
+    pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
+    pub secrets: BTreeMap<ObjectKey, Arc<Secret>>,
+    pub config_maps: BTreeMap<ObjectKey, Arc<ConfigMap>>,
 }
 
 /// One object of any kind wicket reads.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
-    Ingress(Box<Ingress>),
-    IngressClass(Box<IngressClass>),
-    Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
-    Secret(Box<Secret>),
-    ConfigMap(Box<ConfigMap>),
+    Ingress(Arc<Ingress>),
+    IngressClass(Arc<IngressClass>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    Secret(Arc<Secret>),
+    ConfigMap(Arc<ConfigMap>),
 }
 
 impl Object {
@@ -172,30 +174,18 @@ impl Cluster {
     pub fn insert(&mut self, object: Object) -> Option<Object> {
         let r = object.object_ref();
         match object {
-            Object::Ingress(o) => self
-                .ingresses
-                .insert(r.key, *o)
-                .map(|o| Object::Ingress(Box::new(o))),
+            Object::Ingress(o) => self.ingresses.insert(r.key, o).map(Object::Ingress),
             Object::IngressClass(o) => self
                 .ingress_classes
-                .insert(r.key.name, *o)
-                .map(|o| Object::IngressClass(Box::new(o))),
-            Object::Service(o) => self
-                .services
-                .insert(r.key, *o)
-                .map(|o| Object::Service(Box::new(o))),
+                .insert(r.key.name, o)
+                .map(Object::IngressClass),
+            Object::Service(o) => self.services.insert(r.key, o).map(Object::Service),
             Object::EndpointSlice(o) => self
                 .endpoint_slices
-                .insert(r.key, *o)
-                .map(|o| Object::EndpointSlice(Box::new(o))),
-            Object::Secret(o) => self
-                .secrets
-                .insert(r.key, *o)
-                .map(|o| Object::Secret(Box::new(o))),
-            Object::ConfigMap(o) => self
-                .config_maps
-                .insert(r.key, *o)
-                .map(|o| Object::ConfigMap(Box::new(o))),
+                .insert(r.key, o)
+                .map(Object::EndpointSlice),
+            Object::Secret(o) => self.secrets.insert(r.key, o).map(Object::Secret),
+            Object::ConfigMap(o) => self.config_maps.insert(r.key, o).map(Object::ConfigMap),
         }
     }
 

@@ -47,7 +47,10 @@ pub fn requested_class(ing: &Ingress) -> Option<&str> {
 }
 
 fn our_class<'c>(cluster: &'c Cluster, opts: &ClassOptions) -> Option<&'c IngressClass> {
-    cluster.ingress_classes.get(&opts.ingress_class)
+    cluster
+        .ingress_classes
+        .get(&opts.ingress_class)
+        .map(|c| &**c)
 }
 
 fn controller_matches(class: &IngressClass, opts: &ClassOptions) -> bool {

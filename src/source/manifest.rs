@@ -1,6 +1,8 @@
 //! Parsing manifest files: multi-document YAML, JSON, `kind: List`, legacy
 //! Ingress versions; namespaces defaulted, Secret `stringData` merged.
 
+use std::sync::Arc;
+
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -81,24 +83,27 @@ fn read_value(v: Value, out: &mut Manifests) -> Result<(), String> {
         }
         return Ok(());
     }
+    let mut v = v;
+    if kind != "IngressClass" {
+        default_namespace(&mut v);
+    }
     let object = match (api_version.as_str(), kind.as_str()) {
         ("networking.k8s.io/v1", "Ingress") => {
-            Object::Ingress(Box::new(typed::<Ingress>(v, &kind)?))
+            Object::Ingress(Arc::new(typed::<Ingress>(v, &kind)?))
         }
         ("networking.k8s.io/v1beta1" | "extensions/v1beta1", "Ingress") => {
-            Object::Ingress(Box::new(legacy::convert(v)?))
+            Object::Ingress(Arc::new(legacy::convert(v)?))
         }
         ("networking.k8s.io/v1" | "networking.k8s.io/v1beta1", "IngressClass") => {
-            let mut v = v;
             set_api_version(&mut v, "networking.k8s.io/v1");
-            Object::IngressClass(Box::new(typed::<IngressClass>(v, &kind)?))
+            Object::IngressClass(Arc::new(typed::<IngressClass>(v, &kind)?))
         }
-        ("v1", "Service") => Object::Service(Box::new(typed::<Service>(v, &kind)?)),
+        ("v1", "Service") => Object::Service(Arc::new(typed::<Service>(v, &kind)?)),
         ("discovery.k8s.io/v1", "EndpointSlice") => {
-            Object::EndpointSlice(Box::new(typed::<EndpointSlice>(v, &kind)?))
+            Object::EndpointSlice(Arc::new(typed::<EndpointSlice>(v, &kind)?))
         }
-        ("v1", "Secret") => Object::Secret(Box::new(merge_string_data(typed::<Secret>(v, &kind)?))),
-        ("v1", "ConfigMap") => Object::ConfigMap(Box::new(typed::<ConfigMap>(v, &kind)?)),
+        ("v1", "Secret") => Object::Secret(Arc::new(merge_string_data(typed::<Secret>(v, &kind)?))),
+        ("v1", "ConfigMap") => Object::ConfigMap(Arc::new(typed::<ConfigMap>(v, &kind)?)),
         _ => {
             let name = v
                 .get("metadata")
@@ -113,7 +118,7 @@ fn read_value(v: Value, out: &mut Manifests) -> Result<(), String> {
             return Ok(());
         }
     };
-    out.objects.push(default_namespace(object));
+    out.objects.push(object);
     Ok(())
 }
 
@@ -138,23 +143,18 @@ fn merge_string_data(mut s: Secret) -> Secret {
     s
 }
 
-fn default_namespace(mut o: Object) -> Object {
-    let meta = match &mut o {
-        Object::Ingress(x) => &mut x.metadata,
-        Object::IngressClass(x) => {
-            // cluster-scoped
-            x.metadata.namespace = None;
-            return o;
+/// Objects without a namespace are in `default`, as `kubectl apply` puts them.
+fn default_namespace(v: &mut Value) {
+    let Value::Mapping(m) = v else { return };
+    let meta = m
+        .entry(Value::from("metadata"))
+        .or_insert_with(|| Value::Mapping(Default::default()));
+    if let Value::Mapping(meta) = meta {
+        let ns = meta.get("namespace");
+        if ns.is_none_or(|n| n.is_null() || n.as_str() == Some("")) {
+            meta.insert(Value::from("namespace"), Value::from(DEFAULT_NAMESPACE));
         }
-        Object::Service(x) => &mut x.metadata,
-        Object::EndpointSlice(x) => &mut x.metadata,
-        Object::Secret(x) => &mut x.metadata,
-        Object::ConfigMap(x) => &mut x.metadata,
-    };
-    if meta.namespace.as_deref().is_none_or(str::is_empty) {
-        meta.namespace = Some(DEFAULT_NAMESPACE.to_string());
     }
-    o
 }
 
 #[cfg(test)]
