@@ -26,6 +26,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// Certificates the servers use, sorted by name; the default first.
     pub certificates: Vec<Certificate>,
+    /// Global settings (`--configmap`).
+    pub settings: crate::settings::Settings,
 }
 
 /// Where a part of the config came from, for the comments beside it.

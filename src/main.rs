@@ -8,10 +8,15 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use wicket::build::{self, ClassOptions};
+use wicket::controller::{self, ControllerOptions};
+use wicket::leader::LeaderOptions;
 use wicket::nginx::NginxOptions;
 use wicket::render::{RenderEnv, Renderer};
 use wicket::serve::{self, ServeOptions};
 use wicket::source::files::Folder;
+use wicket::source::kube::KubeOptions;
+use wicket::status::StatusOptions;
+use wicket::values::NamespacedName;
 
 #[derive(Parser)]
 #[command(
@@ -30,10 +35,14 @@ enum Command {
     Render(RenderArgs),
     /// Serve a folder of manifests through nginx, watching it for changes.
     Serve(ServeArgs),
+    /// Serve the Ingresses of a Kubernetes cluster (in-cluster service
+    /// account, or KUBECONFIG).
+    Controller(ControllerArgs),
 }
 
+/// What decides the config: flags shared by every command.
 #[derive(Args, Clone)]
-struct ClassArgs {
+struct BuildArgs {
     /// The IngressClass name to serve.
     #[arg(long, env = "WICKET_INGRESS_CLASS", default_value = "wicket")]
     ingress_class: String,
@@ -44,35 +53,32 @@ struct ClassArgs {
         default_value = "wicket.dev/ingress-controller"
     )]
     controller_class: String,
-    /// Serve Ingresses that name no class.
-    #[arg(long, env = "WICKET_WATCH_INGRESS_WITHOUT_CLASS", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    watch_ingress_without_class: bool,
+    /// Serve Ingresses that name no class [default: true for render and
+    /// serve, false for controller].
+    #[arg(long, env = "WICKET_WATCH_INGRESS_WITHOUT_CLASS", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    watch_ingress_without_class: Option<bool>,
     /// Prefix of the annotations wicket reads.
     #[arg(long, env = "WICKET_ANNOTATIONS_PREFIX", default_value = build::DEFAULT_ANNOTATIONS_PREFIX)]
     annotations_prefix: String,
+    /// NAMESPACE/NAME of a ConfigMap with global settings.
+    #[arg(long, env = "WICKET_CONFIGMAP")]
+    configmap: Option<NamespacedName>,
+    /// NAMESPACE/NAME of a TLS Secret presented for hosts without their own
+    /// certificate, instead of a self-signed one.
+    #[arg(long, env = "WICKET_DEFAULT_SSL_CERTIFICATE")]
+    default_ssl_certificate: Option<NamespacedName>,
+    /// NAMESPACE/NAME of a Service that answers requests no rule matches,
+    /// instead of 404.
+    #[arg(long, env = "WICKET_DEFAULT_BACKEND_SERVICE")]
+    default_backend_service: Option<NamespacedName>,
     /// A folder of templates overriding the embedded ones by file name.
     #[arg(long, env = "WICKET_TEMPLATES")]
     templates: Option<PathBuf>,
 }
 
-#[derive(Args)]
-struct RenderArgs {
-    /// Folder of manifests (*.yaml, *.yml, *.json).
-    #[arg(long)]
-    manifests: PathBuf,
-    #[arg(long, default_value_t = 80)]
-    http_port: u16,
-    #[arg(long, default_value_t = 443)]
-    https_port: u16,
-    #[command(flatten)]
-    class: ClassArgs,
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    /// Folder of manifests (*.yaml, *.yml, *.json), watched for changes.
-    #[arg(long, env = "WICKET_MANIFESTS")]
-    manifests: PathBuf,
+/// How nginx runs: flags shared by serve and controller.
+#[derive(Args, Clone)]
+struct RunArgs {
     /// Port nginx serves HTTP on, on all addresses.
     #[arg(long, env = "WICKET_HTTP_PORT", default_value_t = 80)]
     http_port: u16,
@@ -92,32 +98,98 @@ struct ServeArgs {
     /// The nginx binary.
     #[arg(long, env = "WICKET_NGINX_BINARY", default_value = "nginx")]
     nginx_binary: PathBuf,
-    /// Quiet time after a file change before rebuilding, in milliseconds.
-    #[arg(long, default_value_t = 50)]
+    /// Quiet time after a change before rebuilding, in milliseconds.
+    #[arg(long, env = "WICKET_DEBOUNCE_MS", default_value_t = 50)]
     debounce_ms: u64,
     /// Longest a stream of changes may delay a rebuild, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "WICKET_MAX_WAIT_MS", default_value_t = 1000)]
     max_wait_ms: u64,
-    #[command(flatten)]
-    class: ClassArgs,
 }
 
-fn build_options(c: &ClassArgs, http_port: u16, https_port: u16) -> anyhow::Result<build::Options> {
+#[derive(Args)]
+struct RenderArgs {
+    /// Folder of manifests (*.yaml, *.yml, *.json).
+    #[arg(long)]
+    manifests: PathBuf,
+    #[arg(long, default_value_t = 80)]
+    http_port: u16,
+    #[arg(long, default_value_t = 443)]
+    https_port: u16,
+    #[command(flatten)]
+    build: BuildArgs,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Folder of manifests (*.yaml, *.yml, *.json), watched for changes.
+    #[arg(long, env = "WICKET_MANIFESTS")]
+    manifests: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    build: BuildArgs,
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// Watch namespaced objects in this namespace only (default: all).
+    #[arg(long, env = "WICKET_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// NAMESPACE/NAME of the Service whose addresses go into Ingress status.
+    #[arg(long, env = "WICKET_PUBLISH_SERVICE")]
+    publish_service: Option<NamespacedName>,
+    /// Addresses (IPs or host names, comma-separated) for Ingress status.
+    #[arg(long, env = "WICKET_PUBLISH_STATUS_ADDRESS", value_delimiter = ',')]
+    publish_status_address: Vec<String>,
+    /// Name of the Lease used for leader election, in the controller's
+    /// namespace.
+    #[arg(long, env = "WICKET_ELECTION_ID", default_value = "wicket-leader")]
+    election_id: String,
+    /// The controller's own namespace (for the Lease); in a pod, from
+    /// POD_NAMESPACE or the service account.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// This replica's name in the Lease; in a pod, POD_NAME.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Clear the status of served Ingresses when the leader shuts down.
+    #[arg(long, env = "WICKET_UPDATE_STATUS_ON_SHUTDOWN", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    update_status_on_shutdown: bool,
+    /// Least time between two rebuilds, in milliseconds.
+    #[arg(long, env = "WICKET_MIN_INTERVAL_MS", default_value_t = 200)]
+    min_interval_ms: u64,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    build: BuildArgs,
+}
+
+fn build_options(
+    b: &BuildArgs,
+    without_class_default: bool,
+    http_port: u16,
+    https_port: u16,
+) -> anyhow::Result<build::Options> {
     Ok(build::Options {
         class: ClassOptions {
-            ingress_class: c.ingress_class.clone(),
-            controller_class: c.controller_class.clone(),
-            watch_without_class: c.watch_ingress_without_class,
+            ingress_class: b.ingress_class.clone(),
+            controller_class: b.controller_class.clone(),
+            watch_without_class: b
+                .watch_ingress_without_class
+                .unwrap_or(without_class_default),
         },
-        annotations_prefix: c.annotations_prefix.clone(),
+        annotations_prefix: b.annotations_prefix.clone(),
         http_port,
         https_port,
         default_certificate: wicket::certs::generate_default()?,
+        default_ssl_certificate: b.default_ssl_certificate.clone(),
+        default_backend_service: b.default_backend_service.clone(),
+        configmap: b.configmap.clone(),
     })
 }
 
-fn renderer(c: &ClassArgs) -> anyhow::Result<Renderer> {
-    Ok(match &c.templates {
+fn renderer(b: &BuildArgs) -> anyhow::Result<Renderer> {
+    Ok(match &b.templates {
         Some(dir) => Renderer::from_dir(dir)?,
         None => Renderer::embedded()?,
     })
@@ -137,13 +209,34 @@ fn find_binary(name: &Path) -> PathBuf {
         .unwrap_or_else(|| name.to_path_buf())
 }
 
+/// The state folder, and the guard that removes it if it is temporary.
+fn state_dir(run: &RunArgs) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    Ok(match &run.state_dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("wicket-")
+                .tempdir()
+                .context("creating the state folder")?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    })
+}
+
+fn nginx_options(run: &RunArgs, state_dir: PathBuf) -> NginxOptions {
+    NginxOptions {
+        binary: find_binary(&run.nginx_binary),
+        state_dir,
+    }
+}
+
 fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     let mut folder = Folder::new(&args.manifests);
     folder
         .rescan()
         .with_context(|| format!("reading {}", args.manifests.display()))?;
     let (cluster, reports) = folder.cluster();
-    let opts = build_options(&args.class, args.http_port, args.https_port)?;
+    let opts = build_options(&args.build, true, args.http_port, args.https_port)?;
     let result = build::build(&cluster, &opts);
     for r in &reports {
         eprintln!("{r}");
@@ -155,37 +248,73 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
         ipv6: wicket::render::ipv6_available(),
         ..RenderEnv::default()
     };
-    let text = renderer(&args.class)?.render(&result.config, &env)?;
+    let text = renderer(&args.build)?.render(&result.config, &env)?;
     print!("{text}");
     Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let build = build_options(&args.class, args.http_port, args.https_port)?;
-    let renderer = renderer(&args.class)?;
+    let build = build_options(&args.build, true, args.run.http_port, args.run.https_port)?;
+    let renderer = renderer(&args.build)?;
     // The temporary folder is removed when this guard drops, after nginx stopped.
-    let (state_dir, _guard) = match &args.state_dir {
-        Some(d) => (d.clone(), None),
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("wicket-")
-                .tempdir()
-                .context("creating the state folder")?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
+    let (state_dir, _guard) = state_dir(&args.run)?;
     let opts = ServeOptions {
         manifests: args.manifests,
         build,
-        admin_addr: SocketAddr::new(args.admin_address, args.admin_port),
-        nginx: NginxOptions {
-            binary: find_binary(&args.nginx_binary),
-            state_dir,
-        },
-        debounce: Duration::from_millis(args.debounce_ms),
-        max_wait: Duration::from_millis(args.max_wait_ms),
+        admin_addr: SocketAddr::new(args.run.admin_address, args.run.admin_port),
+        nginx: nginx_options(&args.run, state_dir),
+        debounce: Duration::from_millis(args.run.debounce_ms),
+        max_wait: Duration::from_millis(args.run.max_wait_ms),
     };
     serve::run(opts, renderer).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The namespace of the pod, from the service account, when not given.
+fn own_namespace(given: Option<String>) -> String {
+    given
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok()
+        })
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_string())
+}
+
+async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    let build = build_options(&args.build, false, args.run.http_port, args.run.https_port)?;
+    let renderer = renderer(&args.build)?;
+    let (state_dir, _guard) = state_dir(&args.run)?;
+    let identity = args.identity.unwrap_or_else(|| {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "wicket".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let opts = ControllerOptions {
+        kube: KubeOptions {
+            namespace: args.watch_namespace,
+            configmap: build.configmap.clone(),
+        },
+        build,
+        status: StatusOptions {
+            publish_service: args.publish_service,
+            publish_addresses: args.publish_status_address,
+            update_on_shutdown: args.update_status_on_shutdown,
+        },
+        leader: Some(LeaderOptions::new(
+            own_namespace(args.namespace),
+            args.election_id,
+            identity,
+        )),
+        admin_addr: SocketAddr::new(args.run.admin_address, args.run.admin_port),
+        nginx: nginx_options(&args.run, state_dir),
+        debounce: Duration::from_millis(args.run.debounce_ms),
+        max_wait: Duration::from_millis(args.run.max_wait_ms),
+        min_interval: Duration::from_millis(args.min_interval_ms),
+    };
+    controller::run(opts, renderer).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -197,12 +326,13 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    let runtime = || tokio::runtime::Runtime::new().context("starting the runtime");
     let result = match cli.command {
         Command::Render(a) => render(a),
-        Command::Serve(a) => tokio::runtime::Runtime::new()
-            .context("starting the runtime")
-            .and_then(|rt| rt.block_on(serve(a))),
+        Command::Serve(a) => runtime().and_then(|rt| rt.block_on(serve(a))),
+        Command::Controller(a) => runtime().and_then(|rt| rt.block_on(controller(a))),
     };
     match result {
         Ok(code) => code,

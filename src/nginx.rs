@@ -35,8 +35,8 @@ pub const CANDIDATE: &str = "nginx.conf.candidate";
 pub const STATUS_SOCKET: &str = "wicket-status.sock";
 /// Longest a reload or start may take before it counts as failed.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest graceful shutdown of the workers before they are killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Time on top of `worker-shutdown-timeout` before a stopping nginx is killed.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -101,6 +101,8 @@ pub struct Nginx {
     generation: u64,
     /// Generation and text of the config nginx serves.
     good: Option<(u64, String)>,
+    /// The served config's `worker-shutdown-timeout`.
+    shutdown_timeout: Duration,
 }
 
 /// Writes a file atomically: a temporary file in the same folder, then a
@@ -159,6 +161,7 @@ impl Nginx {
             child: None,
             generation: 0,
             good: None,
+            shutdown_timeout: Duration::from_secs(10),
         })
     }
 
@@ -214,6 +217,8 @@ impl Nginx {
             return Err(e);
         }
         self.good = Some((self.generation, text));
+        self.shutdown_timeout =
+            Duration::from_secs(config.settings.worker_shutdown_timeout.0.into());
         self.remove_unused_certificates(config);
         Ok(outcome)
     }
@@ -389,7 +394,9 @@ impl Nginx {
         }
         self.signal(Signal::SIGQUIT);
         if let Some(c) = &mut self.child
-            && tokio::time::timeout(STOP_TIMEOUT, c.wait()).await.is_err()
+            && tokio::time::timeout(self.shutdown_timeout + STOP_MARGIN, c.wait())
+                .await
+                .is_err()
         {
             let _ = c.kill().await;
         }

@@ -88,6 +88,42 @@ impl DnsSubdomain {
     }
 }
 
+/// `NAMESPACE/NAME`, as flags name objects.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct NamespacedName {
+    pub namespace: DnsLabel,
+    pub name: DnsSubdomain,
+}
+
+impl NamespacedName {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let Some((ns, name)) = s.split_once('/') else {
+            return invalid("must be NAMESPACE/NAME");
+        };
+        Ok(NamespacedName {
+            namespace: DnsLabel::parse(ns).map_err(|e| Invalid(format!("namespace: {e}")))?,
+            name: DnsSubdomain::parse(name).map_err(|e| Invalid(format!("name: {e}")))?,
+        })
+    }
+
+    pub fn key(&self) -> crate::cluster::ObjectKey {
+        crate::cluster::ObjectKey::new(self.namespace.as_str(), self.name.as_str())
+    }
+}
+
+impl std::str::FromStr for NamespacedName {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for NamespacedName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace.as_str(), self.name.as_str())
+    }
+}
+
 /// An RFC 1035 DNS label: the name of a Service.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]

@@ -33,6 +33,9 @@ fn opts() -> Options {
         http_port: 80,
         https_port: 443,
         default_certificate: wicket::certs::generate_default().unwrap(),
+        default_ssl_certificate: None,
+        default_backend_service: None,
+        configmap: None,
     }
 }
 

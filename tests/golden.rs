@@ -32,6 +32,9 @@ fn render(dir: &str) -> (String, Vec<String>, wicket::config::Config) {
         http_port: 80,
         https_port: 443,
         default_certificate: default_certificate(),
+        default_ssl_certificate: None,
+        default_backend_service: None,
+        configmap: None,
     };
     let b = build::build(&cluster, &opts);
     let env = RenderEnv {

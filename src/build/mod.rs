@@ -13,12 +13,14 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::cluster::{Cluster, ObjectKey};
+use crate::cluster::{Kind, ObjectRef};
 use crate::config::{Action, Certificate, Config, Location, Match, Rewrite, Server, Source};
 use crate::problem::Problem;
-use crate::values::{DnsSubdomain, HostPattern, HttpPath, RegexPath};
+use crate::settings::Settings;
+use crate::values::{Dns1035Label, DnsSubdomain, HostPattern, HttpPath, NamespacedName, RegexPath};
 use backends::{Backends, Resolution};
 pub use class::ClassOptions;
-use ingress::{ParsedIngress, ParsedPath, PathMatch, ServiceRef};
+use ingress::{ParsedIngress, ParsedPath, PathMatch, PortRef, ServiceRef};
 
 /// Annotation prefix read by default, the one ingress-nginx uses.
 pub const DEFAULT_ANNOTATIONS_PREFIX: &str = "nginx.ingress.kubernetes.io";
@@ -30,8 +32,32 @@ pub struct Options {
     pub annotations_prefix: String,
     pub http_port: u16,
     pub https_port: u16,
-    /// Presented for hosts without a usable certificate of their own.
+    /// Presented for hosts without a usable certificate of their own,
+    /// unless `default_ssl_certificate` names a usable Secret.
     pub default_certificate: Certificate,
+    /// `--default-ssl-certificate`: a TLS Secret to present instead.
+    pub default_ssl_certificate: Option<NamespacedName>,
+    /// `--default-backend-service`: serves requests no rule or Ingress
+    /// default backend matches, instead of 404.
+    pub default_backend_service: Option<NamespacedName>,
+    /// `--configmap`: the ConfigMap with global settings.
+    pub configmap: Option<NamespacedName>,
+}
+
+impl Options {
+    /// Options for the given ports with everything else at its default.
+    pub fn new(http_port: u16, https_port: u16, default_certificate: Certificate) -> Self {
+        Options {
+            class: ClassOptions::default(),
+            annotations_prefix: DEFAULT_ANNOTATIONS_PREFIX.to_string(),
+            http_port,
+            https_port,
+            default_certificate,
+            default_ssl_certificate: None,
+            default_backend_service: None,
+            configmap: None,
+        }
+    }
 }
 
 /// The result of one build.
@@ -70,8 +96,36 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
         problems: &mut problems,
         hosts: BTreeMap::new(),
         any: HostRoutes::default(),
+        flag_source: None,
     };
     b.collect_routes();
+    if b.any.default.is_none()
+        && let Some(svc) = &opts.default_backend_service
+    {
+        b.default_backend_flag(cluster, svc);
+    }
+    let settings = match &opts.configmap {
+        None => Settings::default(),
+        Some(nn) => {
+            let object = ObjectRef::new(Kind::ConfigMap, nn.key());
+            match cluster.config_maps.get(&nn.key()) {
+                Some(cm) => Settings::from_config_map(cm, &object, b.problems),
+                None => {
+                    b.problems.push(Problem::warning(
+                        &object,
+                        None,
+                        "the --configmap ConfigMap does not exist; default settings are used",
+                    ));
+                    Settings::default()
+                }
+            }
+        }
+    };
+    let default_certificate = match &opts.default_ssl_certificate {
+        None => opts.default_certificate.clone(),
+        Some(nn) => default_ssl_certificate(cluster, nn, b.problems)
+            .unwrap_or_else(|| opts.default_certificate.clone()),
+    };
     let tls = b.collect_tls();
     let mut certs = CertificateCache {
         cluster,
@@ -79,7 +133,7 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
         used: BTreeMap::new(),
     };
 
-    let default_cert = opts.default_certificate.name.clone();
+    let default_cert = default_certificate.name.clone();
     let hosts = std::mem::take(&mut b.hosts);
     let any = std::mem::take(&mut b.any);
     let mut servers = Vec::new();
@@ -108,7 +162,8 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
     let default_server = b.server(None, &any, any.default.as_ref(), default_cert);
     let upstreams = std::mem::replace(&mut b.backends, Backends::new(cluster)).into_upstreams();
 
-    let mut certificates = vec![opts.default_certificate.clone()];
+    certs.used.remove(&default_certificate.name);
+    let mut certificates = vec![default_certificate];
     certificates.extend(certs.used.into_values());
 
     let longest = servers
@@ -129,6 +184,7 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
         servers,
         upstreams,
         certificates,
+        settings,
     };
     problems.sort();
     problems.dedup();
@@ -169,12 +225,21 @@ struct Route<'p> {
     action: Action,
 }
 
+/// Where a default backend came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DefaultFrom {
+    /// `spec.defaultBackend` of the Ingress at this index.
+    Ingress(usize),
+    /// `--default-backend-service`.
+    Flag,
+}
+
 #[derive(Default)]
 struct HostRoutes<'p> {
     routes: BTreeMap<RouteKey, Route<'p>>,
-    /// The default backend for unmatched paths: the Ingress it came from and
+    /// The default backend for unmatched paths: where it came from and
     /// what to do.
-    default: Option<(usize, Action)>,
+    default: Option<(DefaultFrom, Action)>,
 }
 
 struct TlsChoice {
@@ -192,6 +257,8 @@ struct Builder<'p, 'c> {
     /// no rule names. Its default backend (from Ingresses without host
     /// rules) also serves unmatched paths of hosts without one of their own.
     any: HostRoutes<'p>,
+    /// The comment source of the `--default-backend-service` location.
+    flag_source: Option<Source>,
 }
 
 impl<'p> Builder<'p, '_> {
@@ -210,6 +277,79 @@ impl<'p> Builder<'p, '_> {
                 Action::Status { code: 503, reason }
             }
         }
+    }
+
+    /// `--default-backend-service`: the Service's first port.
+    fn default_backend_flag(&mut self, cluster: &Cluster, svc: &NamespacedName) {
+        let object = ObjectRef::new(Kind::Service, svc.key());
+        let flag = "--default-backend-service";
+        let port = cluster
+            .services
+            .get(&svc.key())
+            .and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port));
+        let action = match (
+            Dns1035Label::parse(svc.name.as_str()),
+            port.map(crate::values::port_number),
+        ) {
+            (Ok(name), Some(Ok(port))) => {
+                let backend = ServiceRef {
+                    namespace: svc.namespace.clone(),
+                    name,
+                    port: PortRef::Number(port),
+                };
+                match self.backends.resolve(&backend) {
+                    Resolution::Upstream(upstream) => Action::Proxy {
+                        upstream,
+                        rewrite: None,
+                    },
+                    Resolution::Unavailable(reason) => {
+                        self.problems.push(Problem::warning(
+                            &object,
+                            Some(flag.into()),
+                            format!("{reason}; answering 503"),
+                        ));
+                        Action::Status { code: 503, reason }
+                    }
+                }
+            }
+            (Err(e), _) => {
+                self.problems.push(Problem::warning(
+                    &object,
+                    Some(flag.into()),
+                    format!("not a Service name: {e}; answering 503"),
+                ));
+                Action::Status {
+                    code: 503,
+                    reason: "the default backend service is invalid".into(),
+                }
+            }
+            (_, None) => {
+                let reason = format!("service {} not found or without ports", svc);
+                self.problems.push(Problem::warning(
+                    &object,
+                    Some(flag.into()),
+                    format!("{reason}; answering 503"),
+                ));
+                Action::Status { code: 503, reason }
+            }
+            (_, Some(Err(e))) => {
+                self.problems.push(Problem::warning(
+                    &object,
+                    Some(flag.into()),
+                    format!("{e}; answering 503"),
+                ));
+                Action::Status {
+                    code: 503,
+                    reason: e.to_string(),
+                }
+            }
+        };
+        self.flag_source = Some(Source {
+            namespace: svc.namespace.as_str().to_string(),
+            name: svc.name.as_str().to_string(),
+            field: flag.to_string(),
+        });
+        self.any.default = Some((DefaultFrom::Flag, action));
     }
 
     fn collect_routes(&mut self) {
@@ -268,15 +408,20 @@ impl<'p> Builder<'p, '_> {
                 let mut conflicts = Vec::new();
                 if hosts.is_empty() {
                     match &self.any.default {
-                        None => self.any.default = Some((idx, action)),
-                        Some((w, _)) => conflicts.push(("every host".to_string(), *w)),
+                        None => self.any.default = Some((DefaultFrom::Ingress(idx), action)),
+                        Some((DefaultFrom::Ingress(w), _)) => {
+                            conflicts.push(("every host".to_string(), *w))
+                        }
+                        Some((DefaultFrom::Flag, _)) => {}
                     }
                 } else {
                     for h in hosts {
                         let hr = self.hosts.entry(h.clone()).or_default();
                         match &hr.default {
-                            None => hr.default = Some((idx, action.clone())),
-                            Some((w, _)) if *w != idx => conflicts.push((format!("host {h}"), *w)),
+                            None => hr.default = Some((DefaultFrom::Ingress(idx), action.clone())),
+                            Some((DefaultFrom::Ingress(w), _)) if *w != idx => {
+                                conflicts.push((format!("host {h}"), *w))
+                            }
                             Some(_) => {}
                         }
                     }
@@ -349,15 +494,18 @@ impl<'p> Builder<'p, '_> {
         &self,
         host: Option<&HostPattern>,
         own: &HostRoutes<'p>,
-        default: Option<&(usize, Action)>,
+        default: Option<&(DefaultFrom, Action)>,
         certificate: String,
     ) -> Server {
         let regex_mode = own.routes.values().any(|r| self.parsed[r.ing].regex());
         let fallback = match default {
-            Some((ing, action)) => Location {
+            Some((from, action)) => Location {
                 matcher: Match::Root,
                 action: action.clone(),
-                source: Some(self.source(*ing, "spec.defaultBackend")),
+                source: Some(match from {
+                    DefaultFrom::Ingress(ing) => self.source(*ing, "spec.defaultBackend"),
+                    DefaultFrom::Flag => self.flag_source.clone().expect("set with the flag"),
+                }),
             },
             None => Location {
                 matcher: Match::Root,
@@ -414,7 +562,7 @@ impl<'p> Builder<'p, '_> {
                 )),
             }
         }
-        if let Some((ing, _)) = default {
+        if let Some((DefaultFrom::Ingress(ing), _)) = default {
             ingresses.insert(self.parsed[*ing].key.to_string());
         }
         // nginx tries regular expressions in order: longest path first.
@@ -453,6 +601,30 @@ fn with_rewrite(action: &Action, ing: &ParsedIngress, matcher: &PathMatch) -> Ac
             regex,
             target: target.clone(),
         }),
+    }
+}
+
+/// `--default-ssl-certificate`, when its Secret is usable.
+fn default_ssl_certificate(
+    cluster: &Cluster,
+    nn: &NamespacedName,
+    problems: &mut Vec<Problem>,
+) -> Option<Certificate> {
+    let object = ObjectRef::new(Kind::Secret, nn.key());
+    let result = match cluster.secrets.get(&nn.key()) {
+        None => Err("secret not found".to_string()),
+        Some(s) => tls::from_secret(s),
+    };
+    match result {
+        Ok(pair) => Some(pair.to_certificate(format!("secret {nn}"))),
+        Err(e) => {
+            problems.push(Problem::warning(
+                &object,
+                Some("--default-ssl-certificate".into()),
+                format!("{e}; the self-signed default certificate is used"),
+            ));
+            None
+        }
     }
 }
 

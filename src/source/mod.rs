@@ -1,5 +1,6 @@
 //! Sources of the [`crate::cluster::Cluster`] snapshot.
 
 pub mod files;
+pub mod kube;
 pub mod legacy;
 pub mod manifest;

@@ -1,0 +1,358 @@
+//! Ingress status and Events, written by the leader only.
+//!
+//! - `status.loadBalancer.ingress` of every served Ingress holds the publish
+//!   addresses (`--publish-status-address`, or the addresses of the
+//!   `--publish-service` Service); an Ingress that stops being served and
+//!   still shows exactly those addresses is cleared.
+//! - Events (what `kubectl describe ingress` shows): `Accepted`, `Rejected`
+//!   with the reason, `Degraded` with what is not served, `ReloadFailed` on
+//!   the Ingresses whose change nginx refused. An Event is sent only when an
+//!   Ingress's state changes, so repeated identical Events are not sent.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::{
+    Ingress, IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus,
+};
+use kube::api::{Api, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::cluster::{Cluster, Kind, ObjectKey};
+use crate::problem::{Problem, Severity};
+use crate::values::NamespacedName;
+
+/// Where the status addresses come from.
+#[derive(Clone, Debug, Default)]
+pub struct StatusOptions {
+    pub publish_service: Option<NamespacedName>,
+    /// `--publish-status-address`: IPs or host names.
+    pub publish_addresses: Vec<String>,
+    /// Clear the status of served Ingresses when the leader shuts down.
+    pub update_on_shutdown: bool,
+}
+
+/// What one rebuild decided, for the status writer.
+#[derive(Clone, Debug, Default)]
+pub struct Round {
+    pub served: BTreeSet<ObjectKey>,
+    pub addresses: Vec<IngressLoadBalancerIngress>,
+    /// Problems per Ingress.
+    pub problems: BTreeMap<ObjectKey, Vec<Problem>>,
+    /// nginx refused the config: the reason and the Ingresses that changed
+    /// since the last config it accepted.
+    pub reload_failed: Option<(String, Vec<ObjectKey>)>,
+}
+
+impl Round {
+    pub fn new(
+        served: &[ObjectKey],
+        problems: &[Problem],
+        addresses: Vec<IngressLoadBalancerIngress>,
+    ) -> Round {
+        let mut per: BTreeMap<ObjectKey, Vec<Problem>> = BTreeMap::new();
+        for p in problems.iter().filter(|p| p.object.kind == Kind::Ingress) {
+            per.entry(p.object.key.clone()).or_default().push(p.clone());
+        }
+        Round {
+            served: served.iter().cloned().collect(),
+            addresses,
+            problems: per,
+            reload_failed: None,
+        }
+    }
+}
+
+fn address(s: &str) -> IngressLoadBalancerIngress {
+    if s.parse::<IpAddr>().is_ok() {
+        IngressLoadBalancerIngress {
+            ip: Some(s.to_string()),
+            ..Default::default()
+        }
+    } else {
+        IngressLoadBalancerIngress {
+            hostname: Some(s.to_string()),
+            ..Default::default()
+        }
+    }
+}
+
+fn service_addresses(svc: &Service) -> Vec<IngressLoadBalancerIngress> {
+    let spec = svc.spec.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    match spec.type_.as_deref() {
+        Some("LoadBalancer") => {
+            for lb in svc
+                .status
+                .iter()
+                .filter_map(|s| s.load_balancer.as_ref())
+                .flat_map(|l| l.ingress.iter().flatten())
+            {
+                if let Some(ip) = &lb.ip {
+                    out.push(address(ip));
+                } else if let Some(h) = &lb.hostname {
+                    out.push(address(h));
+                }
+            }
+        }
+        Some("ExternalName") => out.extend(spec.external_name.as_deref().map(address)),
+        _ => {}
+    }
+    out.extend(spec.external_ips.iter().flatten().map(|a| address(a)));
+    if out.is_empty()
+        && let Some(ip) = spec
+            .cluster_ip
+            .as_deref()
+            .filter(|ip| !ip.is_empty() && *ip != "None")
+    {
+        out.push(address(ip));
+    }
+    out
+}
+
+/// The addresses to publish, sorted.
+pub fn addresses(opts: &StatusOptions, cluster: &Cluster) -> Vec<IngressLoadBalancerIngress> {
+    let mut out: Vec<IngressLoadBalancerIngress> =
+        opts.publish_addresses.iter().map(|a| address(a)).collect();
+    if let Some(nn) = &opts.publish_service
+        && let Some(svc) = cluster.services.get(&nn.key())
+    {
+        out.extend(service_addresses(svc));
+    }
+    out.sort_by(|a, b| (&a.ip, &a.hostname).cmp(&(&b.ip, &b.hostname)));
+    out.dedup();
+    out
+}
+
+fn current(ing: &Ingress) -> Vec<IngressLoadBalancerIngress> {
+    ing.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.clone())
+        .unwrap_or_default()
+}
+
+async fn set_status(
+    client: &Client,
+    ing: &Ingress,
+    to: Vec<IngressLoadBalancerIngress>,
+) -> Result<(), kube::Error> {
+    let api: Api<Ingress> = Api::namespaced(client.clone(), &ing.namespace().unwrap_or_default());
+    let mut updated = ing.clone();
+    updated.status = Some(IngressStatus {
+        load_balancer: Some(IngressLoadBalancerStatus {
+            ingress: if to.is_empty() { None } else { Some(to) },
+        }),
+    });
+    api.replace_status(&ing.name_any(), &PostParams::default(), &updated)
+        .await
+        .map(|_| ())
+}
+
+/// Writes status and Events for each [`Round`] while this replica leads.
+pub struct StatusWriter {
+    client: Client,
+    ingresses: Store<Ingress>,
+    recorder: Recorder,
+    /// Last Event sent per Ingress: (type, reason, note).
+    sent: HashMap<ObjectKey, (EventType, String, String)>,
+    /// Whether the next round is the first since becoming leader.
+    fresh: bool,
+}
+
+/// Requests to change status that may run at once.
+const STATUS_CONCURRENCY: usize = 8;
+/// Most `ReloadFailed` Events for one failure.
+const MAX_RELOAD_EVENTS: usize = 20;
+
+impl StatusWriter {
+    pub fn new(client: Client, ingresses: Store<Ingress>, identity: &str) -> Self {
+        let reporter = kube::runtime::events::Reporter {
+            controller: "wicket".into(),
+            instance: Some(identity.to_string()),
+        };
+        StatusWriter {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            ingresses,
+            sent: HashMap::new(),
+            fresh: true,
+        }
+    }
+
+    /// Runs until `rounds` closes; acts only while `leader` is true.
+    pub async fn run(
+        mut self,
+        mut rounds: watch::Receiver<Option<Arc<Round>>>,
+        mut leader: watch::Receiver<bool>,
+    ) {
+        loop {
+            let is_leader = *leader.borrow_and_update();
+            if !is_leader {
+                self.fresh = true;
+                self.sent.clear();
+            }
+            let round = rounds.borrow_and_update().clone();
+            if is_leader && let Some(round) = round {
+                self.apply(&round).await;
+            }
+            tokio::select! {
+                r = rounds.changed() => if r.is_err() { return },
+                r = leader.changed() => if r.is_err() { return },
+            }
+        }
+    }
+
+    /// Writes the status of every Ingress that differs from the round.
+    pub async fn apply(&mut self, round: &Round) {
+        let mut changes = Vec::new();
+        for ing in self.ingresses.state() {
+            let key = ObjectKey::new(ing.namespace().unwrap_or_default(), ing.name_any());
+            let now = current(&ing);
+            let want = if round.served.contains(&key) {
+                round.addresses.clone()
+            } else if !now.is_empty() && now == round.addresses {
+                Vec::new()
+            } else {
+                continue;
+            };
+            if now != want {
+                changes.push((ing, want));
+            }
+        }
+        if !changes.is_empty() {
+            info!(ingresses = changes.len(), "updating Ingress status");
+        }
+        let client = &self.client;
+        let results: Vec<_> = futures::stream::iter(changes)
+            .map(|(ing, want)| async move {
+                let r = set_status(client, &ing, want).await;
+                (ing, r)
+            })
+            .buffer_unordered(STATUS_CONCURRENCY)
+            .collect()
+            .await;
+        for (ing, r) in results {
+            match r {
+                Ok(()) => {
+                    debug!(ingress = %format!("{}/{}", ing.namespace().unwrap_or_default(), ing.name_any()), "status updated")
+                }
+                // Changed meanwhile: the watch brings the new version and
+                // the next round tries again.
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
+                Err(e) => warn!(ingress = %ing.name_any(), error = %e, "status update failed"),
+            }
+        }
+        self.events(round).await;
+        self.fresh = false;
+    }
+
+    async fn events(&mut self, round: &Round) {
+        let mut keys: BTreeSet<&ObjectKey> = round.served.iter().collect();
+        keys.extend(round.problems.keys());
+        for key in keys {
+            let Some(ing) = self
+                .ingresses
+                .get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace))
+            else {
+                continue;
+            };
+            let problems = round
+                .problems
+                .get(key)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let worst = problems.iter().map(|p| p.severity).min();
+            let describe = |sev: Severity| {
+                problems
+                    .iter()
+                    .filter(|p| p.severity == sev)
+                    .map(|p| match &p.field {
+                        Some(f) => format!("{f}: {}", p.message),
+                        None => p.message.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            let state = match worst {
+                Some(Severity::Rejected) => (
+                    EventType::Warning,
+                    "Rejected".to_string(),
+                    describe(Severity::Rejected),
+                ),
+                Some(Severity::Warning) => (
+                    EventType::Warning,
+                    "Degraded".to_string(),
+                    describe(Severity::Warning),
+                ),
+                _ => (
+                    EventType::Normal,
+                    "Accepted".to_string(),
+                    "served by wicket".to_string(),
+                ),
+            };
+            if self.sent.get(key) == Some(&state) {
+                continue;
+            }
+            // A new leader does not repeat that healthy Ingresses are healthy.
+            let quiet = self.fresh && state.0 == EventType::Normal;
+            self.sent.insert(key.clone(), state.clone());
+            if !quiet {
+                self.publish(&ing, state.0, &state.1, &state.2).await;
+            }
+        }
+        if let Some((reason, keys)) = &round.reload_failed {
+            for key in keys.iter().take(MAX_RELOAD_EVENTS) {
+                if let Some(ing) = self.ingresses.get(
+                    &kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace),
+                ) {
+                    self.publish(&ing, EventType::Warning, "ReloadFailed", reason)
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn publish(&self, ing: &Ingress, type_: EventType, reason: &str, note: &str) {
+        // The API server caps a note at 1 KiB.
+        let mut note = note.to_string();
+        if note.len() > 1000 {
+            let cut = (0..=1000)
+                .rev()
+                .find(|i| note.is_char_boundary(*i))
+                .unwrap_or(0);
+            note.truncate(cut);
+            note.push_str(" ...");
+        }
+        let ev = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: "Sync".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &ing.object_ref(&())).await {
+            warn!(ingress = %ing.name_any(), error = %e, "could not send an Event");
+        }
+    }
+}
+
+/// Clears the status of the Ingresses this replica served (on shutdown).
+pub async fn clear(client: &Client, ingresses: &Store<Ingress>, served: &BTreeSet<ObjectKey>) {
+    for ing in ingresses.state() {
+        let key = ObjectKey::new(ing.namespace().unwrap_or_default(), ing.name_any());
+        if served.contains(&key)
+            && !current(&ing).is_empty()
+            && let Err(e) = set_status(client, &ing, Vec::new()).await
+        {
+            warn!(ingress = %ing.name_any(), error = %e, "status not cleared");
+        }
+    }
+}
