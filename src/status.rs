@@ -163,8 +163,6 @@ pub struct StatusWriter {
     recorder: Recorder,
     /// Last Event sent per Ingress: (type, reason, note).
     sent: HashMap<ObjectKey, (EventType, String, String)>,
-    /// Whether the next round is the first since becoming leader.
-    fresh: bool,
 }
 
 /// Requests to change status that may run at once.
@@ -183,7 +181,6 @@ impl StatusWriter {
             client,
             ingresses,
             sent: HashMap::new(),
-            fresh: true,
         }
     }
 
@@ -196,7 +193,6 @@ impl StatusWriter {
         loop {
             let is_leader = *leader.borrow_and_update();
             if !is_leader {
-                self.fresh = true;
                 self.sent.clear();
             }
             let round = rounds.borrow_and_update().clone();
@@ -213,9 +209,15 @@ impl StatusWriter {
     /// Writes the status of every Ingress that differs from the round.
     pub async fn apply(&mut self, round: &Round) {
         let mut changes = Vec::new();
+        // Served Ingresses that already show our addresses were accepted
+        // before (by this leader or a previous one).
+        let mut published = BTreeSet::new();
         for ing in self.ingresses.state() {
             let key = ObjectKey::new(ing.namespace().unwrap_or_default(), ing.name_any());
             let now = current(&ing);
+            if !now.is_empty() && now == round.addresses {
+                published.insert(key.clone());
+            }
             let want = if round.served.contains(&key) {
                 round.addresses.clone()
             } else if !now.is_empty() && now == round.addresses {
@@ -250,11 +252,10 @@ impl StatusWriter {
                 Err(e) => warn!(ingress = %ing.name_any(), error = %e, "status update failed"),
             }
         }
-        self.events(round).await;
-        self.fresh = false;
+        self.events(round, &published).await;
     }
 
-    async fn events(&mut self, round: &Round) {
+    async fn events(&mut self, round: &Round, published: &BTreeSet<ObjectKey>) {
         let mut keys: BTreeSet<&ObjectKey> = round.served.iter().collect();
         keys.extend(round.problems.keys());
         for key in keys {
@@ -301,8 +302,11 @@ impl StatusWriter {
             if self.sent.get(key) == Some(&state) {
                 continue;
             }
-            // A new leader does not repeat that healthy Ingresses are healthy.
-            let quiet = self.fresh && state.0 == EventType::Normal;
+            // A new leader does not repeat that Ingresses already accepted
+            // are accepted.
+            let quiet = !self.sent.contains_key(key)
+                && state.0 == EventType::Normal
+                && published.contains(key);
             self.sent.insert(key.clone(), state.clone());
             if !quiet {
                 self.publish(&ing, state.0, &state.1, &state.2).await;

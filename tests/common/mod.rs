@@ -3,6 +3,8 @@
 //! and real HTTP requests.
 #![allow(dead_code)]
 
+pub mod apiserver;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -361,13 +363,37 @@ impl Wicket {
         for (name, text) in files {
             std::fs::write(manifests.path().join(name), text).unwrap();
         }
+        let mut cmd: Vec<String> = vec![
+            "serve".into(),
+            "--manifests".into(),
+            manifests.path().display().to_string(),
+        ];
+        cmd.extend(args.iter().map(|a| a.to_string()));
+        Self::launch(manifests, &cmd, &[]).await
+    }
+
+    /// Starts `wicket controller` against an API server, with `args` added.
+    pub async fn controller(kubeconfig: &Path, args: &[&str]) -> Wicket {
+        let mut cmd: Vec<String> = vec!["controller".into()];
+        cmd.extend(args.iter().map(|a| a.to_string()));
+        Self::launch(
+            tempfile::tempdir().unwrap(),
+            &cmd,
+            &[("KUBECONFIG", kubeconfig.as_os_str())],
+        )
+        .await
+    }
+
+    async fn launch(
+        manifests: tempfile::TempDir,
+        cmd: &[String],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Wicket {
         let state = tempfile::tempdir().unwrap();
         let logs = tempfile::tempdir().unwrap();
         let (http, https, admin) = (free_port(), free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_wicket"))
-            .arg("serve")
-            .arg("--manifests")
-            .arg(manifests.path())
+            .args(cmd)
             .args(["--http-port", &http.to_string()])
             .args(["--https-port", &https.to_string()])
             .args(["--admin-port", &admin.to_string()])
@@ -375,8 +401,8 @@ impl Wicket {
             .arg(state.path().join("state"))
             .arg("--nginx-binary")
             .arg(nginx_binary())
-            .args(args)
             .env("RUST_LOG", "info,wicket=debug")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(logs.path().join("stdout")).unwrap())
             .stderr(std::fs::File::create(logs.path().join("stderr")).unwrap())

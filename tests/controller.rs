@@ -1,0 +1,422 @@
+//! `wicket controller` against a real kube-apiserver (see
+//! `tests/common/apiserver.rs`), running with exactly the RBAC of
+//! `deploy/rbac.yaml`; assertions are real objects and real HTTP through
+//! nginx.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::apiserver::*;
+use common::*;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event as KubeEvent;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, DeleteParams, ListParams};
+
+const CLASS: &str = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: wicket}\nspec: {controller: wicket.dev/ingress-controller}\n";
+
+struct Setup {
+    api: ApiServer,
+    admin: kube::Client,
+    ip: Ipv4Addr,
+    kubeconfig: PathBuf,
+}
+
+async fn setup(namespaces: &[&str]) -> Setup {
+    let api = ApiServer::start().await;
+    let admin = api.admin().await;
+    namespace(&admin, "wicket").await;
+    for ns in namespaces {
+        namespace(&admin, ns).await;
+    }
+    apply(&admin, include_str!("../deploy/rbac.yaml")).await;
+    apply(&admin, CLASS).await;
+    // The controller's token is bound only to the role above.
+    let restricted = api.client(CONTROLLER_TOKEN).await;
+    let denied = Api::<Pod>::all(restricted)
+        .list(&ListParams::default())
+        .await;
+    assert!(
+        matches!(denied, Err(kube::Error::Api(ref s)) if s.code == 403),
+        "{denied:?}"
+    );
+    let kubeconfig = api.kubeconfig(CONTROLLER_TOKEN);
+    Setup {
+        api,
+        admin,
+        ip: host_ip(),
+        kubeconfig,
+    }
+}
+
+fn args<'a>(identity: &'a str, address: &'a str) -> Vec<&'a str> {
+    vec![
+        "--namespace",
+        "wicket",
+        "--identity",
+        identity,
+        "--publish-status-address",
+        address,
+        "--debounce-ms",
+        "20",
+        "--min-interval-ms",
+        "50",
+    ]
+}
+
+/// A Service and its EndpointSlice, pointing at an echo backend.
+fn backend(ns: &str, name: &str, ip: Ipv4Addr, port: u16, ready: bool) -> String {
+    service(ns, name, 80, None, port, &[(IpAddr::V4(ip), ready)])
+}
+
+fn ingress_yaml(ns: &str, name: &str, class: &str, host: &str, paths: &[(&str, &str)]) -> String {
+    let p: Vec<(&str, &str, &str, u16)> = paths
+        .iter()
+        .map(|(path, svc)| (*path, "Prefix", *svc, 80))
+        .collect();
+    ingress(ns, name, "", host, &p)
+        .replace("spec:\n", &format!("spec:\n  ingressClassName: {class}\n"))
+}
+
+async fn status_of(admin: &kube::Client, ns: &str, name: &str) -> Vec<String> {
+    let ing = Api::<Ingress>::namespaced(admin.clone(), ns)
+        .get(name)
+        .await
+        .unwrap();
+    ing.status
+        .and_then(|s| s.load_balancer)
+        .and_then(|l| l.ingress)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| i.ip.or(i.hostname))
+        .collect()
+}
+
+async fn events_for(admin: &kube::Client, ns: &str, name: &str) -> Vec<(String, String, String)> {
+    Api::<KubeEvent>::namespaced(admin.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_status_and_events_follow_the_api() {
+    let s = setup(&["shop"]).await;
+    let web = Echo::start("web", s.ip, 0).await;
+    let api_echo = Echo::start("api", s.ip, 0).await;
+    apply(
+        &s.admin,
+        &backend("shop", "web", s.ip, web.addr.port(), true),
+    )
+    .await;
+    apply(
+        &s.admin,
+        &backend("shop", "api", s.ip, api_echo.addr.port(), true),
+    )
+    .await;
+    apply(
+        &s.admin,
+        &ingress_yaml("shop", "shop", "wicket", "a.example.com", &[("/", "web")]),
+    )
+    .await;
+
+    let w = Wicket::controller(&s.kubeconfig, &args("replica-a", "203.0.113.7")).await;
+    w.eventually("a.example.com", "/", "served from the API", |a| {
+        a.who() == "web"
+    })
+    .await;
+    eventually("status published", || async {
+        (status_of(&s.admin, "shop", "shop").await == ["203.0.113.7"]).then_some(())
+    })
+    .await;
+    eventually("an Accepted event", || async {
+        events_for(&s.admin, "shop", "shop")
+            .await
+            .iter()
+            .any(|(t, r, _)| t == "Normal" && r == "Accepted")
+            .then_some(())
+    })
+    .await;
+
+    // Update: a new path to another Service.
+    apply(
+        &s.admin,
+        &ingress_yaml(
+            "shop",
+            "shop",
+            "wicket",
+            "a.example.com",
+            &[("/", "web"), ("/v2", "api")],
+        ),
+    )
+    .await;
+    w.eventually("a.example.com", "/v2/x", "routed to api", |a| {
+        a.who() == "api"
+    })
+    .await;
+
+    // Endpoint churn: not ready means 503, ready again means served.
+    apply(
+        &s.admin,
+        &backend("shop", "api", s.ip, api_echo.addr.port(), false),
+    )
+    .await;
+    w.eventually("a.example.com", "/v2", "503 without ready endpoints", |a| {
+        a.status == 503
+    })
+    .await;
+    apply(
+        &s.admin,
+        &backend("shop", "api", s.ip, api_echo.addr.port(), true),
+    )
+    .await;
+    w.eventually("a.example.com", "/v2", "served again", |a| a.who() == "api")
+        .await;
+
+    // Another class: no longer ours, so the route goes and the status is cleared.
+    apply(
+        &s.admin,
+        &ingress_yaml("shop", "shop", "other", "a.example.com", &[("/", "web")]),
+    )
+    .await;
+    w.eventually("a.example.com", "/", "dropped", |a| a.status == 404)
+        .await;
+    eventually("status cleared", || async {
+        status_of(&s.admin, "shop", "shop")
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+
+    // Deleted: its route disappears.
+    apply(
+        &s.admin,
+        &ingress_yaml(
+            "shop",
+            "gone",
+            "wicket",
+            "gone.example.com",
+            &[("/", "web")],
+        ),
+    )
+    .await;
+    w.eventually("gone.example.com", "/", "served", |a| a.who() == "web")
+        .await;
+    Api::<Ingress>::namespaced(s.admin.clone(), "shop")
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
+    w.eventually("gone.example.com", "/", "gone", |a| a.status == 404)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_ingress_gets_an_event_and_the_others_stay_served() {
+    let s = setup(&["app"]).await;
+    let web = Echo::start("web", s.ip, 0).await;
+    apply(
+        &s.admin,
+        &backend("app", "web", s.ip, web.addr.port(), true),
+    )
+    .await;
+    apply(
+        &s.admin,
+        &ingress_yaml("app", "good", "wicket", "good.example.com", &[("/", "web")]),
+    )
+    .await;
+    let bad = ingress_yaml("app", "bad", "wicket", "bad.example.com", &[("/", "web")]).replace(
+        "metadata:\n",
+        "metadata:\n  annotations: {nginx.ingress.kubernetes.io/rewrite-target: \"/$host\"}\n",
+    );
+    apply(&s.admin, &bad).await;
+
+    let w = Wicket::controller(&s.kubeconfig, &args("replica-a", "203.0.113.7")).await;
+    w.eventually("good.example.com", "/", "served", |a| a.who() == "web")
+        .await;
+    assert_eq!(w.get("bad.example.com", "/").await.status, 404);
+    let (_, _, note) = eventually("a Rejected event", || async {
+        events_for(&s.admin, "app", "bad")
+            .await
+            .into_iter()
+            .find(|(t, r, _)| t == "Warning" && r == "Rejected")
+    })
+    .await;
+    assert!(
+        note.contains("rewrite-target") && note.contains("may only start a capture reference"),
+        "{note}"
+    );
+    assert!(status_of(&s.admin, "app", "bad").await.is_empty());
+    eventually("status on the good one", || async {
+        (status_of(&s.admin, "app", "good").await == ["203.0.113.7"]).then_some(())
+    })
+    .await;
+
+    // Fixed: served, and told so.
+    apply(&s.admin, &bad.replace("/$host", "/")).await;
+    w.eventually("bad.example.com", "/", "served once fixed", |a| {
+        a.who() == "web"
+    })
+    .await;
+    eventually("an Accepted event after the fix", || async {
+        events_for(&s.admin, "app", "bad")
+            .await
+            .iter()
+            .any(|(t, r, _)| t == "Normal" && r == "Accepted")
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_keeps_serving_while_the_api_server_is_down_and_catches_up() {
+    let mut s = setup(&["rs"]).await;
+    let web = Echo::start("web", s.ip, 0).await;
+    apply(&s.admin, &backend("rs", "web", s.ip, web.addr.port(), true)).await;
+    apply(
+        &s.admin,
+        &ingress_yaml("rs", "one", "wicket", "one.example.com", &[("/", "web")]),
+    )
+    .await;
+    let w = Wicket::controller(&s.kubeconfig, &args("replica-a", "203.0.113.7")).await;
+    w.eventually("one.example.com", "/", "served", |a| a.who() == "web")
+        .await;
+
+    // Steady requests the whole time; none may fail.
+    let failures = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (failures, sent, stop) = (failures.clone(), sent.clone(), stop.clone());
+        let client = client();
+        let url = w.url("one.example.com", "/");
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let ok = fetch(&client, &url).await.is_ok_and(|a| a.who() == "web");
+                if !ok {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    s.api.stop_apiserver();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        w.admin_get("/readyz").await.status,
+        200,
+        "still ready: nginx serves the last good config"
+    );
+    s.api.start_apiserver().await;
+    let admin = s.api.admin().await;
+    apply(
+        &admin,
+        &ingress_yaml("rs", "two", "wicket", "two.example.com", &[("/", "web")]),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if w.get("two.example.com", "/").await.who() == "web" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the change made after the restart was never served\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let (sent, failed) = (
+        sent.load(Ordering::Relaxed),
+        failures.load(Ordering::Relaxed),
+    );
+    assert!(sent > 100, "{sent}");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {sent} requests failed\n{}",
+        w.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_serve_but_only_the_leader_writes_status() {
+    let s = setup(&["ha"]).await;
+    let web = Echo::start("web", s.ip, 0).await;
+    apply(&s.admin, &backend("ha", "web", s.ip, web.addr.port(), true)).await;
+    apply(
+        &s.admin,
+        &ingress_yaml("ha", "ha", "wicket", "ha.example.com", &[("/", "web")]),
+    )
+    .await;
+
+    let a = Wicket::controller(&s.kubeconfig, &args("replica-a", "203.0.113.1")).await;
+    let b = Wicket::controller(&s.kubeconfig, &args("replica-b", "203.0.113.2")).await;
+    for w in [&a, &b] {
+        w.eventually("ha.example.com", "/", "served by every replica", |x| {
+            x.who() == "web"
+        })
+        .await;
+    }
+    let leases: Api<Lease> = Api::namespaced(s.admin.clone(), "wicket");
+    let holder = || async {
+        leases
+            .get_opt("wicket-leader")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    let first = eventually("a leader", || async { holder().await }).await;
+    let (leader_addr, other_addr) = if first == "replica-a" {
+        ("203.0.113.1", "203.0.113.2")
+    } else {
+        ("203.0.113.2", "203.0.113.1")
+    };
+    eventually("the leader's status", || async {
+        (status_of(&s.admin, "ha", "ha").await == [leader_addr]).then_some(())
+    })
+    .await;
+    // The other replica never overwrites it.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(status_of(&s.admin, "ha", "ha").await, [leader_addr]);
+        assert_eq!(holder().await.as_deref(), Some(first.as_str()));
+    }
+
+    // The leader stops: the other takes over and writes its address.
+    let (mut leader, follower) = if first == "replica-a" { (a, b) } else { (b, a) };
+    assert!(leader.stop().success());
+    let second = eventually("the other replica leads", || async {
+        holder().await.filter(|h| *h != first)
+    })
+    .await;
+    assert_ne!(second, first);
+    eventually("the new leader's status", || async {
+        (status_of(&s.admin, "ha", "ha").await == [other_addr]).then_some(())
+    })
+    .await;
+    follower
+        .eventually("ha.example.com", "/", "still served", |x| x.who() == "web")
+        .await;
+}
