@@ -206,6 +206,27 @@ async fn routes_status_and_events_follow_the_api() {
     })
     .await;
 
+    // Only Secrets a served Ingress references reach the disk.
+    let (cert, key) = cert_for(&["a.example.com"]);
+    apply(&s.admin, &tls_secret("shop", "unused", &cert, &key)).await;
+    apply(&s.admin, &tls_secret("shop", "used", &cert, &key)).await;
+    let tls = ingress_yaml("shop", "tls", "wicket", "a.example.com", &[("/tls", "web")])
+        .replace("spec:\n", "spec:\n  tls:\n  - {hosts: [a.example.com], secretName: used}\n");
+    apply(&s.admin, &tls).await;
+    let a = eventually("the Secret's certificate served", || async {
+        fetch(&tls_client(&[&cert]), &w.https_url("a.example.com", "/tls")).await.ok()
+    })
+    .await;
+    assert_eq!(a.who(), "web");
+    let mut files: Vec<String> = std::fs::read_dir(w.state_dir().join("certs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 4, "the default pair and the used Secret's pair: {files:?}");
+    assert!(files.contains(&"default.key".to_string()), "{files:?}");
+    assert!(!w.logs().contains("PRIVATE KEY"), "no key material in the logs");
+
     // Deleted: its route disappears.
     apply(
         &s.admin,

@@ -743,3 +743,48 @@ async fn admin_endpoints_and_a_dead_nginx_is_restarted() {
         "nginx master {pid} still runs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_settings_default_backend_and_default_certificate_flags() {
+    let (_b, svcs) = backends("d", &["web", "fallback"]).await;
+    let (cert, key) = cert_for(&["*.wicket.test"]);
+    let settings = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: d}\ndata:\n  proxy-body-size: 1k\n  use-gzip: \"true\"\n";
+    let ing = ingress("d", "web", "", "web.example.com", &[("/", "Prefix", "web", 80)]);
+    let w = Wicket::start_with(
+        &[
+            ("svc.yaml", &svcs),
+            ("settings.yaml", settings),
+            ("cert.yaml", &tls_secret("d", "default-cert", &cert, &key)),
+            ("ing.yaml", &ing),
+        ],
+        &[
+            "--configmap",
+            "d/settings",
+            "--default-backend-service",
+            "d/fallback",
+            "--default-ssl-certificate",
+            "d/default-cert",
+        ],
+    )
+    .await;
+    // proxy-body-size: 1k.
+    let post = |n: usize| {
+        w.client
+            .post(w.url("web.example.com", "/upload"))
+            .body(vec![b'x'; n])
+            .send()
+    };
+    assert_eq!(post(500).await.unwrap().status(), 200);
+    assert_eq!(post(2048).await.unwrap().status(), 413);
+    // Hosts no rule names go to the default backend service.
+    assert_eq!(w.get("unknown.example.com", "/x").await.who(), "fallback");
+    assert_eq!(w.get("web.example.com", "/x").await.who(), "web");
+    // The default certificate is the Secret's.
+    let a = fetch(&tls_client(&[&cert]), &w.https_url("any.wicket.test", "/")).await.unwrap();
+    assert_eq!(a.who(), "fallback");
+    assert!(
+        w.logs().contains("ignored configmap d/settings: data[\"use-gzip\"]: setting not supported by wicket yet; ignored"),
+        "{}",
+        w.logs()
+    );
+}
