@@ -210,11 +210,15 @@ async fn routes_status_and_events_follow_the_api() {
     let (cert, key) = cert_for(&["a.example.com"]);
     apply(&s.admin, &tls_secret("shop", "unused", &cert, &key)).await;
     apply(&s.admin, &tls_secret("shop", "used", &cert, &key)).await;
-    let tls = ingress_yaml("shop", "tls", "wicket", "a.example.com", &[("/tls", "web")])
-        .replace("spec:\n", "spec:\n  tls:\n  - {hosts: [a.example.com], secretName: used}\n");
+    let tls = ingress_yaml("shop", "tls", "wicket", "a.example.com", &[("/tls", "web")]).replace(
+        "spec:\n",
+        "spec:\n  tls:\n  - {hosts: [a.example.com], secretName: used}\n",
+    );
     apply(&s.admin, &tls).await;
     let a = eventually("the Secret's certificate served", || async {
-        fetch(&tls_client(&[&cert]), &w.https_url("a.example.com", "/tls")).await.ok()
+        fetch(&tls_client(&[&cert]), &w.https_url("a.example.com", "/tls"))
+            .await
+            .ok()
     })
     .await;
     assert_eq!(a.who(), "web");
@@ -223,9 +227,16 @@ async fn routes_status_and_events_follow_the_api() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     files.sort();
-    assert_eq!(files.len(), 4, "the default pair and the used Secret's pair: {files:?}");
+    assert_eq!(
+        files.len(),
+        4,
+        "the default pair and the used Secret's pair: {files:?}"
+    );
     assert!(files.contains(&"default.key".to_string()), "{files:?}");
-    assert!(!w.logs().contains("PRIVATE KEY"), "no key material in the logs");
+    assert!(
+        !w.logs().contains("PRIVATE KEY"),
+        "no key material in the logs"
+    );
 
     // Deleted: its route disappears.
     apply(
@@ -440,4 +451,64 @@ async fn two_replicas_serve_but_only_the_leader_writes_status() {
     follower
         .eventually("ha.example.com", "/", "still served", |x| x.who() == "web")
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_service_addresses_and_watch_namespace() {
+    let s = setup(&["mine", "other"]).await;
+    let web = Echo::start("web", s.ip, 0).await;
+    for ns in ["mine", "other"] {
+        apply(&s.admin, &backend(ns, "web", s.ip, web.addr.port(), true)).await;
+        apply(
+            &s.admin,
+            &ingress_yaml(
+                ns,
+                "site",
+                "wicket",
+                &format!("{ns}.example.com"),
+                &[("/", "web")],
+            ),
+        )
+        .await;
+    }
+    let publish = |ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: edge, namespace: mine}}\nspec:\n  ports: [{{port: 80}}]\n  externalIPs: [{ip}]\n"
+        )
+    };
+    apply(&s.admin, &publish("198.51.100.9")).await;
+    let w = Wicket::controller(
+        &s.kubeconfig,
+        &[
+            "--namespace",
+            "wicket",
+            "--identity",
+            "only",
+            "--watch-namespace",
+            "mine",
+            "--publish-service",
+            "mine/edge",
+            "--debounce-ms",
+            "20",
+        ],
+    )
+    .await;
+    w.eventually("mine.example.com", "/", "served", |a| a.who() == "web")
+        .await;
+    assert_eq!(
+        w.get("other.example.com", "/").await.status,
+        404,
+        "other namespaces are not watched"
+    );
+    eventually("the publish Service's address", || async {
+        (status_of(&s.admin, "mine", "site").await == ["198.51.100.9"]).then_some(())
+    })
+    .await;
+    // The Service's address changes: so does the status.
+    apply(&s.admin, &publish("198.51.100.10")).await;
+    eventually("the new address", || async {
+        (status_of(&s.admin, "mine", "site").await == ["198.51.100.10"]).then_some(())
+    })
+    .await;
+    assert!(status_of(&s.admin, "other", "site").await.is_empty());
 }

@@ -749,7 +749,13 @@ async fn global_settings_default_backend_and_default_certificate_flags() {
     let (_b, svcs) = backends("d", &["web", "fallback"]).await;
     let (cert, key) = cert_for(&["*.wicket.test"]);
     let settings = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: d}\ndata:\n  proxy-body-size: 1k\n  use-gzip: \"true\"\n";
-    let ing = ingress("d", "web", "", "web.example.com", &[("/", "Prefix", "web", 80)]);
+    let ing = ingress(
+        "d",
+        "web",
+        "",
+        "web.example.com",
+        &[("/", "Prefix", "web", 80)],
+    );
     let w = Wicket::start_with(
         &[
             ("svc.yaml", &svcs),
@@ -780,7 +786,9 @@ async fn global_settings_default_backend_and_default_certificate_flags() {
     assert_eq!(w.get("unknown.example.com", "/x").await.who(), "fallback");
     assert_eq!(w.get("web.example.com", "/x").await.who(), "web");
     // The default certificate is the Secret's.
-    let a = fetch(&tls_client(&[&cert]), &w.https_url("any.wicket.test", "/")).await.unwrap();
+    let a = fetch(&tls_client(&[&cert]), &w.https_url("any.wicket.test", "/"))
+        .await
+        .unwrap();
     assert_eq!(a.who(), "fallback");
     assert!(
         w.logs().contains("ignored configmap d/settings: data[\"use-gzip\"]: setting not supported by wicket yet; ignored"),
