@@ -124,7 +124,7 @@ impl Engine {
         let result = self.nginx.apply(&build.config, &self.renderer).await;
         self.attempted = Some(build.config.clone());
         let applied = match result {
-            Ok(outcome) => {
+            Ok((outcome, t)) => {
                 let verb = match outcome {
                     Outcome::Started => "started nginx",
                     Outcome::Reloaded => "reloaded nginx",
@@ -134,6 +134,10 @@ impl Engine {
                     upstreams = build.config.upstreams.len(),
                     problems = build.problems.len(),
                     build_ms = built.as_millis() as u64,
+                    render_ms = t.render.as_millis() as u64,
+                    write_ms = t.write.as_millis() as u64,
+                    nginx_test_ms = t.test.as_millis() as u64,
+                    reload_ms = t.reload.as_millis() as u64,
                     total_ms = started.elapsed().as_millis() as u64,
                     "{verb}"
                 );

@@ -92,6 +92,18 @@ pub enum Outcome {
     Reloaded,
 }
 
+/// How long each step of an apply took.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Timings {
+    pub render: Duration,
+    /// Writing the candidate and certificates.
+    pub write: Duration,
+    /// `nginx -t`.
+    pub test: Duration,
+    /// From SIGHUP (or start) until a new worker answered.
+    pub reload: Duration,
+}
+
 /// The nginx child process and the files it reads.
 pub struct Nginx {
     opts: NginxOptions,
@@ -179,18 +191,27 @@ impl Nginx {
         &mut self,
         config: &Config,
         renderer: &Renderer,
-    ) -> Result<Outcome, ApplyError> {
+    ) -> Result<(Outcome, Timings), ApplyError> {
         self.generation += 1;
         let env = RenderEnv {
             generation: self.generation,
             user: self.user.clone(),
             ipv6: self.ipv6,
         };
+        let mut timings = Timings::default();
+        let mut step = Instant::now();
+        let mut lap = |slot: &mut Duration| {
+            *slot = step.elapsed();
+            step = Instant::now();
+        };
         let text = renderer.render(config, &env)?;
+        lap(&mut timings.render);
         self.write_certificates(config)?;
         let dir = self.opts.state_dir.clone();
         write_atomic(&dir.join(CANDIDATE), text.as_bytes(), 0o644)?;
+        lap(&mut timings.write);
         self.test(&dir.join(CANDIDATE)).await?;
+        lap(&mut timings.test);
         std::fs::rename(dir.join(CANDIDATE), dir.join(CONF)).map_err(|source| {
             ApplyError::Write {
                 path: dir.join(CONF),
@@ -216,11 +237,12 @@ impl Nginx {
             }
             return Err(e);
         }
+        lap(&mut timings.reload);
         self.good = Some((self.generation, text));
         self.shutdown_timeout =
             Duration::from_secs(config.settings.worker_shutdown_timeout.0.into());
         self.remove_unused_certificates(config);
-        Ok(outcome)
+        Ok((outcome, timings))
     }
 
     /// Starts nginx again with the last good config, after it died.
