@@ -28,6 +28,9 @@ pub struct Config {
     pub certificates: Vec<Certificate>,
     /// Global settings (`--configmap`).
     pub settings: crate::settings::Settings,
+    /// Snippets (with `allow-snippet-annotations`), referred to by index
+    /// from servers and locations. The renderer puts them in raw.
+    pub snippets: Vec<String>,
 }
 
 /// Where a part of the config came from, for the comments beside it.
@@ -51,6 +54,8 @@ pub struct Server {
     /// The Ingresses that contributed rules to this server (namespace/name).
     pub ingresses: Vec<String>,
     pub locations: Vec<Location>,
+    /// Index of this server's `server-snippet` in [`Config::snippets`].
+    pub snippet: Option<usize>,
 }
 
 /// How a location matches the request path.
@@ -100,6 +105,8 @@ pub struct Location {
     /// The Ingress rule path this location serves, or `None` for the
     /// location wicket adds for unmatched requests.
     pub source: Option<Source>,
+    /// Index of the Ingress's `configuration-snippet` in [`Config::snippets`].
+    pub snippet: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -2,7 +2,7 @@
 //! build a snapshot, apply the config when it changed, keep nginx running,
 //! report problems once, keep the admin status true.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::admin::Status;
 use crate::build::{self, Build};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ObjectKey};
 use crate::config::Config;
 use crate::nginx::{ApplyError, Nginx, NginxOptions, Outcome};
 use crate::problem::{Problem, Severity};
@@ -62,6 +62,28 @@ pub enum Applied {
     Failed(ApplyError),
 }
 
+/// An Ingress left out of the config because nginx refused the config
+/// built with it.
+struct Quarantined {
+    /// The Ingress as it was; a changed Ingress is tried again.
+    fingerprint: u64,
+    since: Instant,
+}
+
+/// How long a quarantined Ingress stays out before it is tried again (with
+/// the next change), in case what made nginx refuse it was elsewhere (a DNS
+/// name that did not resolve, say).
+const QUARANTINE_RETRY: Duration = Duration::from_secs(60);
+/// Most Ingresses quarantined while applying one change.
+const MAX_QUARANTINE_ROUNDS: usize = 16;
+
+fn fingerprint(ing: &k8s_openapi::api::networking::v1::Ingress) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(ing).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
 /// Build, apply, supervise.
 pub struct Engine {
     opts: build::Options,
@@ -74,6 +96,7 @@ pub struct Engine {
     /// When to try again after a failure that may pass (nginx could not
     /// start, did not answer in time).
     retry_at: Option<Instant>,
+    quarantine: BTreeMap<ObjectKey, Quarantined>,
 }
 
 impl Engine {
@@ -92,7 +115,104 @@ impl Engine {
             reporter: Reporter::default(),
             attempted: None,
             retry_at: None,
+            quarantine: BTreeMap::new(),
         })
+    }
+
+    /// Ingresses quarantined now.
+    pub fn quarantined(&self) -> usize {
+        self.quarantine.len()
+    }
+
+    /// Lifts the quarantine of Ingresses that changed, went away, or waited
+    /// long enough.
+    fn refresh_quarantine(&mut self, cluster: &Cluster) {
+        let before = self.quarantine.len();
+        self.quarantine.retain(|key, q| {
+            cluster.ingresses.get(key).is_some_and(|ing| {
+                fingerprint(ing) == q.fingerprint && q.since.elapsed() < QUARANTINE_RETRY
+            })
+        });
+        self.opts
+            .quarantine
+            .retain(|k, _| self.quarantine.contains_key(k));
+        if self.quarantine.len() < before {
+            info!(
+                lifted = before - self.quarantine.len(),
+                "quarantined Ingresses will be tried again"
+            );
+        }
+    }
+
+    fn quarantine(&mut self, cluster: &Cluster, key: ObjectKey, reason: &str) {
+        let Some(ing) = cluster.ingresses.get(&key) else {
+            return;
+        };
+        warn!(ingress = %key, "quarantined: nginx refused the config built with it: {reason}");
+        self.quarantine.insert(
+            key.clone(),
+            Quarantined {
+                fingerprint: fingerprint(ing),
+                since: Instant::now(),
+            },
+        );
+        self.opts.quarantine.insert(
+            key,
+            format!("nginx -t refused the config built with this Ingress: {reason}"),
+        );
+    }
+
+    /// The Ingress (or Ingresses) to blame for a config `nginx -t` refused:
+    /// first from the line nginx names, then by bisection with `nginx -t`
+    /// over the suspects.
+    async fn culprit(
+        &mut self,
+        cluster: &Cluster,
+        build: &Build,
+        message: &str,
+    ) -> Option<ObjectKey> {
+        let text = self.nginx.refused_config().map(str::to_string);
+        let mut suspects = match (text, error_line(message)) {
+            (Some(text), Some(line)) => blame(&text, line, &build.config),
+            _ => Vec::new(),
+        };
+        suspects.retain(|k| build.served.contains(k));
+        if suspects.len() == 1 {
+            return suspects.pop();
+        }
+        if suspects.is_empty() {
+            suspects = build.served.clone();
+        }
+        debug!(
+            suspects = suspects.len(),
+            "looking for the Ingress nginx refuses by bisection"
+        );
+        while suspects.len() > 1 {
+            let half = suspects.split_off(suspects.len() / 2);
+            // Without the first half: if nginx accepts it, the culprit is there.
+            let mut opts = self.opts.clone();
+            opts.quarantine
+                .extend(suspects.iter().map(|k| (k.clone(), String::new())));
+            let without = build::build(cluster, &opts);
+            if self
+                .nginx
+                .check(&without.config, &self.renderer)
+                .await
+                .is_err()
+            {
+                suspects = half;
+            }
+        }
+        // Confirm: without it, nginx accepts the config.
+        let key = suspects.pop()?;
+        let mut opts = self.opts.clone();
+        opts.quarantine.insert(key.clone(), String::new());
+        let without = build::build(cluster, &opts);
+        self.nginx
+            .check(&without.config, &self.renderer)
+            .await
+            .ok()
+            .map(|_| key)
     }
 
     pub fn nginx(&self) -> &Nginx {
@@ -108,8 +228,37 @@ impl Engine {
         self.retry_at
     }
 
-    /// Builds the snapshot and applies the config if it changed.
+    /// Builds the snapshot and applies the config if it changed. If nginx
+    /// refuses a config, the Ingress responsible is found, quarantined (it
+    /// is then reported as rejected) and the rest applied.
     pub async fn rebuild(&mut self, cluster: &Cluster, files: &[FileReport]) -> (Build, Applied) {
+        self.refresh_quarantine(cluster);
+        let mut rounds = 0;
+        loop {
+            let (build, applied) = self.rebuild_once(cluster, files).await;
+            let Applied::Failed(ApplyError::Invalid(message)) = &applied else {
+                return (build, applied);
+            };
+            rounds += 1;
+            if rounds > MAX_QUARANTINE_ROUNDS {
+                return (build, applied);
+            }
+            match self.culprit(cluster, &build, message).await {
+                Some(key) => {
+                    let message = message.clone();
+                    self.quarantine(cluster, key, &message);
+                }
+                None => {
+                    warn!(
+                        "no single Ingress explains why nginx refused the config; the last good config keeps serving"
+                    );
+                    return (build, applied);
+                }
+            }
+        }
+    }
+
+    async fn rebuild_once(&mut self, cluster: &Cluster, files: &[FileReport]) -> (Build, Applied) {
         let started = Instant::now();
         let build = build::build(cluster, &self.opts);
         self.reporter.report(files, &build.problems);
@@ -217,6 +366,72 @@ impl Engine {
         self.status.not_ready("shutting down");
         self.nginx.stop().await;
     }
+}
+
+/// The line number nginx names in an error (`... in FILE:LINE`).
+fn error_line(message: &str) -> Option<usize> {
+    message
+        .split("; ")
+        .find(|l| l.contains("[emerg]") || l.contains("[crit]") || l.contains("[alert]"))
+        .and_then(|l| l.rsplit_once(':'))
+        .and_then(|(_, n)| n.trim().parse().ok())
+}
+
+/// The Ingresses a line of a rendered config belongs to, from the comments
+/// the templates write: a location's `# ingress NS/NAME FIELD`, a server's
+/// `# ingress NS/NAME` list, or, in an upstream, the Ingresses that proxy to
+/// it.
+fn blame(text: &str, line: usize, config: &crate::config::Config) -> Vec<ObjectKey> {
+    let lines: Vec<&str> = text.lines().collect();
+    let key = |comment: &str| {
+        let rest = comment.trim_start().strip_prefix("# ingress ")?;
+        let id = rest.split_whitespace().next()?;
+        let (ns, name) = id.split_once('/')?;
+        Some(ObjectKey::new(ns, name))
+    };
+    let mut i = line.min(lines.len());
+    while i > 0 {
+        i -= 1;
+        let t = lines[i].trim_start();
+        if t.starts_with("location ") {
+            return (0..i)
+                .rev()
+                .map(|j| lines[j])
+                .take_while(|l| l.trim_start().starts_with('#'))
+                .filter_map(key)
+                .take(1)
+                .collect();
+        }
+        if t == "server {" {
+            return (0..i)
+                .rev()
+                .map(|j| lines[j])
+                .take_while(|l| l.trim_start().starts_with('#'))
+                .filter_map(key)
+                .collect();
+        }
+        if let Some(name) = t
+            .strip_prefix("upstream ")
+            .and_then(|r| r.split_whitespace().next())
+        {
+            let mut keys: Vec<ObjectKey> = config
+                .servers
+                .iter()
+                .chain(std::iter::once(&config.default_server))
+                .flat_map(|s| &s.locations)
+                .filter(|l| matches!(&l.action, crate::config::Action::Proxy { upstream, .. } if upstream == name))
+                .filter_map(|l| l.source.as_ref())
+                .map(|s| ObjectKey::new(s.namespace.as_str(), s.name.as_str()))
+                .collect();
+            keys.sort();
+            keys.dedup();
+            return keys;
+        }
+        if t == "http {" {
+            break;
+        }
+    }
+    Vec::new()
 }
 
 /// Sleeps until `at`, or forever when there is none.

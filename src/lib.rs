@@ -11,6 +11,7 @@ pub mod annotations;
 pub mod build;
 pub mod certs;
 pub mod cluster;
+pub mod conf_syntax;
 pub mod config;
 pub mod controller;
 pub mod engine;

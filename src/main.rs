@@ -185,6 +185,7 @@ fn build_options(
         default_ssl_certificate: b.default_ssl_certificate.clone(),
         default_backend_service: b.default_backend_service.clone(),
         configmap: b.configmap.clone(),
+        quarantine: Default::default(),
     })
 }
 

@@ -32,6 +32,8 @@ use crate::render::{RenderEnv, RenderError, Renderer};
 
 pub const CONF: &str = "nginx.conf";
 pub const CANDIDATE: &str = "nginx.conf.candidate";
+/// Where configs are checked while looking for the Ingress nginx refuses.
+pub const CHECK: &str = "nginx.conf.check";
 pub const STATUS_SOCKET: &str = "wicket-status.sock";
 /// Longest a reload or start may take before it counts as failed.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -115,6 +117,8 @@ pub struct Nginx {
     good: Option<(u64, String)>,
     /// The served config's `worker-shutdown-timeout`.
     shutdown_timeout: Duration,
+    /// The text of the last config `nginx -t` refused.
+    refused: Option<String>,
 }
 
 /// Writes a file atomically: a temporary file in the same folder, then a
@@ -174,6 +178,7 @@ impl Nginx {
             generation: 0,
             good: None,
             shutdown_timeout: Duration::from_secs(10),
+            refused: None,
         })
     }
 
@@ -210,7 +215,11 @@ impl Nginx {
         let dir = self.opts.state_dir.clone();
         write_atomic(&dir.join(CANDIDATE), text.as_bytes(), 0o644)?;
         lap(&mut timings.write);
-        self.test(&dir.join(CANDIDATE)).await?;
+        if let Err(e) = self.test(&dir.join(CANDIDATE)).await {
+            self.refused = Some(text);
+            return Err(e);
+        }
+        self.refused = None;
         lap(&mut timings.test);
         std::fs::rename(dir.join(CANDIDATE), dir.join(CONF)).map_err(|source| {
             ApplyError::Write {
@@ -243,6 +252,26 @@ impl Nginx {
             Duration::from_secs(config.settings.worker_shutdown_timeout.0.into());
         self.remove_unused_certificates(config);
         Ok((outcome, timings))
+    }
+
+    /// The text of the last config `nginx -t` refused, if the last apply
+    /// failed that way.
+    pub fn refused_config(&self) -> Option<&str> {
+        self.refused.as_deref()
+    }
+
+    /// Runs `nginx -t` on a config without applying it.
+    pub async fn check(&mut self, config: &Config, renderer: &Renderer) -> Result<(), ApplyError> {
+        let env = RenderEnv {
+            generation: self.generation,
+            user: self.user.clone(),
+            ipv6: self.ipv6,
+        };
+        let text = renderer.render(config, &env)?;
+        self.write_certificates(config)?;
+        let path = self.opts.state_dir.join(CHECK);
+        write_atomic(&path, text.as_bytes(), 0o644)?;
+        self.test(&path).await
     }
 
     /// Starts nginx again with the last good config, after it died.

@@ -119,6 +119,41 @@ pub fn escape(input: &str, out: &mut dyn Write) -> std::io::Result<()> {
     out.write_all(b"\"")
 }
 
+/// The line a template writes where a snippet goes: `# wicket-snippet N`.
+/// No value from an object can start a line (escaping never writes a
+/// newline), so only templates write it.
+const SNIPPET_MARK: &str = "# wicket-snippet ";
+
+/// Puts each snippet, raw, where the templates marked it, indented like the
+/// mark.
+fn splice_snippets(text: String, snippets: &[String]) -> String {
+    if snippets.is_empty() {
+        return text;
+    }
+    let mut out =
+        String::with_capacity(text.len() + snippets.iter().map(String::len).sum::<usize>());
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let index = trimmed
+            .strip_prefix(SNIPPET_MARK)
+            .and_then(|n| n.trim_end().parse::<usize>().ok());
+        match index.and_then(|i| snippets.get(i)) {
+            Some(snippet) => {
+                let indent = &line[..line.len() - trimmed.len()];
+                out.push_str(indent);
+                out.push_str("# snippet (allow-snippet-annotations)\n");
+                for l in snippet.lines() {
+                    out.push_str(indent);
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
+}
+
 /// [`escape`] into a String.
 pub fn escape_string(input: &str) -> String {
     let mut out = Vec::with_capacity(input.len() + 2);
@@ -202,9 +237,11 @@ impl Renderer {
         let mut ctx = Context::new();
         ctx.insert("config", config);
         ctx.insert("env", env);
-        self.tera
+        let text = self
+            .tera
             .render(ROOT_TEMPLATE, &ctx)
-            .map_err(RenderError::Render)
+            .map_err(RenderError::Render)?;
+        Ok(splice_snippets(text, &config.snippets))
     }
 }
 

@@ -73,6 +73,9 @@ pub struct Settings {
     /// `worker-shutdown-timeout`: how long old workers may finish requests
     /// after a reload.
     pub worker_shutdown_timeout: Seconds,
+    /// `allow-snippet-annotations`: whether Ingress authors may put raw nginx
+    /// configuration in (`server-snippet`, `configuration-snippet`).
+    pub allow_snippet_annotations: bool,
 }
 
 impl Default for Settings {
@@ -85,6 +88,7 @@ impl Default for Settings {
             keep_alive: Seconds(75),
             upstream_keepalive_connections: 32,
             worker_shutdown_timeout: Seconds(10),
+            allow_snippet_annotations: false,
         }
     }
 }
@@ -113,6 +117,13 @@ impl Settings {
                 "worker-shutdown-timeout" => {
                     Seconds::parse(value).map(|v| s.worker_shutdown_timeout = v)
                 }
+                "allow-snippet-annotations" => match value.as_str() {
+                    "true" | "false" => {
+                        s.allow_snippet_annotations = value == "true";
+                        Ok(())
+                    }
+                    _ => Err(Invalid("must be \"true\" or \"false\"".into())),
+                },
                 _ => {
                     problems.push(Problem::ignored(
                         object,

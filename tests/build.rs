@@ -36,6 +36,7 @@ fn opts() -> Options {
         default_ssl_certificate: None,
         default_backend_service: None,
         configmap: None,
+        quarantine: Default::default(),
     }
 }
 

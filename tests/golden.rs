@@ -35,6 +35,7 @@ fn render(dir: &str) -> (String, Vec<String>, wicket::config::Config) {
         default_ssl_certificate: None,
         default_backend_service: None,
         configmap: None,
+        quarantine: Default::default(),
     };
     let b = build::build(&cluster, &opts);
     let env = RenderEnv {

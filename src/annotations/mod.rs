@@ -3,6 +3,7 @@
 //! knows are reported as not supported and otherwise ignored.
 
 pub mod rewrite;
+pub mod snippets;
 
 use std::collections::BTreeMap;
 
@@ -10,10 +11,21 @@ use crate::cluster::ObjectRef;
 use crate::problem::Problem;
 use crate::values::Invalid;
 
+/// Longest annotation value accepted under the prefix (snippets excepted).
+pub const MAX_VALUE_LEN: usize = 4096;
+
 /// The annotations wicket acts on, parsed.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Annotations {
     pub rewrite: rewrite::Rewrite,
+    pub snippets: snippets::Snippets,
+}
+
+/// Global settings that decide how annotations are read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// `allow-snippet-annotations`.
+    pub allow_snippets: bool,
 }
 
 /// One invalid field: the field path and why.
@@ -92,6 +104,34 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Refuses values under the prefix longer than [`MAX_VALUE_LEN`]
+    /// ([`snippets::MAX_SNIPPET_LEN`] for snippets).
+    pub fn check_lengths(&self, errors: &mut Vec<FieldError>) {
+        for (key, value) in self.annotations.into_iter().flatten() {
+            let Some(name) = key
+                .strip_prefix(self.prefix)
+                .and_then(|k| k.strip_prefix('/'))
+            else {
+                continue;
+            };
+            let max = if name.ends_with("-snippet") {
+                snippets::MAX_SNIPPET_LEN
+            } else {
+                MAX_VALUE_LEN
+            };
+            if value.len() > max {
+                errors.push(FieldError {
+                    field: format!("metadata.annotations[{}]", crate::problem::Quoted(key)),
+                    value: String::new(),
+                    error: Invalid(format!(
+                        "the value is {} bytes; at most {max} are accepted",
+                        value.len()
+                    )),
+                });
+            }
+        }
+    }
+
     /// Keys under the prefix that no module read: reported once each.
     pub fn unsupported(&self, object: &ObjectRef) -> Vec<Problem> {
         let Some(all) = self.annotations else {
@@ -121,8 +161,14 @@ impl<'a> Reader<'a> {
 }
 
 /// Parses every annotation wicket supports on an Ingress.
-pub fn parse_ingress(reader: &mut Reader<'_>, errors: &mut Vec<FieldError>) -> Annotations {
+pub fn parse_ingress(
+    reader: &mut Reader<'_>,
+    errors: &mut Vec<FieldError>,
+    policy: Policy,
+) -> Annotations {
+    reader.check_lengths(errors);
     Annotations {
         rewrite: rewrite::parse(reader, errors),
+        snippets: snippets::parse(reader, errors, policy.allow_snippets),
     }
 }

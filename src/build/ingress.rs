@@ -120,6 +120,7 @@ pub fn parse(
     key: &ObjectKey,
     ing: &Ingress,
     annotations_prefix: &str,
+    policy: annotations::Policy,
     problems: &mut Vec<Problem>,
 ) -> Result<ParsedIngress, Problem> {
     let object = ObjectRef::new(Kind::Ingress, key.clone());
@@ -133,8 +134,15 @@ pub fn parse(
     errors.check("metadata.name", &key.name, DnsSubdomain::parse(&key.name));
 
     let mut reader = Reader::new(ing.metadata.annotations.as_ref(), annotations_prefix);
-    let annotations = annotations::parse_ingress(&mut reader, &mut errors.0);
+    let annotations = annotations::parse_ingress(&mut reader, &mut errors.0, policy);
     problems.extend(reader.unsupported(&object));
+    for name in &annotations.snippets.unsupported {
+        problems.push(Problem::ignored(
+            &object,
+            Some(reader.field(name)),
+            "annotation not supported by wicket yet; ignored",
+        ));
+    }
     let regex = annotations.rewrite.regex();
 
     let ns = namespace

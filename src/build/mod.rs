@@ -42,6 +42,9 @@ pub struct Options {
     pub default_backend_service: Option<NamespacedName>,
     /// `--configmap`: the ConfigMap with global settings.
     pub configmap: Option<NamespacedName>,
+    /// Ingresses left out because nginx refused the config built with them,
+    /// with the reason.
+    pub quarantine: BTreeMap<ObjectKey, String>,
 }
 
 impl Options {
@@ -56,6 +59,7 @@ impl Options {
             default_ssl_certificate: None,
             default_backend_service: None,
             configmap: None,
+            quarantine: BTreeMap::new(),
         }
     }
 }
@@ -74,12 +78,40 @@ pub struct Build {
 /// Builds the config for a snapshot.
 pub fn build(cluster: &Cluster, opts: &Options) -> Build {
     let mut problems = Vec::new();
+    let settings = match &opts.configmap {
+        None => Settings::default(),
+        Some(nn) => {
+            let object = ObjectRef::new(Kind::ConfigMap, nn.key());
+            match cluster.config_maps.get(&nn.key()) {
+                Some(cm) => Settings::from_config_map(cm, &object, &mut problems),
+                None => {
+                    problems.push(Problem::warning(
+                        &object,
+                        None,
+                        "the --configmap ConfigMap does not exist; default settings are used",
+                    ));
+                    Settings::default()
+                }
+            }
+        }
+    };
+    let policy = crate::annotations::Policy {
+        allow_snippets: settings.allow_snippet_annotations,
+    };
     let mut parsed: Vec<ParsedIngress> = Vec::new();
     for (key, ing) in &cluster.ingresses {
         if !class::is_ours(ing, cluster, &opts.class) {
             continue;
         }
-        match ingress::parse(key, ing, &opts.annotations_prefix, &mut problems) {
+        if let Some(reason) = opts.quarantine.get(key) {
+            problems.push(Problem::rejected(
+                &ObjectRef::new(Kind::Ingress, key.clone()),
+                None,
+                format!("quarantined: {reason}"),
+            ));
+            continue;
+        }
+        match ingress::parse(key, ing, &opts.annotations_prefix, policy, &mut problems) {
             Ok(p) => parsed.push(p),
             Err(p) => problems.push(p),
         }
@@ -97,6 +129,8 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
         hosts: BTreeMap::new(),
         any: HostRoutes::default(),
         flag_source: None,
+        snippets: Vec::new(),
+        prefix: &opts.annotations_prefix,
     };
     b.collect_routes();
     if b.any.default.is_none()
@@ -104,23 +138,6 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
     {
         b.default_backend_flag(cluster, svc);
     }
-    let settings = match &opts.configmap {
-        None => Settings::default(),
-        Some(nn) => {
-            let object = ObjectRef::new(Kind::ConfigMap, nn.key());
-            match cluster.config_maps.get(&nn.key()) {
-                Some(cm) => Settings::from_config_map(cm, &object, b.problems),
-                None => {
-                    b.problems.push(Problem::warning(
-                        &object,
-                        None,
-                        "the --configmap ConfigMap does not exist; default settings are used",
-                    ));
-                    Settings::default()
-                }
-            }
-        }
-    };
     let default_certificate = match &opts.default_ssl_certificate {
         None => opts.default_certificate.clone(),
         Some(nn) => default_ssl_certificate(cluster, nn, b.problems)
@@ -185,6 +202,7 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
         upstreams,
         certificates,
         settings,
+        snippets: std::mem::take(&mut b.snippets),
     };
     problems.sort();
     problems.dedup();
@@ -259,6 +277,10 @@ struct Builder<'p, 'c> {
     any: HostRoutes<'p>,
     /// The comment source of the `--default-backend-service` location.
     flag_source: Option<Source>,
+    /// Snippets, each once.
+    snippets: Vec<String>,
+    /// The annotations prefix, for field names in problems.
+    prefix: &'p str,
 }
 
 impl<'p> Builder<'p, '_> {
@@ -479,6 +501,17 @@ impl<'p> Builder<'p, '_> {
         out
     }
 
+    fn snippet(&mut self, s: Option<&crate::annotations::snippets::Snippet>) -> Option<usize> {
+        let s = s?.as_str();
+        Some(match self.snippets.iter().position(|x| x == s) {
+            Some(i) => i,
+            None => {
+                self.snippets.push(s.to_string());
+                self.snippets.len() - 1
+            }
+        })
+    }
+
     fn source(&self, ing: usize, field: &str) -> Source {
         let p = &self.parsed[ing];
         Source {
@@ -491,7 +524,7 @@ impl<'p> Builder<'p, '_> {
     /// One server: its routes, and a location for every request they do not
     /// match (the default backend, or 404).
     fn server(
-        &self,
+        &mut self,
         host: Option<&HostPattern>,
         own: &HostRoutes<'p>,
         default: Option<&(DefaultFrom, Action)>,
@@ -506,6 +539,7 @@ impl<'p> Builder<'p, '_> {
                     DefaultFrom::Ingress(ing) => self.source(*ing, "spec.defaultBackend"),
                     DefaultFrom::Flag => self.flag_source.clone().expect("set with the flag"),
                 }),
+                snippet: None,
             },
             None => Location {
                 matcher: Match::Root,
@@ -514,6 +548,7 @@ impl<'p> Builder<'p, '_> {
                     reason: "no rule matches".into(),
                 },
                 source: None,
+                snippet: None,
             },
         };
 
@@ -527,10 +562,12 @@ impl<'p> Builder<'p, '_> {
             ingresses.insert(ing.key.to_string());
             let source = Some(self.source(route.ing, &route.path.field));
             let action = with_rewrite(&route.action, ing, &route.path.matcher);
+            let snippet = self.snippet(ing.annotations.snippets.configuration.as_ref());
             let loc = |matcher| Location {
                 matcher,
                 action: action.clone(),
                 source: source.clone(),
+                snippet,
             };
             match key {
                 RouteKey::Exact(p) => {
@@ -567,6 +604,26 @@ impl<'p> Builder<'p, '_> {
         }
         // nginx tries regular expressions in order: longest path first.
         regexes.sort_by(|a, b| (Reverse(a.0), &a.1.matcher).cmp(&(Reverse(b.0), &b.1.matcher)));
+        // The server-snippet of the oldest Ingress on this host that has one.
+        let mut server_snippet = None;
+        let mut with_snippet: Vec<usize> = own.routes.values().map(|r| r.ing).collect();
+        with_snippet.sort();
+        with_snippet.dedup();
+        for ing in with_snippet {
+            let p = &self.parsed[ing];
+            let Some(s) = p.annotations.snippets.server.as_ref() else {
+                continue;
+            };
+            if server_snippet.is_none() {
+                server_snippet = self.snippet(Some(s));
+            } else {
+                self.problems.push(Problem::warning(
+                    &p.object,
+                    Some(format!("metadata.annotations[\"{}/server-snippet\"]", self.prefix)),
+                    format!("{} already has a server-snippet from an older Ingress; this one is not used", host.map_or("the catch-all server".to_string(), |h| format!("host {h}"))),
+                ));
+            }
+        }
         let mut locations: Vec<Location> = exact.into_values().collect();
         locations.extend(dirs);
         locations.push(root.unwrap_or(fallback));
@@ -578,6 +635,7 @@ impl<'p> Builder<'p, '_> {
             certificate,
             ingresses: ingresses.into_iter().collect(),
             locations,
+            snippet: server_snippet,
         }
     }
 }

@@ -1,0 +1,107 @@
+//! `server-snippet`, `configuration-snippet`, `stream-snippet` and
+//! `auth-snippet`: raw nginx configuration from the Ingress. Refused (the
+//! Ingress is rejected) unless the global setting
+//! `allow-snippet-annotations` is `"true"`; turning it on gives Ingress
+//! authors the controller's power. Even then a snippet must be whole
+//! directives with balanced blocks, so it cannot close the block it is put
+//! in.
+
+use super::{FieldError, Reader};
+use crate::conf_syntax;
+use crate::values::Invalid;
+
+/// Longest snippet accepted.
+pub const MAX_SNIPPET_LEN: usize = 16 * 1024;
+
+/// Raw nginx configuration, checked to be complete directives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snippet(String);
+
+impl Snippet {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        if s.len() > MAX_SNIPPET_LEN {
+            return Err(Invalid(format!(
+                "a snippet must be at most {MAX_SNIPPET_LEN} bytes"
+            )));
+        }
+        if s.chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
+        {
+            return Err(Invalid(
+                "a snippet may not contain control characters".into(),
+            ));
+        }
+        conf_syntax::structure(s)
+            .map_err(|e| Invalid(format!("not whole nginx directives: {e}")))?;
+        Ok(Snippet(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snippets {
+    pub server: Option<Snippet>,
+    pub configuration: Option<Snippet>,
+    /// Snippet annotations present but not supported (with snippets allowed).
+    pub unsupported: Vec<&'static str>,
+}
+
+pub fn parse(reader: &mut Reader<'_>, errors: &mut Vec<FieldError>, allowed: bool) -> Snippets {
+    let mut out = Snippets::default();
+    for name in [
+        "server-snippet",
+        "configuration-snippet",
+        "stream-snippet",
+        "auth-snippet",
+    ] {
+        let Some(value) = reader.get(name) else {
+            continue;
+        };
+        if !allowed {
+            errors.push(FieldError {
+                field: reader.field(name),
+                value: String::new(),
+                error: Invalid(
+                    "snippet annotations are refused: the global setting allow-snippet-annotations is not \"true\"".into(),
+                ),
+            });
+            continue;
+        }
+        match name {
+            "server-snippet" | "configuration-snippet" => match Snippet::parse(value) {
+                Ok(s) if name == "server-snippet" => out.server = Some(s),
+                Ok(s) => out.configuration = Some(s),
+                Err(error) => errors.push(FieldError {
+                    field: reader.field(name),
+                    value: String::new(),
+                    error,
+                }),
+            },
+            _ => out.unsupported.push(name),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snippets_must_be_whole_directives() {
+        assert!(Snippet::parse("add_header X-A b;\nadd_header X-B \"c d\";").is_ok());
+        assert!(Snippet::parse("if ($x) { return 403; }").is_ok());
+        for bad in [
+            "}",
+            "} server { listen 1;",
+            "a \"b;",
+            "add_header X",
+            "a;\0",
+        ] {
+            assert!(Snippet::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! nginx's config tokenizer, as `ngx_conf_read_token` reads a file: words,
+//! quoted strings, `;`, `{`, `}`, `#` comments. Used to check the structure
+//! of snippets before they are allowed in, and by the tests to prove that no
+//! value from an object changes the structure of a rendered config.
+
+use std::fmt;
+
+/// One token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Token {
+    /// A word or quoted string, with nginx's escapes applied.
+    Value {
+        text: String,
+        quoted: bool,
+        line: usize,
+    },
+    /// `;`: the end of a directive.
+    End { line: usize },
+    /// `{`: the start of a block.
+    Open { line: usize },
+    /// `}`: the end of a block.
+    Close { line: usize },
+}
+
+/// Why a text is not valid nginx config syntax.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct SyntaxError {
+    pub line: usize,
+    pub message: String,
+}
+
+fn err<T>(line: usize, message: impl Into<String>) -> Result<T, SyntaxError> {
+    Err(SyntaxError {
+        line,
+        message: message.into(),
+    })
+}
+
+/// Applies the escapes nginx applies to every token: `\"`, `\'`, `\\` lose
+/// their backslash; `\t`, `\r`, `\n` become the control characters; any
+/// other backslash stays.
+fn unescape(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek() {
+            Some('"' | '\'' | '\\') => out.push(chars.next().expect("peeked")),
+            Some('t') => {
+                chars.next();
+                out.push('\t');
+            }
+            Some('r') => {
+                chars.next();
+                out.push('\r');
+            }
+            Some('n') => {
+                chars.next();
+                out.push('\n');
+            }
+            _ => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// Splits a config into tokens the way nginx does.
+pub fn tokenize(text: &str) -> Result<Vec<Token>, SyntaxError> {
+    let mut out = Vec::new();
+    let mut line = 1;
+    let mut chars = text.char_indices().peekable();
+    while let Some(&(i, c)) = chars.peek() {
+        match c {
+            '\n' => {
+                line += 1;
+                chars.next();
+            }
+            ' ' | '\t' | '\r' => {
+                chars.next();
+            }
+            '#' => {
+                while let Some(&(_, c)) = chars.peek() {
+                    if c == '\n' {
+                        break;
+                    }
+                    chars.next();
+                }
+            }
+            ';' => {
+                out.push(Token::End { line });
+                chars.next();
+            }
+            '{' => {
+                out.push(Token::Open { line });
+                chars.next();
+            }
+            '}' => {
+                out.push(Token::Close { line });
+                chars.next();
+            }
+            '"' | '\'' => {
+                let quote = c;
+                chars.next();
+                let start = i + 1;
+                let start_line = line;
+                let mut escaped = false;
+                let end = loop {
+                    let Some((j, d)) = chars.next() else {
+                        return err(
+                            start_line,
+                            "unexpected end of file, expecting a closing quote",
+                        );
+                    };
+                    if d == '\n' {
+                        line += 1;
+                    }
+                    if escaped {
+                        escaped = false;
+                    } else if d == '\\' {
+                        escaped = true;
+                    } else if d == quote {
+                        break j;
+                    }
+                };
+                out.push(Token::Value {
+                    text: unescape(&text[start..end]),
+                    quoted: true,
+                    line: start_line,
+                });
+                // After a closing quote nginx wants a separator.
+                match chars.peek() {
+                    None | Some((_, ' ' | '\t' | '\r' | '\n' | ';' | '{' | ')')) => {}
+                    Some((_, d)) => {
+                        return err(line, format!("unexpected {d:?} after a quoted string"));
+                    }
+                }
+            }
+            _ => {
+                let start = i;
+                let mut end = text.len();
+                let mut escaped = false;
+                let mut dollar = false;
+                while let Some(&(j, d)) = chars.peek() {
+                    if escaped {
+                        escaped = false;
+                    } else if d == '\\' {
+                        escaped = true;
+                    } else if d == '{' && dollar {
+                        // `${name}`: part of the word.
+                    } else if matches!(d, ' ' | '\t' | '\r' | '\n' | ';' | '{') {
+                        end = j;
+                        break;
+                    }
+                    dollar = d == '$' && !escaped;
+                    chars.next();
+                }
+                out.push(Token::Value {
+                    text: unescape(&text[start..end]),
+                    quoted: false,
+                    line,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The structure of a config: its directives and blocks, without the
+/// arguments' values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// A directive: nesting depth, name, number of arguments.
+    Directive {
+        depth: usize,
+        name: String,
+        args: usize,
+    },
+    /// A block opens after the directive before it.
+    Open,
+    Close,
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Shape::Directive { depth, name, args } => {
+                write!(f, "{:width$}{name}/{args}", "", width = depth * 2)
+            }
+            Shape::Open => f.write_str("{"),
+            Shape::Close => f.write_str("}"),
+        }
+    }
+}
+
+/// Groups tokens into directives and blocks; fails on an unbalanced block,
+/// a directive without its `;`, or a `;` or block without a directive.
+pub fn shape(tokens: &[Token]) -> Result<Vec<Shape>, SyntaxError> {
+    let mut out = Vec::new();
+    let mut depth = 0usize;
+    let mut words: Vec<&Token> = Vec::new();
+    let mut last_line = 1;
+    let take = |words: &mut Vec<&Token>, depth: usize, line: usize| -> Result<Shape, SyntaxError> {
+        let Some(Token::Value { text, .. }) = words.first() else {
+            return err(line, "a directive without a name");
+        };
+        let s = Shape::Directive {
+            depth,
+            name: text.clone(),
+            args: words.len() - 1,
+        };
+        words.clear();
+        Ok(s)
+    };
+    for t in tokens {
+        match t {
+            Token::Value { line, .. } => {
+                last_line = *line;
+                words.push(t);
+            }
+            Token::End { line } => {
+                last_line = *line;
+                out.push(take(&mut words, depth, *line)?);
+            }
+            Token::Open { line } => {
+                last_line = *line;
+                out.push(take(&mut words, depth, *line)?);
+                out.push(Shape::Open);
+                depth += 1;
+            }
+            Token::Close { line } => {
+                last_line = *line;
+                if !words.is_empty() {
+                    return err(*line, "a directive without its ';' before '}'");
+                }
+                if depth == 0 {
+                    return err(*line, "unexpected '}'");
+                }
+                depth -= 1;
+                out.push(Shape::Close);
+            }
+        }
+    }
+    if !words.is_empty() {
+        return err(last_line, "a directive without its ';' at the end");
+    }
+    if depth != 0 {
+        return err(last_line, "a block is not closed");
+    }
+    Ok(out)
+}
+
+/// The structure of a config text.
+pub fn structure(text: &str) -> Result<Vec<Shape>, SyntaxError> {
+    shape(&tokenize(text)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(text: &str) -> Vec<String> {
+        tokenize(text)
+            .unwrap()
+            .into_iter()
+            .map(|t| match t {
+                Token::Value { text, quoted, .. } => {
+                    if quoted {
+                        format!("'{text}'")
+                    } else {
+                        text
+                    }
+                }
+                Token::End { .. } => ";".into(),
+                Token::Open { .. } => "{".into(),
+                Token::Close { .. } => "}".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tokenizes_as_nginx_does() {
+        assert_eq!(words("a b;"), ["a", "b", ";"]);
+        assert_eq!(words("a \"b c\";"), ["a", "'b c'", ";"]);
+        assert_eq!(words("a \"b\\\"c\\\\\";"), ["a", "'b\"c\\'", ";"]);
+        assert_eq!(words("a \"x\\n\";"), ["a", "'x\n'", ";"]);
+        assert_eq!(words("a \"x\\d\";"), ["a", "'x\\d'", ";"]);
+        assert_eq!(
+            words("server { listen 80; }"),
+            ["server", "{", "listen", "80", ";", "}"]
+        );
+        assert_eq!(words("a b}c;"), ["a", "b}c", ";"]);
+        assert_eq!(words("a ${x}y;"), ["a", "${x}y", ";"]);
+        assert_eq!(words("a b{"), ["a", "b", "{"]);
+        assert_eq!(words("a #c;\nb;"), ["a", "b", ";"]);
+        assert_eq!(words("a b#c;"), ["a", "b#c", ";"]);
+        assert_eq!(words("a 'x\"y';"), ["a", "'x\"y'", ";"]);
+    }
+
+    #[test]
+    fn refuses_broken_syntax() {
+        assert!(tokenize("a \"b;").is_err());
+        assert!(tokenize("a \"b\"c;").is_err());
+        assert!(structure("a {").is_err());
+        assert!(structure("}").is_err());
+        assert!(structure("a b").is_err());
+        assert!(structure("a { b }").is_err());
+        assert!(structure(";").is_err());
+    }
+
+    #[test]
+    fn shapes() {
+        let s = structure("http { server { listen 80 default_server; } }").unwrap();
+        let printed: Vec<String> = s.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            printed,
+            ["http/0", "{", "  server/0", "{", "    listen/2", "}", "}"]
+        );
+    }
+}
