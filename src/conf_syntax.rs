@@ -258,6 +258,46 @@ pub fn structure(text: &str) -> Result<Vec<Shape>, SyntaxError> {
     shape(&tokenize(text)?)
 }
 
+/// A directive and, if it has one, its block: the structure as a tree.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Node {
+    pub name: String,
+    pub args: usize,
+    pub block: Option<Vec<Node>>,
+}
+
+/// The structure as a tree whose siblings are sorted, so two configs that
+/// differ only in the order of their servers, upstreams or locations
+/// compare equal.
+pub fn canonical(text: &str) -> Result<Vec<Node>, SyntaxError> {
+    fn build(shapes: &mut std::iter::Peekable<std::slice::Iter<'_, Shape>>) -> Vec<Node> {
+        let mut out = Vec::new();
+        while let Some(s) = shapes.next() {
+            match s {
+                Shape::Directive { name, args, .. } => {
+                    let block = if matches!(shapes.peek(), Some(Shape::Open)) {
+                        shapes.next();
+                        Some(build(shapes))
+                    } else {
+                        None
+                    };
+                    out.push(Node {
+                        name: name.clone(),
+                        args: *args,
+                        block,
+                    });
+                }
+                Shape::Close => break,
+                Shape::Open => {}
+            }
+        }
+        out.sort();
+        out
+    }
+    let shapes = structure(text)?;
+    Ok(build(&mut shapes.iter().peekable()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

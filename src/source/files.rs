@@ -41,6 +41,11 @@ pub struct Folder {
     files: BTreeMap<PathBuf, FileState>,
 }
 
+/// Largest manifest file read.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// Most objects read from a folder; the rest are reported and ignored.
+pub const MAX_OBJECTS: usize = 250_000;
+
 /// Whether a name is one of the manifest files the folder reads.
 pub fn is_manifest_name(name: &str) -> bool {
     !name.starts_with('.')
@@ -102,6 +107,9 @@ impl Folder {
             return false;
         }
         let bytes = match std::fs::metadata(path) {
+            Ok(m) if m.is_file() && m.len() > MAX_FILE_BYTES => Err(std::io::Error::other(
+                format!("larger than {} MiB", MAX_FILE_BYTES >> 20),
+            )),
             Ok(m) if m.is_file() => std::fs::read(path),
             Ok(_) => Err(std::io::Error::other("not a regular file")),
             Err(e) => Err(e),
@@ -188,6 +196,15 @@ impl Folder {
                 });
             }
             for o in &st.good.objects {
+                if seen.len() >= MAX_OBJECTS {
+                    reports.push(FileReport {
+                        path: path.clone(),
+                        message: format!(
+                            "ignored: the folder holds more than {MAX_OBJECTS} objects"
+                        ),
+                    });
+                    break;
+                }
                 let r = o.object_ref();
                 if let Some(first) = seen.get(&r) {
                     reports.push(FileReport {

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# A long run of the injection properties (tests/injection.rs): random and
+# hostile strings in every field an object can set, through build and render,
+# plus nginx -t on configs built from accepted input. Not part of CI's timed
+# path. Usage: scripts/fuzz.sh [CASES]   (default 20000 per property; the
+# nginx -t property runs a quarter as many, since each case starts nginx -t)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ensure_nginx
+cases=${1:-20000}
+start=$SECONDS
+PROPTEST_CASES=$cases cargo test --release --locked --test injection -- --test-threads=2
+echo "fuzz: $cases cases per property passed in $((SECONDS - start))s"

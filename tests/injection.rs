@@ -1,0 +1,639 @@
+//! Property tests: for any string in any field an object can set, the
+//! rendered config either leaves the object out (rejected, with a reason) or
+//! holds the value inside its own token: the config, tokenized the way nginx
+//! reads it, has exactly the structure it has with a harmless value in that
+//! field. And `nginx -t` accepts every config `build` produces from accepted
+//! input.
+//!
+//! `PROPTEST_CASES=N` runs more cases (`scripts/fuzz.sh` runs many).
+
+mod common;
+
+use proptest::prelude::*;
+use wicket::build::{self, ClassOptions, Options};
+use wicket::cluster::{Cluster, Kind, ObjectKey};
+use wicket::conf_syntax::{Node, canonical};
+use wicket::problem::Severity;
+use wicket::render::{RenderEnv, Renderer};
+use wicket::source::manifest;
+
+fn options() -> Options {
+    let mut c = wicket::certs::generate_default().unwrap();
+    c.name = "default".into();
+    Options {
+        class: ClassOptions {
+            watch_without_class: true,
+            ..ClassOptions::default()
+        },
+        configmap: Some("p/settings".parse().unwrap()),
+        ..Options::new(80, 443, c)
+    }
+}
+
+thread_local! {
+    static OPTIONS: Options = options();
+    static RENDERER: Renderer = Renderer::embedded().unwrap();
+}
+
+/// The objects every case starts from: a Service `web` with a named port
+/// and a ready endpoint, settings, and a good Ingress.
+const BASE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: p}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: p, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.0.0.1]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: good, namespace: p}
+spec:
+  rules:
+  - host: good.example.com
+    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}]}
+"#;
+
+struct Rendered {
+    text: String,
+    problems: Vec<wicket::problem::Problem>,
+    served: Vec<ObjectKey>,
+}
+
+fn render(extra: &str) -> Rendered {
+    try_render(extra).expect("the generated YAML parses")
+}
+
+/// `None` when the YAML itself does not parse (a mapping key longer than
+/// YAML allows, say): the object never reaches wicket then.
+fn try_render(extra: &str) -> Option<Rendered> {
+    let mut cluster = Cluster::default();
+    for o in manifest::parse(&format!("{BASE}---\n{extra}"), false)
+        .ok()?
+        .objects
+    {
+        cluster.insert(o);
+    }
+    let b = OPTIONS.with(|o| build::build(&cluster, o));
+    let env = RenderEnv {
+        generation: 1,
+        user: None,
+        ipv6: false,
+    };
+    let text = RENDERER.with(|r| r.render(&b.config, &env)).unwrap();
+    Some(Rendered {
+        text,
+        problems: b.problems,
+        served: b.served,
+    })
+}
+
+fn shape(text: &str) -> Vec<Node> {
+    canonical(text).unwrap_or_else(|e| panic!("the rendered config does not tokenize: {e}\n{text}"))
+}
+
+/// A YAML scalar holding exactly `s`.
+fn y(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+/// One field an object can set: the extra YAML with a value in that field,
+/// and a harmless value of the same kind for an accepted one.
+struct Field {
+    name: &'static str,
+    make: fn(&str) -> String,
+    twin: fn(&str) -> String,
+    /// The extra YAML when the object this field belongs to is unusable
+    /// (an Ingress pointing at a missing Service, say); "" when the object
+    /// is simply left out.
+    broken: &'static str,
+    /// The Ingress this field belongs to, if the field is an Ingress's.
+    ingress: Option<(&'static str, &'static str)>,
+}
+
+fn ingress_with(name: &str, ns: &str, annotations: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {}, namespace: {}, annotations: {{{annotations}}}}}\nspec:\n{spec}\n",
+        y(name),
+        y(ns)
+    )
+}
+
+fn rule(host: &str, path: &str, path_type: &str, svc: &str, port: &str) -> String {
+    format!(
+        "  rules:\n  - host: {}\n    http: {{paths: [{{path: {}, pathType: {path_type}, backend: {{service: {{name: {}, port: {port}}}}}}}]}}\n",
+        y(host),
+        y(path),
+        y(svc)
+    )
+}
+
+fn default_rule() -> String {
+    rule("x.example.com", "/x", "Prefix", "web", "{name: http}")
+}
+
+fn path_twin(v: &str) -> String {
+    if v.trim_end_matches('/').is_empty() {
+        "/".into()
+    } else {
+        "/twin".into()
+    }
+}
+
+fn fields() -> Vec<Field> {
+    vec![
+        Field {
+            name: "Ingress metadata.name",
+            make: |v| ingress_with(v, "p", "", &default_rule()),
+            twin: |_| "twin".into(),
+            ingress: None,
+            broken: "",
+        },
+        Field {
+            name: "Ingress metadata.namespace",
+            make: |v| ingress_with("x", v, "", &default_rule()),
+            twin: |_| "twin".into(),
+            ingress: None,
+            broken: "",
+        },
+        Field {
+            name: "spec.rules[].host",
+            make: |v| {
+                ingress_with(
+                    "x",
+                    "p",
+                    "",
+                    &rule(v, "/x", "Prefix", "web", "{name: http}"),
+                )
+            },
+            twin: |v| match v {
+                "" => String::new(),
+                v if v.starts_with("*.") => "*.twin.example.com".into(),
+                _ => "twin.example.com".into(),
+            },
+            ingress: Some(("p", "x")),
+            broken: "",
+        },
+        Field {
+            name: "Prefix path",
+            make: |v| {
+                ingress_with(
+                    "x",
+                    "p",
+                    "",
+                    &rule(
+                        "x.example.com",
+                        &format!("/{v}"),
+                        "Prefix",
+                        "web",
+                        "{name: http}",
+                    ),
+                )
+            },
+            twin: |v| path_twin(&format!("/{v}"))[1..].to_string(),
+            ingress: Some(("p", "x")),
+            broken: "",
+        },
+        Field {
+            name: "Exact path",
+            make: |v| {
+                ingress_with(
+                    "x",
+                    "p",
+                    "",
+                    &rule(
+                        "x.example.com",
+                        &format!("/{v}"),
+                        "Exact",
+                        "web",
+                        "{name: http}",
+                    ),
+                )
+            },
+            twin: |_| "twin".into(),
+            ingress: Some(("p", "x")),
+            broken: "",
+        },
+        Field {
+            name: "regex path (use-regex)",
+            make: |v| {
+                ingress_with(
+                    "x",
+                    "p",
+                    "nginx.ingress.kubernetes.io/use-regex: \"true\"",
+                    &rule(
+                        "x.example.com",
+                        &format!("/{v}"),
+                        "ImplementationSpecific",
+                        "web",
+                        "{name: http}",
+                    ),
+                )
+            },
+            twin: |_| "twin".into(),
+            ingress: Some(("p", "x")),
+            broken: "",
+        },
+        Field {
+            name: "rewrite-target",
+            make: |v| {
+                ingress_with(
+                    "x",
+                    "p",
+                    &format!(
+                        "nginx.ingress.kubernetes.io/rewrite-target: {}",
+                        y(&format!("/{v}"))
+                    ),
+                    &default_rule(),
+                )
+            },
+            twin: |_| "twin".into(),
+            ingress: Some(("p", "x")),
+            broken: "",
+        },
+        Field {
+            name: "an unknown annotation",
+            make: |v| {
+                ingress_with(
+                    "x",
+                    "p",
+                    &format!(
+                        "nginx.ingress.kubernetes.io/server-alias: {}, {}: {}",
+                        y(v),
+                        y(&format!("example.com/{v}")),
+                        y(v)
+                    ),
+                    &default_rule(),
+                )
+            },
+            twin: |_| "twin".into(),
+            ingress: Some(("p", "x")),
+            broken: "",
+        },
+        Field {
+            name: "backend.service.name",
+            make: |v| {
+                ingress_with(
+                    "x",
+                    "p",
+                    "",
+                    &rule("x.example.com", "/x", "Prefix", v, "{number: 80}"),
+                )
+            },
+            twin: |v| {
+                if v == "web" {
+                    "web".into()
+                } else {
+                    "twin".into()
+                }
+            },
+            ingress: Some(("p", "x")),
+            broken: "",
+        },
+        Field {
+            name: "backend.service.port.name",
+            make: |v| {
+                ingress_with(
+                    "x",
+                    "p",
+                    "",
+                    &rule(
+                        "x.example.com",
+                        "/x",
+                        "Prefix",
+                        "web",
+                        &format!("{{name: {}}}", y(v)),
+                    ),
+                )
+            },
+            twin: |v| {
+                if v == "http" {
+                    "http".into()
+                } else {
+                    "twin".into()
+                }
+            },
+            ingress: Some(("p", "x")),
+            broken: "",
+        },
+        Field {
+            name: "spec.tls[].secretName and hosts",
+            make: |v| {
+                ingress_with(
+                    "x",
+                    "p",
+                    "",
+                    &format!(
+                        "  tls: [{{hosts: [x.example.com, {}], secretName: {}}}]\n{}",
+                        y(v),
+                        y(v),
+                        default_rule()
+                    ),
+                )
+            },
+            twin: |v| {
+                if v == "x.example.com" {
+                    v.into()
+                } else {
+                    "twin".into()
+                }
+            },
+            ingress: Some(("p", "x")),
+            broken: "",
+        },
+        Field {
+            name: "Service spec.externalName",
+            make: |v| {
+                format!(
+                    "apiVersion: v1\nkind: Service\nmetadata: {{name: ext, namespace: p}}\nspec: {{type: ExternalName, externalName: {}, ports: [{{port: 80}}]}}\n---\n{}",
+                    y(v),
+                    ingress_with(
+                        "x",
+                        "p",
+                        "",
+                        &rule("x.example.com", "/x", "Prefix", "ext", "{number: 80}")
+                    )
+                )
+            },
+            twin: |_| "twin.example.com".into(),
+            ingress: None,
+            broken: "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: x, namespace: p}\nspec:\n  rules:\n  - host: x.example.com\n    http: {paths: [{path: /x, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}]}\n",
+        },
+        Field {
+            name: "Service port name",
+            make: |v| {
+                format!(
+                    "apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: p}}\nspec: {{ports: [{{name: {}, port: 80}}]}}\n---\n{}",
+                    y(v),
+                    ingress_with(
+                        "x",
+                        "p",
+                        "",
+                        &rule(
+                            "x.example.com",
+                            "/x",
+                            "Prefix",
+                            "svc",
+                            &format!("{{name: {}}}", y(v))
+                        )
+                    )
+                )
+            },
+            twin: |_| "twin".into(),
+            ingress: None,
+            broken: "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: x, namespace: p}\nspec:\n  rules:\n  - host: x.example.com\n    http: {paths: [{path: /x, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}]}\n",
+        },
+        Field {
+            name: "EndpointSlice address and port name",
+            make: |v| {
+                format!(
+                    "apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: p}}\nspec: {{ports: [{{port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s, namespace: p, labels: {{kubernetes.io/service-name: svc}}}}\naddressType: IPv4\nports: [{{port: 81}}]\nendpoints: [{{addresses: [{}]}}]\n---\n{}",
+                    y(v),
+                    ingress_with(
+                        "x",
+                        "p",
+                        "",
+                        &rule("x.example.com", "/x", "Prefix", "svc", "{number: 80}")
+                    )
+                )
+            },
+            twin: |_| "10.9.9.9".into(),
+            ingress: None,
+            broken: "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: x, namespace: p}\nspec:\n  rules:\n  - host: x.example.com\n    http: {paths: [{path: /x, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}]}\n",
+        },
+        Field {
+            name: "ConfigMap settings",
+            make: |v| {
+                format!(
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: p}}\ndata: {{proxy-body-size: {v}, proxy-read-timeout: {v}, keep-alive: {v}, worker-shutdown-timeout: {v}, upstream-keepalive-connections: {v}, allow-snippet-annotations: {v}, {v}: {v}}}\n",
+                    v = y(v)
+                )
+            },
+            twin: |_| "1".into(),
+            ingress: None,
+            broken: "",
+        },
+    ]
+}
+
+/// Cases per property: `PROPTEST_CASES` if set, else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Strings made of the characters that broke out of their place in
+/// ingress-nginx's config, plain words, and anything at all.
+fn hostile() -> impl Strategy<Value = String> {
+    let special = prop::sample::select(vec![
+        "\"",
+        "'",
+        "{",
+        "}",
+        ";",
+        "#",
+        "\n",
+        "\r",
+        "\r\n",
+        "$",
+        "${",
+        "\0",
+        "\\",
+        " ",
+        "\t",
+        "/",
+        ".",
+        "*.",
+        "(",
+        ")",
+        "|",
+        "~",
+        "^",
+        "%2F",
+        "%0a",
+        "\u{2028}",
+        "\u{ff1b}",
+        "\u{ff5d}",
+        "é",
+        "return 200 x;",
+        "} server {",
+        "# ",
+        "..",
+    ]);
+    let piece = prop_oneof![3 => special.prop_map(String::from), 2 => "[a-z0-9][a-z0-9.-]{0,10}"];
+    prop_oneof![
+        6 => prop::collection::vec(piece, 0..8).prop_map(|v| v.concat()),
+        2 => "[a-z0-9][a-z0-9.-]{0,20}[a-z0-9]",
+        1 => any::<String>(),
+        1 => "[ -~]{0,80}",
+        1 => (1usize..8000).prop_map(|n| "a".repeat(n)),
+    ]
+}
+
+fn check(field: &Field, value: &str) -> Result<(), TestCaseError> {
+    let Some(hostile) = try_render(&(field.make)(value)) else {
+        return Ok(());
+    };
+    let got = shape(&hostile.text);
+    // The structures a legitimate value can give: that of a harmless value
+    // of the same kind, of the object being unusable, or of it being left out.
+    let twin = shape(&render(&(field.make)(&(field.twin)(value))).text);
+    let broken = shape(&render(field.broken).text);
+    let absent = shape(&render("").text);
+    prop_assert!(
+        got == twin || got == broken || got == absent,
+        "{}: {value:?} changed the structure of the config:\n{}",
+        field.name,
+        hostile.text
+    );
+    if let Some((ns, name)) = field.ingress {
+        let key = ObjectKey::new(ns, name);
+        if !hostile.served.contains(&key) {
+            prop_assert!(
+                hostile
+                    .problems
+                    .iter()
+                    .any(|p| p.severity == Severity::Rejected
+                        && p.object.kind == Kind::Ingress
+                        && p.object.key == key),
+                "{}: {value:?}: not served, but no reason given: {:?}",
+                field.name,
+                hostile.problems
+            );
+            prop_assert_eq!(
+                got,
+                absent,
+                "{}: {:?}: a rejected Ingress left a trace",
+                field.name,
+                value
+            );
+        }
+    }
+    // The good Ingress is always served.
+    prop_assert!(hostile.served.contains(&ObjectKey::new("p", "good")));
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(192), ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_value_changes_the_structure_of_the_config(field in 0usize..fields().len(), value in hostile()) {
+        let fields = fields();
+        check(&fields[field], &value)?;
+    }
+}
+
+#[test]
+fn the_known_payloads_in_every_field() {
+    let payloads = [
+        "\"",
+        "x\"; return 200 \"owned",
+        "}",
+        "x} server { listen 1; } #",
+        ";",
+        "x; root /etc; #",
+        "#",
+        "x\nreturn 200 owned;",
+        "x\rreturn 200 owned;",
+        "$host",
+        "x${host}",
+        "\0",
+        "x\\",
+        "'",
+        "\u{ff1b}\u{ff5d}",
+        "\u{2028}return 200;",
+        "ｒｅｔｕｒｎ",
+        "a.b",
+        "/",
+        "*.example.com",
+        "v1/(.*)",
+    ];
+    let long = "a".repeat(70_000);
+    for f in fields() {
+        for p in payloads.iter().copied().chain([long.as_str()]) {
+            if let Err(e) = check(&f, p) {
+                panic!("{e}");
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------- nginx -t
+
+/// Values every field accepts, to build configs that must all pass nginx -t.
+fn host() -> impl Strategy<Value = String> {
+    (
+        "(\\*\\.)?",
+        "[a-z][a-z0-9-]{0,10}[a-z0-9](\\.[a-z][a-z0-9]{0,5}){1,3}",
+    )
+        .prop_map(|(w, h)| format!("{w}{h}"))
+}
+
+fn literal_path() -> impl Strategy<Value = String> {
+    "(/[A-Za-z0-9_~!$&'()*+,;=:@-][A-Za-z0-9._~!$&'()*+,;=:@-]{0,11}){0,4}/?"
+        .prop_map(|p| if p.is_empty() { "/".into() } else { p })
+}
+
+fn regex_path() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "/api/v[0-9]+/(.*)",
+        "/something(/|$)(.*)",
+        "/(foo|bar)/?",
+        "/a.b",
+        "/x{1,3}",
+        "/[^/]+/edit",
+        "/\\d+$",
+        "/$",
+    ])
+    .prop_map(String::from)
+}
+
+fn accepted_ingress() -> impl Strategy<Value = String> {
+    (
+        "[a-z]([a-z0-9-]{0,10}[a-z0-9])?",
+        host(),
+        prop::collection::vec((literal_path(), prop::sample::select(vec!["Prefix", "Exact", "ImplementationSpecific"])), 1..4),
+        prop::option::of(regex_path()),
+        prop::option::of("(/[a-z0-9]{0,6}){1,2}(\\$[1-2])?(\\?[a-z]=[a-z0-9]{1,3})?"),
+        any::<bool>(),
+    )
+        .prop_map(|(name, host, paths, regex, target, tls)| {
+            let mut annotations = String::new();
+            if let Some(t) = &target {
+                annotations = format!("nginx.ingress.kubernetes.io/rewrite-target: {}", y(t));
+            }
+            let mut p = String::new();
+            for (path, ty) in &paths {
+                let path = if target.is_some() && *ty != "Exact" { regex.clone().unwrap_or_else(|| "/regex".into()) } else { path.clone() };
+                p.push_str(&format!("{{path: {}, pathType: {ty}, backend: {{service: {{name: web, port: {{name: http}}}}}}}}, ", y(&path)));
+            }
+            let tls = if tls { format!("  tls: [{{hosts: [{}]}}]\n", y(&host)) } else { String::new() };
+            ingress_with(&name, "p", &annotations, &format!("{tls}  rules:\n  - host: {}\n    http: {{paths: [{p}]}}\n", y(&host)))
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(192) / 4, ..ProptestConfig::default() })]
+
+    #[test]
+    fn nginx_accepts_every_config_built_from_accepted_input(ingresses in prop::collection::vec(accepted_ingress(), 1..6)) {
+        let yaml = ingresses.join("---\n");
+        let mut cluster = Cluster::default();
+        for o in manifest::parse(&format!("{BASE}---\n{yaml}"), false).unwrap().objects {
+            cluster.insert(o);
+        }
+        let b = OPTIONS.with(|o| build::build(&cluster, o));
+        let rejected: Vec<String> = b.problems.iter().filter(|p| p.severity == Severity::Rejected).map(ToString::to_string).collect();
+        prop_assert!(rejected.is_empty(), "generated input was rejected: {rejected:?}");
+        let text = RENDERER.with(|r| r.render(&b.config, &RenderEnv::default())).unwrap();
+        common::nginx_test(&text, &b.config);
+    }
+}
