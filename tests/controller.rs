@@ -35,7 +35,8 @@ async fn setup(namespaces: &[&str]) -> Setup {
     for ns in namespaces {
         namespace(&admin, ns).await;
     }
-    apply(&admin, include_str!("../deploy/rbac.yaml")).await;
+    // The RBAC the Helm chart renders (ServiceAccount wicket in wicket).
+    apply(&admin, &common::chart::rbac()).await;
     apply(&admin, CLASS).await;
     // The controller's token is bound only to the role above.
     let restricted = api.client(CONTROLLER_TOKEN).await;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod chart;
 
 use std::collections::BTreeMap;
 use std::io::Write;
