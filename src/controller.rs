@@ -38,6 +38,16 @@ pub struct ControllerOptions {
     pub debounce: Duration,
     pub max_wait: Duration,
     pub min_interval: Duration,
+    /// The admission webhook, if enabled.
+    pub webhook: Option<WebhookOptions>,
+}
+
+/// `--webhook-port` and its certificate files.
+#[derive(Clone, Debug)]
+pub struct WebhookOptions {
+    pub addr: SocketAddr,
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +66,8 @@ pub enum ControllerError {
     Render(#[from] RenderError),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::WebhookError),
 }
 
 /// Runs until SIGTERM or SIGINT.
@@ -76,7 +88,16 @@ pub async fn run(opts: ControllerOptions, renderer: Renderer) -> Result<(), Cont
     let mut sigint = signal(SignalKind::interrupt()).map_err(ControllerError::Signals)?;
 
     let (tx, mut changes) = mpsc::unbounded_channel::<Change>();
-    let source = KubeSource::start(client.clone(), &opts.kube, tx);
+    // Read the webhook certificate before anything else: a wrong path fails
+    // at start, not at the first review.
+    let webhook_cert = match &opts.webhook {
+        Some(w) => Some(Arc::new(crate::webhook::ReloadingCert::new(
+            w.cert_file.clone(),
+            w.key_file.clone(),
+        )?)),
+        None => None,
+    };
+    let source = Arc::new(KubeSource::start(client.clone(), &opts.kube, tx));
     info!(
         namespace = opts.kube.namespace.as_deref().unwrap_or("(all)"),
         "waiting for the caches to sync"
@@ -87,6 +108,11 @@ pub async fn run(opts: ControllerOptions, renderer: Renderer) -> Result<(), Cont
         _ = sigint.recv() => return Ok(()),
     }
     info!("caches synced");
+    if let (Some(w), Some(cert)) = (&opts.webhook, webhook_cert) {
+        let s = source.clone();
+        let app = crate::webhook::router(Arc::new(move || s.snapshot()), opts.build.clone());
+        crate::webhook::serve(w.addr, cert, app).await?;
+    }
 
     let election = opts
         .leader

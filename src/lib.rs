@@ -24,3 +24,4 @@ pub mod settings;
 pub mod source;
 pub mod status;
 pub mod values;
+pub mod webhook;

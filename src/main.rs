@@ -37,7 +37,7 @@ enum Command {
     Serve(ServeArgs),
     /// Serve the Ingresses of a Kubernetes cluster (in-cluster service
     /// account, or KUBECONFIG).
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
 }
 
 /// What decides the config: flags shared by every command.
@@ -158,6 +158,19 @@ struct ControllerArgs {
     /// Least time between two rebuilds, in milliseconds.
     #[arg(long, env = "WICKET_MIN_INTERVAL_MS", default_value_t = 200)]
     min_interval_ms: u64,
+    /// Serve the validating admission webhook (HTTPS, POST
+    /// /validate-ingress) on this port.
+    #[arg(long, env = "WICKET_WEBHOOK_PORT", requires_all = ["webhook_cert_file", "webhook_key_file"])]
+    webhook_port: Option<u16>,
+    /// Address of the webhook.
+    #[arg(long, env = "WICKET_WEBHOOK_ADDRESS", default_value = "0.0.0.0")]
+    webhook_address: IpAddr,
+    /// The webhook's certificate (PEM); reloaded when it changes.
+    #[arg(long, env = "WICKET_WEBHOOK_CERT_FILE")]
+    webhook_cert_file: Option<PathBuf>,
+    /// The webhook's private key (PEM); reloaded when it changes.
+    #[arg(long, env = "WICKET_WEBHOOK_KEY_FILE")]
+    webhook_key_file: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
     #[command(flatten)]
@@ -314,6 +327,18 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         debounce: Duration::from_millis(args.run.debounce_ms),
         max_wait: Duration::from_millis(args.run.max_wait_ms),
         min_interval: Duration::from_millis(args.min_interval_ms),
+        webhook: match (
+            args.webhook_port,
+            args.webhook_cert_file,
+            args.webhook_key_file,
+        ) {
+            (Some(port), Some(cert_file), Some(key_file)) => Some(controller::WebhookOptions {
+                addr: SocketAddr::new(args.webhook_address, port),
+                cert_file,
+                key_file,
+            }),
+            _ => None,
+        },
     };
     controller::run(opts, renderer).await?;
     Ok(ExitCode::SUCCESS)
@@ -333,7 +358,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Render(a) => render(a),
         Command::Serve(a) => runtime().and_then(|rt| rt.block_on(serve(a))),
-        Command::Controller(a) => runtime().and_then(|rt| rt.block_on(controller(a))),
+        Command::Controller(a) => runtime().and_then(|rt| rt.block_on(controller(*a))),
     };
     match result {
         Ok(code) => code,
