@@ -1,6 +1,6 @@
 //! `wicket controller` against a real kube-apiserver (see
 //! `tests/common/apiserver.rs`), running with exactly the RBAC of
-//! `deploy/rbac.yaml`; assertions are real objects and real HTTP through
+//! the RBAC the Helm chart renders (`charts/wicket/templates/rbac.yaml`); assertions are real objects and real HTTP through
 //! nginx.
 
 mod common;
