@@ -1,5 +1,5 @@
 //! `wicket controller` against a real kube-apiserver (see
-//! `tests/common/apiserver.rs`), running with exactly the RBAC of
+//! `tests/common/apiserver.rs`), running with exactly
 //! the RBAC the Helm chart renders (`charts/wicket/templates/rbac.yaml`); assertions are real objects and real HTTP through
 //! nginx.
 

@@ -18,7 +18,7 @@ use super::{PATIENCE, free_port};
 pub const ADMIN_TOKEN: &str = "wicket-test-admin-token";
 pub const CONTROLLER_TOKEN: &str = "wicket-test-controller-token";
 /// The user the controller token authenticates as: the service account the
-/// RBAC the Helm chart renders (`charts/wicket/templates/rbac.yaml`) binds.
+/// Helm chart's RBAC (`charts/wicket/templates/rbac.yaml`) binds.
 pub const CONTROLLER_USER: &str = "system:serviceaccount:wicket:wicket";
 
 /// The folder with kube-apiserver and etcd: `$WICKET_APISERVER_BIN`, else
