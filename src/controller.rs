@@ -34,6 +34,9 @@ pub struct ControllerOptions {
     /// Leader election; `None` disables status and Events.
     pub leader: Option<LeaderOptions>,
     pub admin_addr: SocketAddr,
+    /// Answer `/config`, `/config/candidate` and `/model` to clients that
+    /// are not on this machine.
+    pub remote_inspection: bool,
     pub nginx: NginxOptions,
     pub debounce: Duration,
     pub max_wait: Duration,
@@ -83,7 +86,9 @@ pub async fn run(opts: ControllerOptions, renderer: Renderer) -> Result<(), Cont
             addr: opts.admin_addr,
             source,
         })?;
-    tokio::spawn(admin::serve(listener, status.clone()));
+    let metrics = crate::metrics::Metrics::new();
+    let app = admin::router(status.clone(), metrics.clone(), opts.remote_inspection);
+    tokio::spawn(admin::serve(listener, app));
     let mut sigterm = signal(SignalKind::terminate()).map_err(ControllerError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ControllerError::Signals)?;
 
@@ -128,7 +133,13 @@ pub async fn run(opts: ControllerOptions, renderer: Renderer) -> Result<(), Cont
         tokio::spawn(w.run(round_rx.clone(), e.is_leader.clone()))
     });
 
-    let mut engine = Engine::new(opts.build.clone(), renderer, opts.nginx.clone(), status)?;
+    let mut engine = Engine::new(
+        opts.build.clone(),
+        renderer,
+        opts.nginx.clone(),
+        status,
+        metrics,
+    )?;
     // Ingresses changed since the last config nginx accepted.
     let mut pending: BTreeSet<ObjectKey> = BTreeSet::new();
     let mut last_rebuild = Instant::now();

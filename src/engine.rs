@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -13,6 +14,7 @@ use crate::admin::Status;
 use crate::build::{self, Build};
 use crate::cluster::{Cluster, ObjectKey};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::nginx::{ApplyError, Nginx, NginxOptions, Outcome};
 use crate::problem::{Problem, Severity};
 use crate::render::Renderer;
@@ -97,6 +99,9 @@ pub struct Engine {
     /// start, did not answer in time).
     retry_at: Option<Instant>,
     quarantine: BTreeMap<ObjectKey, Quarantined>,
+    metrics: Metrics,
+    /// The config nginx serves.
+    applied: Option<Arc<Config>>,
 }
 
 impl Engine {
@@ -105,8 +110,10 @@ impl Engine {
         renderer: Renderer,
         nginx: NginxOptions,
         status: Status,
+        metrics: Metrics,
     ) -> Result<Self, ApplyError> {
         status.not_ready("starting nginx");
+        metrics.set_status_socket(nginx.state_dir.join(crate::nginx::STATUS_SOCKET));
         Ok(Engine {
             opts,
             renderer,
@@ -116,6 +123,8 @@ impl Engine {
             attempted: None,
             retry_at: None,
             quarantine: BTreeMap::new(),
+            metrics,
+            applied: None,
         })
     }
 
@@ -263,6 +272,12 @@ impl Engine {
         let build = build::build(cluster, &self.opts);
         self.reporter.report(files, &build.problems);
         let built = started.elapsed();
+        self.metrics.rebuild(
+            built.as_secs_f64(),
+            cluster,
+            build.served.len(),
+            &build.problems,
+        );
         if self.attempted.as_ref() == Some(&build.config) {
             debug!(
                 build_ms = built.as_millis() as u64,
@@ -270,6 +285,9 @@ impl Engine {
             );
             return (build, Applied::Unchanged);
         }
+        let previous = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| self.nginx.running_config().map(str::to_string))
+            .flatten();
         let result = self.nginx.apply(&build.config, &self.renderer).await;
         self.attempted = Some(build.config.clone());
         let applied = match result {
@@ -278,7 +296,18 @@ impl Engine {
                     Outcome::Started => "started nginx",
                     Outcome::Reloaded => "reloaded nginx",
                 };
+                let text = self.nginx.running_config().unwrap_or_default();
+                if let Some(previous) = previous {
+                    let diff = similar::TextDiff::from_lines(previous.as_str(), text)
+                        .unified_diff()
+                        .context_radius(2)
+                        .header("nginx.conf (before)", "nginx.conf (after)")
+                        .to_string();
+                    debug!("config change:\n{diff}");
+                }
+                let changed = summary(self.applied.as_deref(), &build.config);
                 info!(
+                    changed = %changed,
                     servers = build.config.servers.len(),
                     upstreams = build.config.upstreams.len(),
                     problems = build.problems.len(),
@@ -291,12 +320,22 @@ impl Engine {
                     "{verb}"
                 );
                 self.retry_at = None;
-                self.status
-                    .serving(self.nginx.running_config().unwrap_or_default(), "");
+                let model = Arc::new(build.config.clone());
+                self.status.serving(text, model.clone(), "");
+                self.metrics.reload(
+                    "success",
+                    Some((started.elapsed() - built).as_secs_f64()),
+                    self.nginx.running_hash().as_deref(),
+                );
+                self.applied = Some(model);
                 Applied::Applied
             }
             Err(e) => {
                 error!(error = %e, reason = e.label(), "config not applied; the last good config keeps serving");
+                self.metrics.reload(e.label(), None, None);
+                if let (ApplyError::Invalid(msg), Some(text)) = (&e, self.nginx.refused_config()) {
+                    self.status.refused(text, msg.clone());
+                }
                 let transient = matches!(
                     e,
                     ApplyError::Exited(_)
@@ -337,8 +376,7 @@ impl Engine {
             Ok(()) => {
                 info!("nginx restarted");
                 self.retry_at = None;
-                self.status
-                    .serving(self.nginx.running_config().unwrap_or_default(), "");
+                self.status.restored();
             }
             Err(e) => {
                 error!(error = %e, "nginx did not restart; trying again in 1s");
@@ -365,6 +403,52 @@ impl Engine {
         info!("stopping nginx");
         self.status.not_ready("shutting down");
         self.nginx.stop().await;
+    }
+}
+
+/// What changed between two configs, for the log line of a reload: servers
+/// and upstreams added, removed or changed.
+fn summary(before: Option<&Config>, after: &Config) -> String {
+    let Some(before) = before else {
+        return format!(
+            "{} servers, {} upstreams",
+            after.servers.len(),
+            after.upstreams.len()
+        );
+    };
+    fn diff<T: PartialEq>(a: &[T], b: &[T], key: impl Fn(&T) -> &str) -> (usize, usize, usize) {
+        let old: std::collections::HashMap<&str, &T> = a.iter().map(|x| (key(x), x)).collect();
+        let new: std::collections::HashMap<&str, &T> = b.iter().map(|x| (key(x), x)).collect();
+        let added = new.keys().filter(|k| !old.contains_key(*k)).count();
+        let removed = old.keys().filter(|k| !new.contains_key(*k)).count();
+        let changed = new
+            .iter()
+            .filter(|(k, v)| old.get(*k).is_some_and(|o| o != *v))
+            .count();
+        (added, removed, changed)
+    }
+    let (sa, sr, sc) = diff(&before.servers, &after.servers, |s| s.server_name.as_str());
+    let (ua, ur, uc) = diff(&before.upstreams, &after.upstreams, |u| u.name.as_str());
+    let mut parts = Vec::new();
+    for (n, what) in [
+        (sa, "servers added"),
+        (sr, "servers removed"),
+        (sc, "servers changed"),
+        (ua, "upstreams added"),
+        (ur, "upstreams removed"),
+        (uc, "upstreams changed"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{what}: {n}"));
+        }
+    }
+    if before.default_server != after.default_server {
+        parts.push("default server changed".into());
+    }
+    if parts.is_empty() {
+        "settings or certificates changed".into()
+    } else {
+        parts.join(", ")
     }
 }
 

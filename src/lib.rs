@@ -16,6 +16,7 @@ pub mod config;
 pub mod controller;
 pub mod engine;
 pub mod leader;
+pub mod metrics;
 pub mod nginx;
 pub mod problem;
 pub mod render;

@@ -25,6 +25,9 @@ use wicket::values::NamespacedName;
     about = "A Kubernetes Ingress controller built on nginx"
 )]
 struct Cli {
+    /// Log format: text, or json (one object per line).
+    #[arg(long, global = true, env = "WICKET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,6 +94,10 @@ struct RunArgs {
     /// Address of the admin endpoint.
     #[arg(long, env = "WICKET_ADMIN_ADDRESS", default_value = "127.0.0.1")]
     admin_address: IpAddr,
+    /// Answer /config, /config/candidate and /model to clients that are not
+    /// on this machine (they show every route and backend).
+    #[arg(long, env = "WICKET_ALLOW_REMOTE_INSPECTION", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allow_remote_inspection: bool,
     /// Folder for nginx.conf, certificates and nginx's temporary files;
     /// a fresh private temporary folder by default.
     #[arg(long, env = "WICKET_STATE_DIR")]
@@ -108,9 +115,14 @@ struct RunArgs {
 
 #[derive(Args)]
 struct RenderArgs {
-    /// Folder of manifests (*.yaml, *.yml, *.json).
+    /// Folder of manifests (*.yaml, *.yml, *.json). Without it, the objects
+    /// come from the cluster KUBECONFIG (or the service account) points at:
+    /// what the controller would serve.
     #[arg(long)]
-    manifests: PathBuf,
+    manifests: Option<PathBuf>,
+    /// With no --manifests: read namespaced objects from this namespace only.
+    #[arg(long, env = "WICKET_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
     #[arg(long, default_value_t = 80)]
     http_port: u16,
     #[arg(long, default_value_t = 443)]
@@ -245,12 +257,31 @@ fn nginx_options(run: &RunArgs, state_dir: PathBuf) -> NginxOptions {
 }
 
 fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
-    let mut folder = Folder::new(&args.manifests);
-    folder
-        .rescan()
-        .with_context(|| format!("reading {}", args.manifests.display()))?;
-    let (cluster, reports) = folder.cluster();
-    let opts = build_options(&args.build, true, args.http_port, args.https_port)?;
+    let (cluster, reports) = match &args.manifests {
+        Some(dir) => {
+            let mut folder = Folder::new(dir);
+            folder
+                .rescan()
+                .with_context(|| format!("reading {}", dir.display()))?;
+            folder.cluster()
+        }
+        None => {
+            let opts = KubeOptions {
+                namespace: args.watch_namespace.clone(),
+                configmap: args.build.configmap.clone(),
+            };
+            let cluster = tokio::runtime::Runtime::new()
+                .context("starting the runtime")?
+                .block_on(snapshot_from_cluster(&opts))?;
+            (cluster, Vec::new())
+        }
+    };
+    let opts = build_options(
+        &args.build,
+        args.manifests.is_some(),
+        args.http_port,
+        args.https_port,
+    )?;
     let result = build::build(&cluster, &opts);
     for r in &reports {
         eprintln!("{r}");
@@ -267,6 +298,20 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Lists every object the controller would watch, once.
+async fn snapshot_from_cluster(opts: &KubeOptions) -> anyhow::Result<wicket::cluster::Cluster> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (KUBECONFIG or the service account)")?;
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let source = wicket::source::kube::KubeSource::start(client, opts, tx);
+    tokio::time::timeout(Duration::from_secs(60), source.wait_synced())
+        .await
+        .context("listing the objects took more than 60s (see the log for watch errors)")?
+        .context("listing the objects")?;
+    Ok(source.snapshot())
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let build = build_options(&args.build, true, args.run.http_port, args.run.https_port)?;
     let renderer = renderer(&args.build)?;
@@ -276,6 +321,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         manifests: args.manifests,
         build,
         admin_addr: SocketAddr::new(args.run.admin_address, args.run.admin_port),
+        remote_inspection: args.run.allow_remote_inspection,
         nginx: nginx_options(&args.run, state_dir),
         debounce: Duration::from_millis(args.run.debounce_ms),
         max_wait: Duration::from_millis(args.run.max_wait_ms),
@@ -323,6 +369,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             identity,
         )),
         admin_addr: SocketAddr::new(args.run.admin_address, args.run.admin_port),
+        remote_inspection: args.run.allow_remote_inspection,
         nginx: nginx_options(&args.run, state_dir),
         debounce: Duration::from_millis(args.run.debounce_ms),
         max_wait: Duration::from_millis(args.run.max_wait_ms),
@@ -345,15 +392,18 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = || tokio::runtime::Runtime::new().context("starting the runtime");
     let result = match cli.command {
         Command::Render(a) => render(a),

@@ -191,6 +191,17 @@ impl Nginx {
         self.good.as_ref().map(|(_, t)| t.as_str())
     }
 
+    /// A short hash of the config nginx serves (without its generation
+    /// line, so the same config always has the same hash).
+    pub fn running_hash(&self) -> Option<String> {
+        use sha2::Digest;
+        let text = self.running_config()?;
+        let body = text.split_once("\n# generation").map_or(text, |(_, rest)| {
+            rest.split_once('\n').map_or(rest, |(_, r)| r)
+        });
+        Some(hex::encode(&sha2::Sha256::digest(body.as_bytes())[..8]))
+    }
+
     /// Renders, proves and loads a config.
     pub async fn apply(
         &mut self,

@@ -25,6 +25,9 @@ pub struct ServeOptions {
     pub manifests: PathBuf,
     pub build: build::Options,
     pub admin_addr: SocketAddr,
+    /// Answer `/config`, `/config/candidate` and `/model` to clients that
+    /// are not on this machine.
+    pub remote_inspection: bool,
     pub nginx: NginxOptions,
     /// Quiet time after the last file event before rebuilding.
     pub debounce: Duration,
@@ -90,12 +93,20 @@ pub async fn run(opts: ServeOptions, renderer: Renderer) -> Result<(), ServeErro
             addr: opts.admin_addr,
             source,
         })?;
-    tokio::spawn(admin::serve(listener, status.clone()));
+    let metrics = crate::metrics::Metrics::new();
+    let app = admin::router(status.clone(), metrics.clone(), opts.remote_inspection);
+    tokio::spawn(admin::serve(listener, app));
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
 
-    let mut engine = Engine::new(opts.build.clone(), renderer, opts.nginx.clone(), status)?;
+    let mut engine = Engine::new(
+        opts.build.clone(),
+        renderer,
+        opts.nginx.clone(),
+        status,
+        metrics,
+    )?;
     info!(
         manifests = %dir.display(),
         state_dir = %engine.nginx().state_dir().display(),

@@ -342,7 +342,10 @@ async fn nginx_keeps_serving_while_the_api_server_is_down_and_catches_up() {
         let url = w.url("one.example.com", "/");
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let ok = fetch(&client, &url).await.is_ok_and(|a| a.who() == "web");
+                let ok = fetch_idempotent(&client, &url)
+                    .await
+                    .0
+                    .is_ok_and(|a| a.who() == "web");
                 if !ok {
                     failures.fetch_add(1, Ordering::Relaxed);
                 }
@@ -512,4 +515,57 @@ async fn publish_service_addresses_and_watch_namespace() {
     })
     .await;
     assert!(status_of(&s.admin, "other", "site").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn render_against_the_cluster_prints_what_the_controller_would_serve() {
+    let s = setup(&["rn"]).await;
+    apply(&s.admin, &backend("rn", "web", s.ip, 8080, true)).await;
+    apply(
+        &s.admin,
+        &ingress_yaml(
+            "rn",
+            "site",
+            "wicket",
+            "render.example.com",
+            &[("/", "web")],
+        ),
+    )
+    .await;
+    apply(
+        &s.admin,
+        &ingress_yaml(
+            "rn",
+            "theirs",
+            "nginx",
+            "theirs.example.com",
+            &[("/", "web")],
+        ),
+    )
+    .await;
+    let kubeconfig = s.kubeconfig.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wicket"))
+            .arg("render")
+            .env("KUBECONFIG", kubeconfig)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("server_name render.example.com;"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("server {}:8080;", s.ip)),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("theirs.example.com"), "{stdout}");
 }

@@ -407,19 +407,9 @@ async fn no_failed_request_and_no_dropped_websocket_across_reloads() {
             (stop.clone(), sent.clone(), failed.clone(), retried.clone());
         loads.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                // An old worker closes its idle keep-alive connections when
-                // a reload ends it; a GET sent on one at that instant gets no
-                // answer. HTTP clients retry an idempotent request once in
-                // that case (RFC 9112, 9.3.1), as browsers and Go do.
-                let mut answer = fetch(&c, &url).await;
-                let closed = |e: &reqwest::Error| {
-                    let d = format!("{e:?}");
-                    e.is_request()
-                        && (d.contains("IncompleteMessage") || d.contains("ConnectionReset"))
-                };
-                if matches!(&answer, Err(e) if closed(e)) {
+                let (answer, again) = fetch_idempotent(&c, &url).await;
+                if again {
                     retried.fetch_add(1, Ordering::Relaxed);
-                    answer = fetch(&c, &url).await;
                 }
                 match answer {
                     Ok(a) if a.who() == "web" => {}

@@ -338,6 +338,24 @@ pub async fn fetch(client: &reqwest::Client, url: &str) -> Result<Answer, reqwes
     })
 }
 
+/// GET as an RFC 9112 client does: a request sent on a reused keep-alive
+/// connection that the server closed at that instant (an old nginx worker
+/// ending after a reload closes its idle connections) is retried once.
+/// Returns the answer and whether it needed the retry.
+pub async fn fetch_idempotent(
+    client: &reqwest::Client,
+    url: &str,
+) -> (Result<Answer, reqwest::Error>, bool) {
+    let closed = |e: &reqwest::Error| {
+        let d = format!("{e:?}");
+        e.is_request() && (d.contains("IncompleteMessage") || d.contains("ConnectionReset"))
+    };
+    match fetch(client, url).await {
+        Err(e) if closed(&e) => (fetch(client, url).await, true),
+        other => (other, false),
+    }
+}
+
 // ---------------------------------------------------------------- wicket
 
 /// A `wicket serve` child process with its own manifests folder, ports and
