@@ -12,17 +12,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::Client;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use crate::admin::{self, Status};
+use crate::admin::Status;
 use crate::build;
 use crate::cluster::{Kind, ObjectKey};
-use crate::engine::{Applied, Engine, coalesce, sleep_until};
+use crate::engine::{Applied, Engine, RunError, Shutdown, coalesce, sleep_until, start_admin};
 use crate::leader::{Election, LeaderOptions};
-use crate::nginx::{ApplyError, NginxOptions};
-use crate::render::{RenderError, Renderer};
+use crate::nginx::NginxOptions;
+use crate::render::Renderer;
 use crate::source::kube::{Change, KubeOptions, KubeSource};
 use crate::status::{self, Round, StatusOptions, StatusWriter};
 
@@ -57,18 +56,8 @@ pub struct WebhookOptions {
 pub enum ControllerError {
     #[error("connecting to the Kubernetes API: {0}")]
     Client(#[source] kube::Error),
-    #[error("binding the admin endpoint on {addr}: {source}")]
-    Admin {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(transparent)]
-    Nginx(#[from] ApplyError),
-    #[error(transparent)]
-    Render(#[from] RenderError),
-    #[error("installing signal handlers: {0}")]
-    Signals(#[source] std::io::Error),
+    Run(#[from] RunError),
     #[error(transparent)]
     Webhook(#[from] crate::webhook::WebhookError),
 }
@@ -80,17 +69,9 @@ pub async fn run(opts: ControllerOptions, renderer: Renderer) -> Result<(), Cont
         .map_err(ControllerError::Client)?;
     let status = Status::default();
     status.not_ready("waiting for the caches to sync");
-    let listener = admin::bind(opts.admin_addr)
-        .await
-        .map_err(|source| ControllerError::Admin {
-            addr: opts.admin_addr,
-            source,
-        })?;
     let metrics = crate::metrics::Metrics::new();
-    let app = admin::router(status.clone(), metrics.clone(), opts.remote_inspection);
-    tokio::spawn(admin::serve(listener, app));
-    let mut sigterm = signal(SignalKind::terminate()).map_err(ControllerError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(ControllerError::Signals)?;
+    start_admin(opts.admin_addr, &status, &metrics, opts.remote_inspection).await?;
+    let mut shutdown = Shutdown::new()?;
 
     let (tx, mut changes) = mpsc::unbounded_channel::<Change>();
     // Read the webhook certificate before anything else: a wrong path fails
@@ -109,8 +90,7 @@ pub async fn run(opts: ControllerOptions, renderer: Renderer) -> Result<(), Cont
     );
     tokio::select! {
         r = source.wait_synced() => if r.is_err() { return Ok(()) },
-        _ = sigterm.recv() => return Ok(()),
-        _ = sigint.recv() => return Ok(()),
+        _ = shutdown.requested() => return Ok(()),
     }
     info!("caches synced");
     if let (Some(w), Some(cert)) = (&opts.webhook, webhook_cert) {
@@ -139,7 +119,8 @@ pub async fn run(opts: ControllerOptions, renderer: Renderer) -> Result<(), Cont
         opts.nginx.clone(),
         status,
         metrics,
-    )?;
+    )
+    .map_err(RunError::from)?;
     // Ingresses changed since the last config nginx accepted.
     let mut pending: BTreeSet<ObjectKey> = BTreeSet::new();
     let mut last_rebuild = Instant::now();
@@ -180,8 +161,7 @@ pub async fn run(opts: ControllerOptions, renderer: Renderer) -> Result<(), Cont
                 let cluster = source.snapshot();
                 engine.retry(&cluster, &[]).await;
             }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = shutdown.requested() => break,
         }
     }
 

@@ -20,6 +20,62 @@ use crate::problem::{Problem, Severity};
 use crate::render::Renderer;
 use crate::source::files::FileReport;
 
+/// What can stop a serving mode from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("binding the admin endpoint on {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Nginx(#[from] ApplyError),
+    #[error(transparent)]
+    Render(#[from] crate::render::RenderError),
+    #[error("installing signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+/// Binds the admin endpoint and serves it in the background.
+pub async fn start_admin(
+    addr: std::net::SocketAddr,
+    status: &Status,
+    metrics: &Metrics,
+    remote_inspection: bool,
+) -> Result<(), RunError> {
+    let listener = crate::admin::bind(addr)
+        .await
+        .map_err(|source| RunError::Admin { addr, source })?;
+    let app = crate::admin::router(status.clone(), metrics.clone(), remote_inspection);
+    tokio::spawn(crate::admin::serve(listener, app));
+    Ok(())
+}
+
+/// SIGTERM or SIGINT: the request to stop.
+pub struct Shutdown {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    pub fn new() -> Result<Self, RunError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Shutdown {
+            term: signal(SignalKind::terminate()).map_err(RunError::Signals)?,
+            int: signal(SignalKind::interrupt()).map_err(RunError::Signals)?,
+        })
+    }
+
+    /// Resolves at the next SIGTERM or SIGINT.
+    pub async fn requested(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
 /// Logs each problem once while it lasts: a problem that goes away and
 /// comes back is logged again.
 #[derive(Default)]
@@ -473,26 +529,22 @@ fn blame(text: &str, line: usize, config: &crate::config::Config) -> Vec<ObjectK
         let (ns, name) = id.split_once('/')?;
         Some(ObjectKey::new(ns, name))
     };
+    // The comment lines right above line `i`.
+    let comments_above = |i: usize| {
+        (0..i)
+            .rev()
+            .map(|j| lines[j])
+            .take_while(|l| l.trim_start().starts_with('#'))
+    };
     let mut i = line.min(lines.len());
     while i > 0 {
         i -= 1;
         let t = lines[i].trim_start();
         if t.starts_with("location ") {
-            return (0..i)
-                .rev()
-                .map(|j| lines[j])
-                .take_while(|l| l.trim_start().starts_with('#'))
-                .filter_map(key)
-                .take(1)
-                .collect();
+            return comments_above(i).filter_map(key).take(1).collect();
         }
         if t == "server {" {
-            return (0..i)
-                .rev()
-                .map(|j| lines[j])
-                .take_while(|l| l.trim_start().starts_with('#'))
-                .filter_map(key)
-                .collect();
+            return comments_above(i).filter_map(key).collect();
         }
         if let Some(name) = t
             .strip_prefix("upstream ")

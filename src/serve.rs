@@ -9,15 +9,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::admin::{self, Status};
+use crate::admin::Status;
 use crate::build;
-use crate::engine::{Engine, coalesce, sleep_until};
-use crate::nginx::{ApplyError, NginxOptions};
-use crate::render::{RenderError, Renderer};
+use crate::engine::{Engine, RunError, Shutdown, coalesce, sleep_until, start_admin};
+use crate::nginx::NginxOptions;
+use crate::render::Renderer;
 use crate::source::files::Folder;
 
 #[derive(Clone, Debug)]
@@ -49,18 +48,8 @@ pub enum ServeError {
         #[source]
         source: notify::Error,
     },
-    #[error("binding the admin endpoint on {addr}: {source}")]
-    Admin {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(transparent)]
-    Nginx(#[from] ApplyError),
-    #[error(transparent)]
-    Render(#[from] RenderError),
-    #[error("installing signal handlers: {0}")]
-    Signals(#[source] std::io::Error),
+    Run(#[from] RunError),
 }
 
 /// Runs until SIGTERM or SIGINT, then stops nginx gracefully.
@@ -87,18 +76,9 @@ pub async fn run(opts: ServeOptions, renderer: Renderer) -> Result<(), ServeErro
     })?;
 
     let status = Status::default();
-    let listener = admin::bind(opts.admin_addr)
-        .await
-        .map_err(|source| ServeError::Admin {
-            addr: opts.admin_addr,
-            source,
-        })?;
     let metrics = crate::metrics::Metrics::new();
-    let app = admin::router(status.clone(), metrics.clone(), opts.remote_inspection);
-    tokio::spawn(admin::serve(listener, app));
-
-    let mut sigterm = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+    start_admin(opts.admin_addr, &status, &metrics, opts.remote_inspection).await?;
+    let mut shutdown = Shutdown::new()?;
 
     let mut engine = Engine::new(
         opts.build.clone(),
@@ -106,7 +86,8 @@ pub async fn run(opts: ServeOptions, renderer: Renderer) -> Result<(), ServeErro
         opts.nginx.clone(),
         status,
         metrics,
-    )?;
+    )
+    .map_err(RunError::from)?;
     info!(
         manifests = %dir.display(),
         state_dir = %engine.nginx().state_dir().display(),
@@ -131,8 +112,7 @@ pub async fn run(opts: ServeOptions, renderer: Renderer) -> Result<(), ServeErro
                 let (cluster, reports) = folder.cluster();
                 engine.retry(&cluster, &reports).await;
             }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = shutdown.requested() => break,
         }
     }
     engine.stop().await;

@@ -533,32 +533,15 @@ proptest! {
 
 #[test]
 fn the_known_payloads_in_every_field() {
-    let payloads = [
-        "\"",
-        "x\"; return 200 \"owned",
-        "}",
-        "x} server { listen 1; } #",
-        ";",
-        "x; root /etc; #",
-        "#",
-        "x\nreturn 200 owned;",
-        "x\rreturn 200 owned;",
-        "$host",
-        "x${host}",
-        "\0",
-        "x\\",
-        "'",
-        "\u{ff1b}\u{ff5d}",
-        "\u{2028}return 200;",
-        "ｒｅｔｕｒｎ",
-        "a.b",
-        "/",
-        "*.example.com",
-        "v1/(.*)",
-    ];
+    let extra = ["a.b", "/", "*.example.com", "v1/(.*)"];
     let long = "a".repeat(70_000);
     for f in fields() {
-        for p in payloads.iter().copied().chain([long.as_str()]) {
+        for p in common::PAYLOADS
+            .iter()
+            .chain(&extra)
+            .copied()
+            .chain([long.as_str()])
+        {
             if let Err(e) = check(&f, p) {
                 panic!("{e}");
             }

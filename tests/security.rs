@@ -14,27 +14,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-/// The injection shapes of ingress-nginx's history, and then some.
-pub const PAYLOADS: &[&str] = &[
-    "\"",
-    "x\"; return 200 \"owned",
-    "}",
-    "x} server { listen 1; } #",
-    ";",
-    "x; root /etc; #",
-    "#",
-    "x\nreturn 200 owned;",
-    "x\rreturn 200 owned;",
-    "$host",
-    "x${host}",
-    "\0",
-    "x\\",
-    "'",
-    "\u{ff1b}\u{ff5d}", // fullwidth ; and }
-    "\u{2028}return 200;",
-    "ｒｅｔｕｒｎ",
-];
-
 fn long_payload() -> String {
     format!("/{}", "a".repeat(70_000))
 }

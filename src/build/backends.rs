@@ -109,16 +109,11 @@ impl<'a> Backends<'a> {
             let Some(number) = number else {
                 return Resolution::Unavailable(format!("service {described}: no such port"));
             };
-            let name = upstream_name(ns, b.name.as_str(), number);
-            self.upstreams.insert(
-                name.clone(),
-                Upstream {
-                    name: name.clone(),
-                    service: format!("{key}:{number}"),
-                    servers: vec![UpstreamServer::Dns { host, port: number }],
-                },
+            return self.upstream(
+                &key,
+                number,
+                vec![UpstreamServer::Dns { host, port: number }],
             );
-            return Resolution::Upstream(name);
         }
 
         let Some(port) = port else {
@@ -164,13 +159,23 @@ impl<'a> Backends<'a> {
             return Resolution::Unavailable(format!("service {described} has no ready endpoints"));
         }
         let number = u16::try_from(port.port).unwrap_or(0);
-        let name = upstream_name(ns, b.name.as_str(), number);
+        self.upstream(&key, number, servers.into_iter().collect())
+    }
+
+    /// Records the upstream of a Service port.
+    fn upstream(
+        &mut self,
+        service: &ObjectKey,
+        port: u16,
+        servers: Vec<UpstreamServer>,
+    ) -> Resolution {
+        let name = upstream_name(&service.namespace, &service.name, port);
         self.upstreams.insert(
             name.clone(),
             Upstream {
                 name: name.clone(),
-                service: format!("{key}:{number}"),
-                servers: servers.into_iter().collect(),
+                service: format!("{service}:{port}"),
+                servers,
             },
         );
         Resolution::Upstream(name)

@@ -25,26 +25,10 @@ pub const CONTROLLER_USER: &str = "system:serviceaccount:wicket:wicket";
 /// what `tools/apiserver/build.sh` prints (it builds once, then answers from
 /// its cache).
 pub fn binaries() -> PathBuf {
-    if let Some(p) = std::env::var_os("WICKET_APISERVER_BIN") {
-        return PathBuf::from(p);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/apiserver/build.sh");
-    let out = Command::new(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed: run `make test`, which builds the test API server",
-        script.display()
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    PathBuf::from(
-        stdout
-            .lines()
-            .last()
-            .expect("build.sh prints the bin folder")
-            .trim(),
+    super::cached_tool(
+        "WICKET_APISERVER_BIN",
+        "tools/apiserver/build.sh",
+        "the test API server",
     )
 }
 

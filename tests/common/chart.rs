@@ -12,26 +12,10 @@ use std::sync::OnceLock;
 pub fn kube_tools() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("WICKET_KUBE_TOOLS_BIN") {
-            return PathBuf::from(p);
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/helm/install.sh");
-        let out = Command::new(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} failed: run `make test`, which installs helm and kubectl",
-            script.display()
-        );
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        let bin = PathBuf::from(
-            stdout
-                .lines()
-                .last()
-                .expect("install.sh prints its bin folder")
-                .trim(),
+        let bin = super::cached_tool(
+            "WICKET_KUBE_TOOLS_BIN",
+            "tools/helm/install.sh",
+            "helm and kubectl",
         );
         assert!(
             bin.join("helm").is_file() && bin.join("kubectl").is_file(),

@@ -25,6 +25,55 @@ use wicket::config::Config;
 /// How long a test waits for something that should happen.
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
+/// The injection shapes of ingress-nginx's history, and then some: quotes,
+/// braces, semicolons, `#`, newlines, bare carriage returns, `$`, NUL,
+/// backslashes, Unicode look-alikes and line separators.
+pub const PAYLOADS: &[&str] = &[
+    "\"",
+    "x\"; return 200 \"owned",
+    "}",
+    "x} server { listen 1; } #",
+    ";",
+    "x; root /etc; #",
+    "#",
+    "x\nreturn 200 owned;",
+    "x\rreturn 200 owned;",
+    "$host",
+    "x${host}",
+    "\0",
+    "x\\",
+    "'",
+    "\u{ff1b}\u{ff5d}", // fullwidth ; and }
+    "\u{2028}return 200;",
+    "ｒｅｔｕｒｎ",
+];
+
+/// The folder a tool script under `tools/` prints as its last line (it
+/// builds or downloads once, then answers from its cache), or `$env_var`.
+pub fn cached_tool(env_var: &str, script: &str, what: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_var) {
+        return PathBuf::from(p);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let out = Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed: run `make test`, which installs {what}",
+        script.display()
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("the script prints its bin folder")
+            .trim(),
+    )
+}
+
 /// The nginx binary the tests run: `$WICKET_NGINX_BINARY`, else `nginx` from
 /// PATH or the sbin folders. Tests fail (they do not skip) without it.
 pub fn nginx_binary() -> PathBuf {
