@@ -49,8 +49,11 @@ pub struct Server {
     /// The `server_name` argument: an exact name, a regular expression for a
     /// wildcard host, or `_` for the catch-all server.
     pub server_name: String,
-    /// Name of the certificate this server presents.
-    pub certificate: String,
+    /// Name of the certificate this server presents; `None` for a host
+    /// that presents the default one. Such a server names no certificate:
+    /// after SNI nginx keeps the default server's TLS context for it, so
+    /// N hosts do not cost N TLS contexts (and N key loads per reload).
+    pub certificate: Option<String>,
     /// The Ingresses that contributed rules to this server (namespace/name).
     pub ingresses: Vec<String>,
     pub locations: Vec<Location>,

@@ -35,8 +35,10 @@ pub const CANDIDATE: &str = "nginx.conf.candidate";
 /// Where configs are checked while looking for the Ingress nginx refuses.
 pub const CHECK: &str = "nginx.conf.check";
 pub const STATUS_SOCKET: &str = "wicket-status.sock";
-/// Longest a reload or start may take before it counts as failed.
-const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Least time a reload or start may take before it counts as failed; a
+/// large config gets longer: three times what `nginx -t` took on it (a
+/// reload parses the same config, and starts workers).
+const MIN_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time on top of `worker-shutdown-timeout` before a stopping nginx is killed.
 const STOP_MARGIN: Duration = Duration::from_secs(5);
 
@@ -119,6 +121,8 @@ pub struct Nginx {
     shutdown_timeout: Duration,
     /// The text of the last config `nginx -t` refused.
     refused: Option<String>,
+    /// How long loading a config may take (see [`MIN_LOAD_TIMEOUT`]).
+    load_timeout: Duration,
 }
 
 /// Writes a file atomically: a temporary file in the same folder, then a
@@ -179,6 +183,7 @@ impl Nginx {
             good: None,
             shutdown_timeout: Duration::from_secs(10),
             refused: None,
+            load_timeout: MIN_LOAD_TIMEOUT,
         })
     }
 
@@ -232,6 +237,7 @@ impl Nginx {
         }
         self.refused = None;
         lap(&mut timings.test);
+        self.load_timeout = MIN_LOAD_TIMEOUT.max(timings.test * 3);
         std::fs::rename(dir.join(CANDIDATE), dir.join(CONF)).map_err(|source| {
             ApplyError::Write {
                 path: dir.join(CONF),
@@ -411,7 +417,7 @@ impl Nginx {
 
     /// Waits until a worker answers with `generation` on the status socket.
     async fn wait_for_generation(&mut self, generation: u64) -> Result<(), ApplyError> {
-        let deadline = Instant::now() + LOAD_TIMEOUT;
+        let deadline = Instant::now() + self.load_timeout;
         let socket = self.opts.state_dir.join(STATUS_SOCKET);
         let want = generation.to_string();
         loop {
@@ -421,13 +427,21 @@ impl Nginx {
                 self.child = None;
                 return Err(ApplyError::Exited(status));
             }
-            if query_status(&socket, "/wicket/generation").await.as_deref() == Some(want.as_str()) {
+            // Old workers keep answering for a while after a reload (nginx
+            // lets them go ~100 ms after the new ones start), each probe
+            // reaching whichever worker accepts it: ask several at once.
+            let probes = (0..4).map(|_| query_status(&socket, "/wicket/generation"));
+            if futures::future::join_all(probes)
+                .await
+                .iter()
+                .any(|g| g.as_deref() == Some(want.as_str()))
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(ApplyError::Timeout(LOAD_TIMEOUT));
+                return Err(ApplyError::Timeout(self.load_timeout));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 

@@ -190,8 +190,14 @@ fn find_port<'s>(svc: &'s Service, port: &PortRef) -> Option<&'s ServicePort> {
     })
 }
 
-/// `NAMESPACE_SERVICE_PORT`. Namespaces and Service names are DNS labels,
-/// which cannot contain `_`, so the name is unique.
+/// `HASH_NAMESPACE_SERVICE_PORT`. Namespaces and Service names are DNS
+/// labels, which cannot contain `_`, so the name is unique. The four hex
+/// digits of a hash first make names differ in their first bytes: nginx finds
+/// an upstream by comparing names one by one (for every `upstream` block and
+/// `proxy_pass`), and names that share a long prefix make that search, which
+/// grows with the square of the number of upstreams, much slower.
 fn upstream_name(ns: &str, service: &str, port: u16) -> String {
-    format!("{ns}_{service}_{port}")
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{ns}/{service}/{port}").as_bytes());
+    format!("{:02x}{:02x}_{ns}_{service}_{port}", h[0], h[1])
 }

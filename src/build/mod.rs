@@ -160,12 +160,7 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
             None => None,
         };
         let default = hr.default.as_ref().or(any.default.as_ref());
-        servers.push(b.server(
-            Some(host),
-            hr,
-            default,
-            certificate.unwrap_or(default_cert.clone()),
-        ));
+        servers.push(b.server(Some(host), hr, default, certificate));
     }
     for (host, t) in &tls {
         if !hosts.contains_key(host) {
@@ -176,7 +171,7 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
             ));
         }
     }
-    let default_server = b.server(None, &any, any.default.as_ref(), default_cert);
+    let default_server = b.server(None, &any, any.default.as_ref(), Some(default_cert));
     let upstreams = std::mem::replace(&mut b.backends, Backends::new(cluster)).into_upstreams();
 
     certs.used.remove(&default_certificate.name);
@@ -528,7 +523,7 @@ impl<'p> Builder<'p, '_> {
         host: Option<&HostPattern>,
         own: &HostRoutes<'p>,
         default: Option<&(DefaultFrom, Action)>,
-        certificate: String,
+        certificate: Option<String>,
     ) -> Server {
         let regex_mode = own.routes.values().any(|r| self.parsed[r.ing].regex());
         let fallback = match default {
