@@ -40,8 +40,7 @@ struct Inner {
 impl Status {
     /// nginx serves `config`, built from `model`, the newest config that
     /// passed `nginx -t`.
-    pub fn serving(&self, config: &str, model: Arc<Config>, note: impl Into<String>) {
-        let text: Arc<str> = config.into();
+    pub fn serving(&self, text: Arc<str>, model: Arc<Config>, note: impl Into<String>) {
         let mut i = self.inner.write().expect("status lock");
         i.ready = true;
         i.note = note.into();

@@ -150,7 +150,7 @@ pub struct Engine {
     status: Status,
     reporter: Reporter,
     /// The last config handed to nginx, applied or refused.
-    attempted: Option<Config>,
+    attempted: Option<Arc<Config>>,
     /// When to try again after a failure that may pass (nginx could not
     /// start, did not answer in time).
     retry_at: Option<Instant>,
@@ -334,7 +334,7 @@ impl Engine {
             build.served.len(),
             &build.problems,
         );
-        if self.attempted.as_ref() == Some(&build.config) {
+        if self.attempted.as_deref() == Some(&*build.config) {
             debug!(
                 build_ms = built.as_millis() as u64,
                 "no change to the config"
@@ -346,15 +346,16 @@ impl Engine {
             .flatten();
         let result = self.nginx.apply(&build.config, &self.renderer).await;
         self.attempted = Some(build.config.clone());
+        release_free_memory();
         let applied = match result {
             Ok((outcome, t)) => {
                 let verb = match outcome {
                     Outcome::Started => "started nginx",
                     Outcome::Reloaded => "reloaded nginx",
                 };
-                let text = self.nginx.running_config().unwrap_or_default();
+                let text = self.nginx.running_text().unwrap_or_else(|| "".into());
                 if let Some(previous) = previous {
-                    let diff = similar::TextDiff::from_lines(previous.as_str(), text)
+                    let diff = similar::TextDiff::from_lines(previous.as_str(), &*text)
                         .unified_diff()
                         .context_radius(2)
                         .header("nginx.conf (before)", "nginx.conf (after)")
@@ -376,7 +377,7 @@ impl Engine {
                     "{verb}"
                 );
                 self.retry_at = None;
-                let model = Arc::new(build.config.clone());
+                let model = build.config.clone();
                 self.status.serving(text, model.clone(), "");
                 self.metrics.reload(
                     "success",
@@ -568,6 +569,18 @@ fn blame(text: &str, line: usize, config: &crate::config::Config) -> Vec<ObjectK
         }
     }
     Vec::new()
+}
+
+/// Gives memory freed by a rebuild back to the system. A rebuild allocates
+/// and frees its whole working set (the parsed objects, the model, the
+/// rendered text); glibc would otherwise keep the freed pages, so the
+/// resident size after a change would be that of the peak.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Sleeps until `at`, or forever when there is none.

@@ -106,7 +106,7 @@ struct RunArgs {
     #[arg(long, env = "WICKET_NGINX_BINARY", default_value = "nginx")]
     nginx_binary: PathBuf,
     /// Quiet time after a change before rebuilding, in milliseconds.
-    #[arg(long, env = "WICKET_DEBOUNCE_MS", default_value_t = 50)]
+    #[arg(long, env = "WICKET_DEBOUNCE_MS", default_value_t = 20)]
     debounce_ms: u64,
     /// Longest a stream of changes may delay a rebuild, in milliseconds.
     #[arg(long, env = "WICKET_MAX_WAIT_MS", default_value_t = 1000)]

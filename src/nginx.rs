@@ -116,7 +116,7 @@ pub struct Nginx {
     child: Option<Child>,
     generation: u64,
     /// Generation and text of the config nginx serves.
-    good: Option<(u64, String)>,
+    good: Option<(u64, std::sync::Arc<str>)>,
     /// The served config's `worker-shutdown-timeout`.
     shutdown_timeout: Duration,
     /// The text of the last config `nginx -t` refused.
@@ -193,7 +193,12 @@ impl Nginx {
 
     /// The config nginx serves now.
     pub fn running_config(&self) -> Option<&str> {
-        self.good.as_ref().map(|(_, t)| t.as_str())
+        self.good.as_ref().map(|(_, t)| &**t)
+    }
+
+    /// The config nginx serves now, shared.
+    pub fn running_text(&self) -> Option<std::sync::Arc<str>> {
+        self.good.as_ref().map(|(_, t)| t.clone())
     }
 
     /// A short hash of the config nginx serves (without its generation
@@ -264,7 +269,7 @@ impl Nginx {
             return Err(e);
         }
         lap(&mut timings.reload);
-        self.good = Some((self.generation, text));
+        self.good = Some((self.generation, text.into()));
         self.shutdown_timeout =
             Duration::from_secs(config.settings.worker_shutdown_timeout.0.into());
         self.remove_unused_certificates(config);

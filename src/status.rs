@@ -206,12 +206,14 @@ impl StatusWriter {
         }
     }
 
-    /// Writes the status of every Ingress that differs from the round.
+    /// Writes the status of every Ingress that differs from the round, a
+    /// bounded number at a time (so a status storm over thousands of
+    /// Ingresses holds few of their old versions at once).
     pub async fn apply(&mut self, round: &Round) {
-        let mut changes = Vec::new();
         // Served Ingresses that already show our addresses were accepted
         // before (by this leader or a previous one).
         let mut published = BTreeSet::new();
+        let mut changes: Vec<(ObjectKey, Vec<IngressLoadBalancerIngress>)> = Vec::new();
         for ing in self.ingresses.state() {
             let key = ObjectKey::new(ing.namespace().unwrap_or_default(), ing.name_any());
             let now = current(&ing);
@@ -226,32 +228,30 @@ impl StatusWriter {
                 continue;
             };
             if now != want {
-                changes.push((ing, want));
+                changes.push((key, want));
             }
         }
         if !changes.is_empty() {
             info!(ingresses = changes.len(), "updating Ingress status");
         }
-        let client = &self.client;
-        let results: Vec<_> = futures::stream::iter(changes)
-            .map(|(ing, want)| async move {
-                let r = set_status(client, &ing, want).await;
-                (ing, r)
-            })
-            .buffer_unordered(STATUS_CONCURRENCY)
-            .collect()
-            .await;
-        for (ing, r) in results {
-            match r {
-                Ok(()) => {
-                    debug!(ingress = %format!("{}/{}", ing.namespace().unwrap_or_default(), ing.name_any()), "status updated")
+        let (client, store) = (&self.client, &self.ingresses);
+        futures::stream::iter(changes)
+            .for_each_concurrent(STATUS_CONCURRENCY, |(key, want)| async move {
+                // The version in the cache now, not the one listed above.
+                let Some(ing) = store.get(
+                    &kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace),
+                ) else {
+                    return;
+                };
+                match set_status(client, &ing, want).await {
+                    Ok(()) => debug!(ingress = %key, "status updated"),
+                    // Changed meanwhile: the watch brings the new version and
+                    // the next round tries again.
+                    Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
+                    Err(e) => warn!(ingress = %key, error = %e, "status update failed"),
                 }
-                // Changed meanwhile: the watch brings the new version and
-                // the next round tries again.
-                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
-                Err(e) => warn!(ingress = %ing.name_any(), error = %e, "status update failed"),
-            }
-        }
+            })
+            .await;
         self.events(round, &published).await;
     }
 

@@ -18,7 +18,7 @@ fn default_certificate() -> Certificate {
     c
 }
 
-fn render(dir: &str) -> (String, Vec<String>, wicket::config::Config) {
+fn render(dir: &str) -> (String, Vec<String>, std::sync::Arc<wicket::config::Config>) {
     let mut folder = Folder::new(Path::new(dir));
     folder.rescan().unwrap();
     let (cluster, reports) = folder.cluster();

@@ -438,8 +438,11 @@ async fn no_failed_request_and_no_dropped_websocket_across_reloads() {
                 ),
             ),
             _ => {
+                // Rotated as tools do it, by replacing the file whole: an
+                // in-place write could be read half-written, and a Secret
+                // whose certificate is cut short gets the default one.
                 let (c, k) = leaf();
-                w.write("secret.yaml", &tls(&c, &k));
+                w.replace("secret.yaml", &tls(&c, &k));
             }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;

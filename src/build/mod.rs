@@ -67,7 +67,9 @@ impl Options {
 /// The result of one build.
 #[derive(Clone, Debug)]
 pub struct Build {
-    pub config: Config,
+    /// Shared, so the applier, the admin endpoint and the next comparison
+    /// hold one copy.
+    pub config: std::sync::Arc<Config>,
     /// Sorted; each problem names its object.
     pub problems: Vec<Problem>,
     /// Ingresses that passed validation and are served (in part, where a
@@ -202,7 +204,7 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
     problems.sort();
     problems.dedup();
     Build {
-        config,
+        config: std::sync::Arc::new(config),
         problems,
         served: parsed.into_iter().map(|p| p.key).collect(),
     }

@@ -5,7 +5,7 @@
 //! A file that stops parsing keeps its last good objects and reports the
 //! error; a deleted file removes its objects.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -27,18 +27,11 @@ impl std::fmt::Display for FileReport {
     }
 }
 
-struct FileState {
-    hash: [u8; 32],
-    /// The objects of the last version that parsed.
-    good: Manifests,
-    /// Why the current version does not parse, if it does not.
-    error: Option<String>,
-}
-
 /// The files of one folder and what they hold.
 pub struct Folder {
     dir: PathBuf,
-    files: BTreeMap<PathBuf, FileState>,
+    /// Keyed by file name.
+    files: BTreeMap<String, FileState>,
 }
 
 /// Largest manifest file read.
@@ -50,6 +43,85 @@ pub const MAX_OBJECTS: usize = 250_000;
 pub fn is_manifest_name(name: &str) -> bool {
     !name.starts_with('.')
         && (name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"))
+}
+
+/// What identifies a version of a file without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+            inode: m.ino(),
+        }
+    }
+}
+
+struct FileState {
+    stamp: Option<Stamp>,
+    hash: [u8; 32],
+    /// The objects of the last version that parsed.
+    good: Manifests,
+    /// Why the current version does not parse, if it does not.
+    error: Option<String>,
+}
+
+/// What reading one file found.
+enum Read {
+    Gone,
+    Unreadable(String),
+    /// The same content as before.
+    Unchanged(Stamp),
+    Parsed {
+        stamp: Stamp,
+        hash: [u8; 32],
+        parsed: Result<Manifests, String>,
+    },
+}
+
+/// Reads and parses a file, unless its hash says it did not change. Pure
+/// apart from the reading, so files can be read on several threads.
+fn read(path: &Path, previous_hash: Option<[u8; 32]>) -> Read {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Read::Gone,
+        Err(e) => return Read::Unreadable(format!("cannot be read: {e}")),
+    };
+    if !meta.is_file() {
+        return Read::Unreadable("cannot be read: not a regular file".into());
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Read::Unreadable(format!(
+            "cannot be read: larger than {} MiB",
+            MAX_FILE_BYTES >> 20
+        ));
+    }
+    let stamp = Stamp::of(&meta);
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Read::Gone,
+        Err(e) => return Read::Unreadable(format!("cannot be read: {e}")),
+    };
+    let hash: [u8; 32] = Sha256::digest(&bytes).into();
+    if previous_hash == Some(hash) {
+        return Read::Unchanged(stamp);
+    }
+    let json = path.extension().is_some_and(|e| e == "json");
+    let parsed = std::str::from_utf8(&bytes)
+        .map_err(|_| "is not UTF-8 text".to_string())
+        .and_then(|text| manifest::parse(text, json).map_err(|e| e.to_string()));
+    Read::Parsed {
+        stamp,
+        hash,
+        parsed,
+    }
 }
 
 impl Folder {
@@ -64,38 +136,81 @@ impl Folder {
         &self.dir
     }
 
-    /// Whether a path is a manifest file directly inside the folder.
-    pub fn owns(&self, path: &Path) -> bool {
-        path.parent() == Some(self.dir.as_path())
-            && path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(is_manifest_name)
+    /// The name of a manifest file directly inside the folder.
+    fn name_of<'p>(&self, path: &'p Path) -> Option<&'p str> {
+        if path.parent() != Some(self.dir.as_path()) {
+            return None;
+        }
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| is_manifest_name(n))
     }
 
-    /// Re-reads the whole folder. Returns whether anything changed.
+    /// Whether a path is a manifest file directly inside the folder.
+    pub fn owns(&self, path: &Path) -> bool {
+        self.name_of(path).is_some()
+    }
+
+    /// Re-reads the whole folder: files whose size, time and inode did not
+    /// change are not read again; the others are read and parsed on every
+    /// core. Returns whether anything changed.
     pub fn rescan(&mut self) -> std::io::Result<bool> {
-        let mut present = BTreeSet::new();
+        let mut present = BTreeMap::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
-            let path = entry.path();
-            if self.owns(&path) && std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
-                present.insert(path);
+            let Some(name) = entry
+                .file_name()
+                .to_str()
+                .filter(|n| is_manifest_name(n))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            // Follows symlinks.
+            if let Ok(m) = std::fs::metadata(entry.path())
+                && m.is_file()
+            {
+                present.insert(name, Stamp::of(&m));
             }
         }
-        let mut changed = false;
-        let gone: Vec<PathBuf> = self
-            .files
-            .keys()
-            .filter(|p| !present.contains(*p))
-            .cloned()
+        let before = self.files.len();
+        self.files.retain(|name, _| present.contains_key(name));
+        let mut changed = self.files.len() != before;
+        let stale: Vec<(String, Option<[u8; 32]>)> = present
+            .into_iter()
+            .filter(|(name, stamp)| {
+                self.files
+                    .get(name)
+                    .is_none_or(|st| st.stamp != Some(*stamp))
+            })
+            .map(|(name, _)| {
+                let hash = self.files.get(&name).map(|st| st.hash);
+                (name, hash)
+            })
             .collect();
-        for p in gone {
-            self.files.remove(&p);
-            changed = true;
-        }
-        for p in present {
-            changed |= self.refresh(&p);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(stale.len().max(1));
+        let chunk = stale.len().div_ceil(threads).max(1);
+        let dir = &self.dir;
+        let results: Vec<(String, Read)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = stale
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(name, hash)| (name.clone(), read(&dir.join(name), *hash)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("a reader thread panicked"))
+                .collect()
+        });
+        for (name, r) in results {
+            changed |= self.store(name, r);
         }
         Ok(changed)
     }
@@ -103,68 +218,69 @@ impl Folder {
     /// Re-reads one path of the folder (created, changed, renamed away or
     /// deleted). Returns whether anything changed.
     pub fn refresh(&mut self, path: &Path) -> bool {
-        if !self.owns(path) {
+        let Some(name) = self.name_of(path).map(str::to_string) else {
             return false;
-        }
-        let bytes = match std::fs::metadata(path) {
-            Ok(m) if m.is_file() && m.len() > MAX_FILE_BYTES => Err(std::io::Error::other(
-                format!("larger than {} MiB", MAX_FILE_BYTES >> 20),
-            )),
-            Ok(m) if m.is_file() => std::fs::read(path),
-            Ok(_) => Err(std::io::Error::other("not a regular file")),
-            Err(e) => Err(e),
         };
-        let bytes = match bytes {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return self.files.remove(path).is_some();
+        let hash = self.files.get(&name).map(|st| st.hash);
+        let r = read(path, hash);
+        self.store(name, r)
+    }
+
+    /// Records what reading a file found. Returns whether anything changed.
+    fn store(&mut self, name: String, r: Read) -> bool {
+        match r {
+            Read::Gone => self.files.remove(&name).is_some(),
+            Read::Unchanged(stamp) => {
+                if let Some(st) = self.files.get_mut(&name) {
+                    st.stamp = Some(stamp);
+                }
+                false
             }
-            Err(e) => {
-                // Unreadable: keep what it held, say why.
-                let message = format!("cannot be read: {e}");
-                return match self.files.get_mut(path) {
-                    Some(st) => {
-                        let changed = st.error.as_deref() != Some(message.as_str());
-                        st.error = Some(message);
-                        changed
-                    }
-                    None => {
-                        self.files.insert(
-                            path.to_path_buf(),
-                            FileState {
-                                hash: [0; 32],
-                                good: Manifests::default(),
-                                error: Some(message),
-                            },
-                        );
-                        true
-                    }
+            // Unreadable: keep what it held, say why.
+            Read::Unreadable(message) => match self.files.get_mut(&name) {
+                Some(st) => {
+                    let changed = st.error.as_deref() != Some(message.as_str());
+                    st.error = Some(message);
+                    st.stamp = None;
+                    changed
+                }
+                None => {
+                    self.files.insert(
+                        name,
+                        FileState {
+                            stamp: None,
+                            hash: [0; 32],
+                            good: Manifests::default(),
+                            error: Some(message),
+                        },
+                    );
+                    true
+                }
+            },
+            Read::Parsed {
+                stamp,
+                hash,
+                parsed,
+            } => {
+                let previous = self.files.remove(&name);
+                let state = match parsed {
+                    Ok(good) => FileState {
+                        stamp: Some(stamp),
+                        hash,
+                        good,
+                        error: None,
+                    },
+                    Err(e) => FileState {
+                        stamp: Some(stamp),
+                        hash,
+                        good: previous.map(|p| p.good).unwrap_or_default(),
+                        error: Some(e),
+                    },
                 };
+                self.files.insert(name, state);
+                true
             }
-        };
-        let hash: [u8; 32] = Sha256::digest(&bytes).into();
-        if self.files.get(path).is_some_and(|st| st.hash == hash) {
-            return false;
         }
-        let json = path.extension().is_some_and(|e| e == "json");
-        let parsed = std::str::from_utf8(&bytes)
-            .map_err(|_| "is not UTF-8 text".to_string())
-            .and_then(|text| manifest::parse(text, json).map_err(|e| e.to_string()));
-        let previous = self.files.remove(path);
-        let state = match parsed {
-            Ok(good) => FileState {
-                hash,
-                good,
-                error: None,
-            },
-            Err(e) => FileState {
-                hash,
-                good: previous.map(|p| p.good).unwrap_or_default(),
-                error: Some(e),
-            },
-        };
-        self.files.insert(path.to_path_buf(), state);
-        true
     }
 
     /// The snapshot the files describe, and reports about them: parse errors,
@@ -173,8 +289,9 @@ impl Folder {
     pub fn cluster(&self) -> (Cluster, Vec<FileReport>) {
         let mut cluster = Cluster::default();
         let mut reports = Vec::new();
-        let mut seen: BTreeMap<ObjectRef, &Path> = BTreeMap::new();
-        for (path, st) in &self.files {
+        let mut seen: BTreeMap<ObjectRef, PathBuf> = BTreeMap::new();
+        for (name, st) in &self.files {
+            let path = self.dir.join(name);
             if let Some(e) = &st.error {
                 let kept = if st.good.objects.is_empty() {
                     String::new()
@@ -213,7 +330,7 @@ impl Folder {
                     });
                     continue;
                 }
-                seen.insert(r, path);
+                seen.insert(r, path.clone());
                 cluster.insert(Object::clone(o));
             }
         }

@@ -70,12 +70,27 @@ fn slim_secret(s: &mut Secret) {
     s.string_data = None;
 }
 
+/// The parts of an Ingress wicket reads: a change to anything else (its
+/// status, which wicket itself writes) needs no rebuild.
+fn ingress_fingerprint(i: &Ingress) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    i.metadata.generation.hash(&mut h);
+    i.metadata.annotations.hash(&mut h);
+    i.metadata.labels.hash(&mut h);
+    serde_json::to_vec(&i.spec).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+/// A reflector for one kind; every change is signalled on `tx`, except,
+/// with `fingerprint`, changes that leave the fingerprint the same.
 fn reflect<K>(
     api: Api<K>,
     cfg: watcher::Config,
     kind: Kind,
     tx: mpsc::UnboundedSender<Change>,
     modify: fn(&mut K),
+    fingerprint: Option<fn(&K) -> u64>,
 ) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -86,14 +101,30 @@ where
         reflector::reflector(writer, watcher::watcher(api, cfg).modify(modify)).default_backoff();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        // What each object looked like at the last change signalled.
+        let mut seen: std::collections::HashMap<ObjectKey, u64> = Default::default();
         while let Some(ev) = stream.next().await {
             let change = |o: &K| Change {
                 kind,
                 key: ObjectKey::new(o.namespace().unwrap_or_default(), o.name_any()),
             };
             match ev {
-                Ok(Event::Apply(o) | Event::Delete(o)) => {
-                    if tx.send(change(&o)).is_err() {
+                Ok(Event::Apply(o)) => {
+                    let c = change(&o);
+                    if let Some(f) = fingerprint {
+                        let fp = f(&o);
+                        if seen.insert(c.key.clone(), fp) == Some(fp) {
+                            continue;
+                        }
+                    }
+                    if tx.send(c).is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Delete(o)) => {
+                    let c = change(&o);
+                    seen.remove(&c.key);
+                    if tx.send(c).is_err() {
                         return;
                     }
                 }
@@ -141,6 +172,7 @@ impl KubeSource {
                 Kind::ConfigMap,
                 changes.clone(),
                 slim,
+                None,
             )
         });
         KubeSource {
@@ -150,6 +182,7 @@ impl KubeSource {
                 Kind::Ingress,
                 changes.clone(),
                 slim,
+                Some(ingress_fingerprint),
             ),
             classes: reflect(
                 Api::all(client.clone()),
@@ -157,6 +190,7 @@ impl KubeSource {
                 Kind::IngressClass,
                 changes.clone(),
                 slim,
+                None,
             ),
             services: reflect(
                 api(&client, ns),
@@ -164,6 +198,7 @@ impl KubeSource {
                 Kind::Service,
                 changes.clone(),
                 slim,
+                None,
             ),
             slices: reflect(
                 api(&client, ns),
@@ -171,8 +206,16 @@ impl KubeSource {
                 Kind::EndpointSlice,
                 changes.clone(),
                 slim,
+                None,
             ),
-            secrets: reflect(api(&client, ns), cfg(), Kind::Secret, changes, slim_secret),
+            secrets: reflect(
+                api(&client, ns),
+                cfg(),
+                Kind::Secret,
+                changes,
+                slim_secret,
+                None,
+            ),
             config_maps,
         }
     }

@@ -537,6 +537,14 @@ impl Wicket {
         f.write_all(text.as_bytes()).unwrap();
     }
 
+    /// Replaces a manifest file atomically (a temporary hidden file, then a
+    /// rename), as deployment tools do: wicket never sees it half-written.
+    pub fn replace(&self, name: &str, text: &str) {
+        let tmp = self.manifests.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.manifests.path().join(name)).unwrap();
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.manifests.path().join(name)
     }
