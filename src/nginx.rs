@@ -123,6 +123,8 @@ pub struct Nginx {
     refused: Option<String>,
     /// How long loading a config may take (see [`MIN_LOAD_TIMEOUT`]).
     load_timeout: Duration,
+    /// The servers and upstreams last rendered, reused while unchanged.
+    render_cache: crate::render::RenderCache,
 }
 
 /// Writes a file atomically: a temporary file in the same folder, then a
@@ -184,6 +186,7 @@ impl Nginx {
             shutdown_timeout: Duration::from_secs(10),
             refused: None,
             load_timeout: MIN_LOAD_TIMEOUT,
+            render_cache: Default::default(),
         })
     }
 
@@ -230,7 +233,7 @@ impl Nginx {
             *slot = step.elapsed();
             step = Instant::now();
         };
-        let text = renderer.render(config, &env)?;
+        let text = renderer.render_cached(config, &env, &mut self.render_cache)?;
         lap(&mut timings.render);
         self.write_certificates(config)?;
         let dir = self.opts.state_dir.clone();

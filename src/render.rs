@@ -12,16 +12,21 @@ use std::path::Path;
 use serde::Serialize;
 use tera::{Context, Kwargs, State, Tera, Value};
 
-use crate::config::Config;
+use std::sync::Arc;
+
+use crate::config::{Config, Server, Upstream};
 
 /// The templates compiled into the binary.
 pub const EMBEDDED: &[(&str, &str)] = &[
     ("nginx.conf", include_str!("../templates/nginx.conf")),
     ("server.conf", include_str!("../templates/server.conf")),
     ("location.conf", include_str!("../templates/location.conf")),
+    ("upstream.conf", include_str!("../templates/upstream.conf")),
 ];
 
-/// The template rendered first; it includes the others.
+/// The template of the whole file; servers and upstreams are rendered from
+/// their own templates and put where it writes `# wicket-servers` and
+/// `# wicket-upstreams`.
 pub const ROOT_TEMPLATE: &str = "nginx.conf";
 
 #[derive(Debug, thiserror::Error)]
@@ -234,14 +239,216 @@ impl Renderer {
 
     /// Renders nginx.conf.
     pub fn render(&self, config: &Config, env: &RenderEnv) -> Result<String, RenderError> {
+        self.render_cached(config, env, &mut RenderCache::default())
+    }
+
+    /// Renders nginx.conf, reusing the text of every server and upstream
+    /// that is the same as in the config `cache` last rendered; the others
+    /// are rendered on every core. The cache then holds this config.
+    pub fn render_cached(
+        &self,
+        config: &Config,
+        env: &RenderEnv,
+        cache: &mut RenderCache,
+    ) -> Result<String, RenderError> {
+        let ports = Ports {
+            http: config.http_port,
+            https: config.https_port,
+        };
+        let key = (
+            ports,
+            env.ipv6,
+            config.settings.clone(),
+            config.snippets.clone(),
+        );
+        if cache.key.as_ref() != Some(&key) {
+            *cache = RenderCache {
+                key: Some(key),
+                ..RenderCache::default()
+            };
+        }
+        let part_env = PartEnv { ipv6: env.ipv6 };
+        let servers: Vec<(&Server, bool)> = std::iter::once((&config.default_server, true))
+            .chain(config.servers.iter().map(|s| (s, false)))
+            .collect();
+        let server_texts = self.parts(
+            &servers,
+            &mut cache.servers,
+            |(s, default)| {
+                format!(
+                    "{}{}",
+                    if *default { "default " } else { "" },
+                    s.server_name
+                )
+            },
+            |(s, default)| {
+                let mut ctx = Context::new();
+                ctx.insert("server", *s);
+                ctx.insert("default", default);
+                ctx.insert("ports", &ports);
+                ctx.insert("env", &part_env);
+                ("server.conf", ctx)
+            },
+            |(s, _), old| *s == old,
+        )?;
+        let upstreams: Vec<&Upstream> = config.upstreams.iter().collect();
+        let upstream_texts = self.parts(
+            &upstreams,
+            &mut cache.upstreams,
+            |u| u.name.clone(),
+            |u| {
+                let mut ctx = Context::new();
+                ctx.insert("upstream", *u);
+                ctx.insert("settings", &config.settings);
+                ("upstream.conf", ctx)
+            },
+            |u, old| **u == *old,
+        )?;
+
         let mut ctx = Context::new();
-        ctx.insert("config", config);
+        ctx.insert("config", &Head::of(config));
         ctx.insert("env", env);
-        let text = self
+        let head = self
             .tera
             .render(ROOT_TEMPLATE, &ctx)
             .map_err(RenderError::Render)?;
+        let size = head.len()
+            + server_texts.iter().map(|t| t.len()).sum::<usize>()
+            + upstream_texts.iter().map(|t| t.len()).sum::<usize>();
+        let mut text = String::with_capacity(size + 64);
+        for line in head.split_inclusive('\n') {
+            match line.trim() {
+                "# wicket-servers" => server_texts.iter().for_each(|t| text.push_str(t)),
+                "# wicket-upstreams" => upstream_texts.iter().for_each(|t| text.push_str(t)),
+                _ => {
+                    text.push_str(line);
+                    continue;
+                }
+            }
+            text.push('\n');
+        }
         Ok(splice_snippets(text, &config.snippets))
+    }
+
+    /// Renders the parts that changed since the cache's config, keeps the
+    /// rest, and leaves the cache holding these parts.
+    fn parts<T, I>(
+        &self,
+        items: &[I],
+        cache: &mut std::collections::HashMap<String, (T, Arc<str>)>,
+        key: impl Fn(&I) -> String + Sync,
+        context: impl Fn(&I) -> (&'static str, Context) + Sync,
+        same: impl Fn(&I, &T) -> bool + Sync,
+    ) -> Result<Vec<Arc<str>>, RenderError>
+    where
+        T: Send,
+        I: ToOwnedPart<T> + Sync,
+    {
+        let mut out: Vec<Option<Arc<str>>> = items
+            .iter()
+            .map(|i| {
+                cache
+                    .get(&key(i))
+                    .filter(|(old, _)| same(i, old))
+                    .map(|(_, t)| t.clone())
+            })
+            .collect();
+        let missing: Vec<usize> = (0..items.len()).filter(|i| out[*i].is_none()).collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = missing.len().div_ceil(threads).max(1);
+        let rendered: Vec<(usize, Result<String, tera::Error>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = missing
+                .chunks(chunk)
+                .map(|part| {
+                    let (context, tera) = (&context, &self.tera);
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|i| {
+                                let (name, ctx) = context(&items[*i]);
+                                (*i, tera.render(name, &ctx))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("a render thread panicked"))
+                .collect()
+        });
+        for (i, r) in rendered {
+            out[i] = Some(r.map_err(RenderError::Render)?.into());
+        }
+        let out: Vec<Arc<str>> = out.into_iter().map(|t| t.expect("rendered")).collect();
+        cache.clear();
+        for (i, t) in items.iter().zip(&out) {
+            cache.insert(key(i), (i.to_owned_part(), t.clone()));
+        }
+        Ok(out)
+    }
+}
+
+/// The listen ports, as server.conf sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+struct Ports {
+    http: u16,
+    https: u16,
+}
+
+/// What a server or upstream template sees of the environment.
+#[derive(Serialize)]
+struct PartEnv {
+    ipv6: bool,
+}
+
+/// The config as nginx.conf sees it: everything but the servers and
+/// upstreams, which are rendered apart.
+#[derive(Serialize)]
+struct Head<'a> {
+    http_port: u16,
+    https_port: u16,
+    server_names_hash_bucket_size: u32,
+    server_names_hash_max_size: u32,
+    settings: &'a crate::settings::Settings,
+    certificates: &'a [crate::config::Certificate],
+}
+
+impl<'a> Head<'a> {
+    fn of(c: &'a Config) -> Self {
+        Head {
+            http_port: c.http_port,
+            https_port: c.https_port,
+            server_names_hash_bucket_size: c.server_names_hash_bucket_size,
+            server_names_hash_max_size: c.server_names_hash_max_size,
+            settings: &c.settings,
+            certificates: &c.certificates,
+        }
+    }
+}
+
+/// The text of the servers and upstreams last rendered, with what they were
+/// rendered from.
+#[derive(Default)]
+pub struct RenderCache {
+    key: Option<(Ports, bool, crate::settings::Settings, Vec<String>)>,
+    servers: std::collections::HashMap<String, (Server, Arc<str>)>,
+    upstreams: std::collections::HashMap<String, (Upstream, Arc<str>)>,
+}
+
+/// A part of the config the cache keeps a copy of, to compare with the next.
+pub trait ToOwnedPart<T> {
+    fn to_owned_part(&self) -> T;
+}
+
+impl ToOwnedPart<Server> for (&Server, bool) {
+    fn to_owned_part(&self) -> Server {
+        self.0.clone()
+    }
+}
+
+impl ToOwnedPart<Upstream> for &Upstream {
+    fn to_owned_part(&self) -> Upstream {
+        (*self).clone()
     }
 }
 

@@ -80,3 +80,29 @@ fn regex_and_rewrite() {
 fn default_backends_and_unavailable_services() {
     golden("defaults", "tests/fixtures/golden/defaults");
 }
+
+#[test]
+fn a_cached_render_is_the_same_as_a_full_one() {
+    let (_, _, before) = render("examples");
+    let (_, _, after) = render("tests/fixtures/golden/defaults");
+    let r = Renderer::embedded().unwrap();
+    let env = RenderEnv {
+        generation: 3,
+        user: None,
+        ipv6: true,
+    };
+    let mut cache = wicket::render::RenderCache::default();
+    // Fill the cache with one config, then render others through it: each
+    // must come out exactly as a render from scratch.
+    r.render_cached(&before, &env, &mut cache).unwrap();
+    let mut changed = (*before).clone();
+    changed.servers.pop();
+    changed.upstreams.reverse();
+    changed.upstreams.pop();
+    for c in [&changed, &after, &before, &changed] {
+        assert_eq!(
+            r.render_cached(c, &env, &mut cache).unwrap(),
+            r.render(c, &env).unwrap()
+        );
+    }
+}
