@@ -413,7 +413,15 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("wicket: {e:#}");
+            // Each cause, unless the message before it already says it.
+            let mut line = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !line.contains(&c) {
+                    line = format!("{line}: {c}");
+                }
+            }
+            eprintln!("wicket: {line}");
             ExitCode::FAILURE
         }
     }

@@ -120,7 +120,7 @@ pub struct Nginx {
     /// The served config's `worker-shutdown-timeout`.
     shutdown_timeout: Duration,
     /// The text of the last config `nginx -t` refused.
-    refused: Option<String>,
+    refused: Option<std::sync::Arc<str>>,
     /// How long loading a config may take (see [`MIN_LOAD_TIMEOUT`]).
     load_timeout: Duration,
     /// The servers and upstreams last rendered, reused while unchanged.
@@ -218,7 +218,7 @@ impl Nginx {
     /// Renders, proves and loads a config.
     pub async fn apply(
         &mut self,
-        config: &Config,
+        config: &std::sync::Arc<Config>,
         renderer: &Renderer,
     ) -> Result<(Outcome, Timings), ApplyError> {
         self.generation += 1;
@@ -272,7 +272,7 @@ impl Nginx {
             return Err(e);
         }
         lap(&mut timings.reload);
-        self.good = Some((self.generation, text.into()));
+        self.good = Some((self.generation, text));
         self.shutdown_timeout =
             Duration::from_secs(config.settings.worker_shutdown_timeout.0.into());
         self.remove_unused_certificates(config);

@@ -12,6 +12,8 @@ use std::path::Path;
 use serde::Serialize;
 use tera::{Context, Kwargs, State, Tera, Value};
 
+use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::config::{Config, Server, Upstream};
@@ -239,71 +241,96 @@ impl Renderer {
 
     /// Renders nginx.conf.
     pub fn render(&self, config: &Config, env: &RenderEnv) -> Result<String, RenderError> {
-        self.render_cached(config, env, &mut RenderCache::default())
+        let (text, _) = self.assemble(config, env, None)?;
+        Ok(splice_snippets(text, &config.snippets))
     }
 
     /// Renders nginx.conf, reusing the text of every server and upstream
-    /// that is the same as in the config `cache` last rendered; the others
-    /// are rendered on every core. The cache then holds this config.
+    /// that is the same as in the config `cache` holds; the others are
+    /// rendered on every core. The cache then holds this config and the
+    /// returned text (shared, not copied).
     pub fn render_cached(
+        &self,
+        config: &Arc<Config>,
+        env: &RenderEnv,
+        cache: &mut RenderCache,
+    ) -> Result<Arc<str>, RenderError> {
+        let key = CacheKey {
+            ports: Ports {
+                http: config.http_port,
+                https: config.https_port,
+            },
+            ipv6: env.ipv6,
+            settings: config.settings.clone(),
+        };
+        // Snippets are spliced in after rendering: a text with them is not
+        // one the parts can be cut from again, so it is not kept.
+        let usable = cache.key.as_ref() == Some(&key) && config.snippets.is_empty();
+        let previous = if usable { cache.last.take() } else { None };
+        let (text, spans) = self.assemble(config, env, previous.as_ref())?;
+        *cache = RenderCache::default();
+        if config.snippets.is_empty() {
+            let text: Arc<str> = text.into();
+            cache.key = Some(key);
+            cache.last = Some(Last {
+                config: config.clone(),
+                text: text.clone(),
+                spans,
+            });
+            Ok(text)
+        } else {
+            Ok(splice_snippets(text, &config.snippets).into())
+        }
+    }
+
+    /// The text of a config (snippets not yet spliced in), taking the parts
+    /// that did not change from `previous`, and where each part is in it.
+    fn assemble(
         &self,
         config: &Config,
         env: &RenderEnv,
-        cache: &mut RenderCache,
-    ) -> Result<String, RenderError> {
+        previous: Option<&Last>,
+    ) -> Result<(String, Spans), RenderError> {
         let ports = Ports {
             http: config.http_port,
             https: config.https_port,
         };
-        let key = (
-            ports,
-            env.ipv6,
-            config.settings.clone(),
-            config.snippets.clone(),
-        );
-        if cache.key.as_ref() != Some(&key) {
-            *cache = RenderCache {
-                key: Some(key),
-                ..RenderCache::default()
-            };
-        }
         let part_env = PartEnv { ipv6: env.ipv6 };
         let servers: Vec<(&Server, bool)> = std::iter::once((&config.default_server, true))
             .chain(config.servers.iter().map(|s| (s, false)))
             .collect();
-        let server_texts = self.parts(
-            &servers,
-            &mut cache.servers,
-            |(s, default)| {
-                format!(
-                    "{}{}",
-                    if *default { "default " } else { "" },
-                    s.server_name
-                )
-            },
-            |(s, default)| {
-                let mut ctx = Context::new();
-                ctx.insert("server", *s);
-                ctx.insert("default", default);
-                ctx.insert("ports", &ports);
-                ctx.insert("env", &part_env);
-                ("server.conf", ctx)
-            },
-            |(s, _), old| *s == old,
-        )?;
+        // Where the text of a part is in the previous text, if the previous
+        // config had the same part.
+        let server_old = |(s, default): &(&Server, bool)| -> Option<Range<usize>> {
+            let last = previous?;
+            let (i, range) = last.spans.servers.get(&server_key(s, *default))?;
+            let old = if *default {
+                &last.config.default_server
+            } else {
+                last.config.servers.get(*i)?
+            };
+            (old == *s).then(|| range.clone())
+        };
+        let upstream_old = |u: &&Upstream| -> Option<Range<usize>> {
+            let last = previous?;
+            let (i, range) = last.spans.upstreams.get(&u.name)?;
+            (last.config.upstreams.get(*i)? == *u).then(|| range.clone())
+        };
+        let server_texts = self.render_parts(&servers, server_old, |(s, default)| {
+            let mut ctx = Context::new();
+            ctx.insert("server", *s);
+            ctx.insert("default", default);
+            ctx.insert("ports", &ports);
+            ctx.insert("env", &part_env);
+            ("server.conf", ctx)
+        })?;
         let upstreams: Vec<&Upstream> = config.upstreams.iter().collect();
-        let upstream_texts = self.parts(
-            &upstreams,
-            &mut cache.upstreams,
-            |u| u.name.clone(),
-            |u| {
-                let mut ctx = Context::new();
-                ctx.insert("upstream", *u);
-                ctx.insert("settings", &config.settings);
-                ("upstream.conf", ctx)
-            },
-            |u, old| **u == *old,
-        )?;
+        let upstream_texts = self.render_parts(&upstreams, upstream_old, |u| {
+            let mut ctx = Context::new();
+            ctx.insert("upstream", *u);
+            ctx.insert("settings", &config.settings);
+            ("upstream.conf", ctx)
+        })?;
 
         let mut ctx = Context::new();
         ctx.insert("config", &Head::of(config));
@@ -312,14 +339,35 @@ impl Renderer {
             .tera
             .render(ROOT_TEMPLATE, &ctx)
             .map_err(RenderError::Render)?;
+        let old_text = previous.map(|p| &*p.text);
+        let part = |p| part_text(old_text, p);
         let size = head.len()
-            + server_texts.iter().map(|t| t.len()).sum::<usize>()
-            + upstream_texts.iter().map(|t| t.len()).sum::<usize>();
+            + server_texts.iter().map(|p| part(p).len()).sum::<usize>()
+            + upstream_texts.iter().map(|p| part(p).len()).sum::<usize>();
         let mut text = String::with_capacity(size + 64);
+        let mut spans = Spans::default();
         for line in head.split_inclusive('\n') {
             match line.trim() {
-                "# wicket-servers" => server_texts.iter().for_each(|t| text.push_str(t)),
-                "# wicket-upstreams" => upstream_texts.iter().for_each(|t| text.push_str(t)),
+                "# wicket-servers" => {
+                    for (i, ((s, default), p)) in servers.iter().zip(&server_texts).enumerate() {
+                        let start = text.len();
+                        text.push_str(part(p));
+                        // Index 0 is the default server; servers[i] is i + 1.
+                        let index = i.wrapping_sub(1);
+                        spans
+                            .servers
+                            .insert(server_key(s, *default), (index, start..text.len()));
+                    }
+                }
+                "# wicket-upstreams" => {
+                    for (i, (u, p)) in upstreams.iter().zip(&upstream_texts).enumerate() {
+                        let start = text.len();
+                        text.push_str(part(p));
+                        spans
+                            .upstreams
+                            .insert(u.name.clone(), (i, start..text.len()));
+                    }
+                }
                 _ => {
                     text.push_str(line);
                     continue;
@@ -327,32 +375,17 @@ impl Renderer {
             }
             text.push('\n');
         }
-        Ok(splice_snippets(text, &config.snippets))
+        Ok((text, spans))
     }
 
-    /// Renders the parts that changed since the cache's config, keeps the
-    /// rest, and leaves the cache holding these parts.
-    fn parts<T, I>(
+    /// Renders the parts that have no old text, on every core.
+    fn render_parts<I: Sync>(
         &self,
         items: &[I],
-        cache: &mut std::collections::HashMap<String, (T, Arc<str>)>,
-        key: impl Fn(&I) -> String + Sync,
+        old: impl Fn(&I) -> Option<Range<usize>>,
         context: impl Fn(&I) -> (&'static str, Context) + Sync,
-        same: impl Fn(&I, &T) -> bool + Sync,
-    ) -> Result<Vec<Arc<str>>, RenderError>
-    where
-        T: Send,
-        I: ToOwnedPart<T> + Sync,
-    {
-        let mut out: Vec<Option<Arc<str>>> = items
-            .iter()
-            .map(|i| {
-                cache
-                    .get(&key(i))
-                    .filter(|(old, _)| same(i, old))
-                    .map(|(_, t)| t.clone())
-            })
-            .collect();
+    ) -> Result<Vec<Part>, RenderError> {
+        let mut out: Vec<Option<Part>> = items.iter().map(|i| old(i).map(Part::Old)).collect();
         let missing: Vec<usize> = (0..items.len()).filter(|i| out[*i].is_none()).collect();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let chunk = missing.len().div_ceil(threads).max(1);
@@ -377,15 +410,64 @@ impl Renderer {
                 .collect()
         });
         for (i, r) in rendered {
-            out[i] = Some(r.map_err(RenderError::Render)?.into());
+            out[i] = Some(Part::New(r.map_err(RenderError::Render)?));
         }
-        let out: Vec<Arc<str>> = out.into_iter().map(|t| t.expect("rendered")).collect();
-        cache.clear();
-        for (i, t) in items.iter().zip(&out) {
-            cache.insert(key(i), (i.to_owned_part(), t.clone()));
-        }
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .map(|p| p.expect("every part is old or rendered"))
+            .collect())
     }
+}
+
+/// A part of nginx.conf: where its text is in the last one, or new text.
+enum Part {
+    Old(Range<usize>),
+    New(String),
+}
+
+fn part_text<'a>(old: Option<&'a str>, p: &'a Part) -> &'a str {
+    match p {
+        Part::Old(r) => &old.expect("an old part has an old text")[r.clone()],
+        Part::New(t) => t,
+    }
+}
+
+fn server_key(s: &Server, default: bool) -> String {
+    if default {
+        "_default".to_string()
+    } else {
+        s.server_name.clone()
+    }
+}
+
+/// Where each server and upstream is in a rendered text: its index in the
+/// config (`usize::MAX` for the default server) and its byte range.
+#[derive(Default)]
+struct Spans {
+    servers: HashMap<String, (usize, Range<usize>)>,
+    upstreams: HashMap<String, (usize, Range<usize>)>,
+}
+
+/// What the text of the parts depends on besides the parts themselves.
+#[derive(Clone, PartialEq)]
+struct CacheKey {
+    ports: Ports,
+    ipv6: bool,
+    settings: crate::settings::Settings,
+}
+
+struct Last {
+    config: Arc<Config>,
+    text: Arc<str>,
+    spans: Spans,
+}
+
+/// The last config rendered and its text, to reuse the parts that did not
+/// change. It shares both with the caller; it copies neither.
+#[derive(Default)]
+pub struct RenderCache {
+    key: Option<CacheKey>,
+    last: Option<Last>,
 }
 
 /// The listen ports, as server.conf sees them.
@@ -423,32 +505,6 @@ impl<'a> Head<'a> {
             settings: &c.settings,
             certificates: &c.certificates,
         }
-    }
-}
-
-/// The text of the servers and upstreams last rendered, with what they were
-/// rendered from.
-#[derive(Default)]
-pub struct RenderCache {
-    key: Option<(Ports, bool, crate::settings::Settings, Vec<String>)>,
-    servers: std::collections::HashMap<String, (Server, Arc<str>)>,
-    upstreams: std::collections::HashMap<String, (Upstream, Arc<str>)>,
-}
-
-/// A part of the config the cache keeps a copy of, to compare with the next.
-pub trait ToOwnedPart<T> {
-    fn to_owned_part(&self) -> T;
-}
-
-impl ToOwnedPart<Server> for (&Server, bool) {
-    fn to_owned_part(&self) -> Server {
-        self.0.clone()
-    }
-}
-
-impl ToOwnedPart<Upstream> for &Upstream {
-    fn to_owned_part(&self) -> Upstream {
-        (*self).clone()
     }
 }
 

@@ -99,10 +99,11 @@ fn a_cached_render_is_the_same_as_a_full_one() {
     changed.servers.pop();
     changed.upstreams.reverse();
     changed.upstreams.pop();
+    let changed = std::sync::Arc::new(changed);
     for c in [&changed, &after, &before, &changed] {
         assert_eq!(
-            r.render_cached(c, &env, &mut cache).unwrap(),
-            r.render(c, &env).unwrap()
+            &*r.render_cached(c, &env, &mut cache).unwrap(),
+            r.render(c, &env).unwrap().as_str()
         );
     }
 }

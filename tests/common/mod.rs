@@ -452,42 +452,62 @@ impl Wicket {
         .await
     }
 
+    /// Starts wicket on free ports and waits until it is ready. Ports are
+    /// found free and then bound by wicket and nginx: if another test took
+    /// one meanwhile, it starts again on others.
     async fn launch(
         manifests: tempfile::TempDir,
         cmd: &[String],
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Wicket {
-        let state = tempfile::tempdir().unwrap();
-        let logs = tempfile::tempdir().unwrap();
-        let (http, https, admin) = (free_port(), free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_wicket"))
-            .args(cmd)
-            .args(["--http-port", &http.to_string()])
-            .args(["--https-port", &https.to_string()])
-            .args(["--admin-port", &admin.to_string()])
-            .arg("--state-dir")
-            .arg(state.path().join("state"))
-            .arg("--nginx-binary")
-            .arg(nginx_binary())
-            .env("RUST_LOG", "info,wicket=debug")
-            .envs(env.iter().map(|(k, v)| (*k, *v)))
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(logs.path().join("stdout")).unwrap())
-            .stderr(std::fs::File::create(logs.path().join("stderr")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut w = Wicket {
-            manifests,
-            state,
-            logs,
-            http,
-            https,
-            admin,
-            child: Some(child),
-            client: client(),
-        };
-        w.wait_ready().await;
-        w
+        let mut manifests = Some(manifests);
+        for attempt in 1.. {
+            let state = tempfile::tempdir().unwrap();
+            let logs = tempfile::tempdir().unwrap();
+            let (http, https, admin) = (free_port(), free_port(), free_port());
+            let child = Command::new(env!("CARGO_BIN_EXE_wicket"))
+                .args(cmd)
+                .args(["--http-port", &http.to_string()])
+                .args(["--https-port", &https.to_string()])
+                .args(["--admin-port", &admin.to_string()])
+                .arg("--state-dir")
+                .arg(state.path().join("state"))
+                .arg("--nginx-binary")
+                .arg(nginx_binary())
+                .env("RUST_LOG", "info,wicket=debug")
+                .envs(env.iter().map(|(k, v)| (*k, *v)))
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(logs.path().join("stdout")).unwrap())
+                .stderr(std::fs::File::create(logs.path().join("stderr")).unwrap())
+                .spawn()
+                .unwrap();
+            let mut w = Wicket {
+                manifests: manifests.take().expect("kept across attempts"),
+                state,
+                logs,
+                http,
+                https,
+                admin,
+                child: Some(child),
+                client: client(),
+            };
+            match w.wait_ready().await {
+                Ok(()) => return w,
+                Err(e) if attempt < 3 && w.logs().contains("Address already in use") => {
+                    eprintln!("a port was taken meanwhile; starting again ({e})");
+                    if let Some(mut c) = w.child.take() {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    manifests = Some(std::mem::replace(
+                        &mut w.manifests,
+                        tempfile::tempdir().unwrap(),
+                    ));
+                }
+                Err(e) => panic!("{e}\n{}", w.logs()),
+            }
+        }
+        unreachable!()
     }
 
     /// The state folder wicket was given.
@@ -504,14 +524,13 @@ impl Wicket {
         )
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "wicket exited ({status}) before it was ready\n{}",
-                    self.logs()
-                );
+                // Let a still-running nginx child release its ports.
+                self.child = None;
+                return Err(format!("wicket exited ({status}) before it was ready"));
             }
             if let Ok(a) = fetch(
                 &self.client,
@@ -520,13 +539,11 @@ impl Wicket {
             .await
                 && a.status == 200
             {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "wicket was not ready in time\n{}",
-                self.logs()
-            );
+            if Instant::now() > deadline {
+                return Err("wicket was not ready in time".into());
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
