@@ -301,6 +301,9 @@ impl Engine {
         let mut rounds = 0;
         loop {
             let (build, applied) = self.rebuild_once(cluster, files).await;
+            // The previous config, its text and the build's working set are
+            // freed by now.
+            release_free_memory();
             let Applied::Failed(ApplyError::Invalid(message)) = &applied else {
                 return (build, applied);
             };
@@ -346,7 +349,6 @@ impl Engine {
             .flatten();
         let result = self.nginx.apply(&build.config, &self.renderer).await;
         self.attempted = Some(build.config.clone());
-        release_free_memory();
         let applied = match result {
             Ok((outcome, t)) => {
                 let verb = match outcome {
