@@ -577,7 +577,7 @@ fn blame(text: &str, line: usize, config: &crate::config::Config) -> Vec<ObjectK
 /// and frees its whole working set (the parsed objects, the model, the
 /// rendered text); glibc would otherwise keep the freed pages, so the
 /// resident size after a change would be that of the peak.
-fn release_free_memory() {
+pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap pages to the kernel.
     unsafe {

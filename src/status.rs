@@ -253,6 +253,8 @@ impl StatusWriter {
             })
             .await;
         self.events(round, &published).await;
+        // Thousands of status writes allocate and free a lot.
+        crate::engine::release_free_memory();
     }
 
     async fn events(&mut self, round: &Round, published: &BTreeSet<ObjectKey>) {
