@@ -82,9 +82,9 @@ impl LegacyBackend {
 }
 
 /// Converts a legacy Ingress document.
-pub fn convert(v: serde_yaml::Value) -> Result<Ingress, String> {
+pub fn convert(v: serde_json::Value) -> Result<Ingress, String> {
     let l: LegacyIngress =
-        serde_yaml::from_value(v).map_err(|e| format!("not a valid v1beta1 Ingress: {e}"))?;
+        serde_json::from_value(v).map_err(|e| format!("not a valid v1beta1 Ingress: {e}"))?;
     let spec = l.spec.map(|s| IngressSpec {
         default_backend: s.backend.map(LegacyBackend::convert),
         ingress_class_name: s.ingress_class_name,
@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn converts_the_classic_example() {
-        let v: serde_yaml::Value = serde_yaml::from_str(
+        let v: serde_json::Value = serde_yaml::from_str(
             r#"
 apiVersion: extensions/v1beta1
 kind: Ingress
@@ -160,7 +160,7 @@ spec:
 
     #[test]
     fn misspelled_fields_are_errors_not_ignored() {
-        let v: serde_yaml::Value = serde_yaml::from_str(
+        let v: serde_json::Value = serde_yaml::from_str(
             "apiVersion: extensions/v1beta1\nkind: Ingress\nmetadata: {name: x}\nspec:\n  rules:\n  - http:\n      paths:\n      - path: /\n        backend: {serviceName: a, sevicePort: 80}\n",
         )
         .unwrap();

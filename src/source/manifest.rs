@@ -7,9 +7,10 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde_yaml::Value;
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor,
+};
+use serde_json::Value;
 
 use super::legacy;
 use crate::cluster::{DEFAULT_NAMESPACE, Object};
@@ -35,15 +36,27 @@ pub struct Manifests {
 }
 
 /// Parses the text of a file; `json` selects the JSON parser.
+///
+/// Documents are read into JSON values, which are much cheaper to build
+/// than YAML ones (whose keys may be any value and are hashed). A YAML key
+/// that is not a string is read as its text, as the API server's YAML
+/// decoder does; a key given twice in one map is an error, as there.
 pub fn parse(text: &str, json: bool) -> Result<Manifests, ManifestError> {
     let docs: Vec<Value> = if json {
-        let v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| ManifestError::Json(e.to_string()))?;
-        vec![serde_yaml::to_value(v).map_err(|e| ManifestError::Json(e.to_string()))?]
+        let mut de = serde_json::Deserializer::from_str(text);
+        let doc = Strict
+            .deserialize(&mut de)
+            .and_then(|v| de.end().map(|()| v))
+            .map_err(|e| ManifestError::Json(e.to_string()))?;
+        vec![doc]
     } else {
         let mut docs = Vec::new();
         for d in serde_yaml::Deserializer::from_str(text) {
-            docs.push(Value::deserialize(d).map_err(|e| ManifestError::Yaml(e.to_string()))?);
+            docs.push(
+                Strict
+                    .deserialize(d)
+                    .map_err(|e| ManifestError::Yaml(e.to_string()))?,
+            );
         }
         docs
     };
@@ -57,6 +70,75 @@ pub fn parse(text: &str, json: bool) -> Result<Manifests, ManifestError> {
     Ok(out)
 }
 
+/// Reads any document into a JSON value, refusing a key given twice in
+/// one map (serde_json's own reader keeps the last silently).
+#[derive(Clone, Copy)]
+struct Strict;
+
+impl<'de> DeserializeSeed<'de> for Strict {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML or JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(v) = seq.next_element_seed(self)? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format_args!(
+                    "duplicate entry with key {:?}",
+                    Printable(&key).to_string()
+                )));
+            }
+            let v = map.next_value_seed(self)?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 fn str_field<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
     v.get(key).and_then(Value::as_str)
 }
@@ -65,7 +147,7 @@ fn read_value(v: Value, out: &mut Manifests) -> Result<(), String> {
     if v.is_null() {
         return Ok(()); // an empty document, such as after a trailing `---`
     }
-    if !v.is_mapping() {
+    if !v.is_object() {
         return Err("expected an object with apiVersion and kind".into());
     }
     let api_version = str_field(&v, "apiVersion")
@@ -73,8 +155,9 @@ fn read_value(v: Value, out: &mut Manifests) -> Result<(), String> {
         .to_string();
     let kind = str_field(&v, "kind").ok_or("kind is missing")?.to_string();
     if kind == "List" || (kind.ends_with("List") && v.get("items").is_some()) {
-        let items = match v.get("items") {
-            Some(Value::Sequence(items)) => items.clone(),
+        let mut v = v;
+        let items = match v.get_mut("items").map(Value::take) {
+            Some(Value::Array(items)) => items,
             Some(Value::Null) | None => Vec::new(),
             Some(_) => return Err(format!("{kind}: items must be a list")),
         };
@@ -123,13 +206,13 @@ fn read_value(v: Value, out: &mut Manifests) -> Result<(), String> {
 }
 
 fn set_api_version(v: &mut Value, to: &str) {
-    if let Value::Mapping(m) = v {
-        m.insert(Value::from("apiVersion"), Value::from(to));
+    if let Value::Object(m) = v {
+        m.insert("apiVersion".into(), Value::from(to));
     }
 }
 
 fn typed<T: DeserializeOwned>(v: Value, kind: &str) -> Result<T, String> {
-    serde_yaml::from_value(v).map_err(|e| format!("not a valid {kind}: {e}"))
+    serde_json::from_value(v).map_err(|e| format!("not a valid {kind}: {e}"))
 }
 
 /// The API server folds `stringData` into `data`; do the same.
@@ -145,14 +228,14 @@ fn merge_string_data(mut s: Secret) -> Secret {
 
 /// Objects without a namespace are in `default`, as `kubectl apply` puts them.
 fn default_namespace(v: &mut Value) {
-    let Value::Mapping(m) = v else { return };
+    let Value::Object(m) = v else { return };
     let meta = m
-        .entry(Value::from("metadata"))
-        .or_insert_with(|| Value::Mapping(Default::default()));
-    if let Value::Mapping(meta) = meta {
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Value::Object(meta) = meta {
         let ns = meta.get("namespace");
         if ns.is_none_or(|n| n.is_null() || n.as_str() == Some("")) {
-            meta.insert(Value::from("namespace"), Value::from(DEFAULT_NAMESPACE));
+            meta.insert("namespace".into(), Value::from(DEFAULT_NAMESPACE));
         }
     }
 }
@@ -224,5 +307,50 @@ metadata: {name: web}
         );
         let e = parse("- a\n- b\n", false).unwrap_err();
         assert!(e.to_string().contains("apiVersion"), "{e}");
+    }
+
+    #[test]
+    fn keys_that_look_like_numbers_are_read_as_text() {
+        let m = parse(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {80: x, true: y, 1.5: z}\n",
+            false,
+        )
+        .unwrap();
+        let Object::ConfigMap(c) = &m.objects[0] else {
+            panic!()
+        };
+        let keys: Vec<&str> = c
+            .data
+            .as_ref()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, vec!["1.5", "80", "true"]);
+    }
+
+    #[test]
+    fn a_key_given_twice_is_an_error() {
+        let e = parse(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, annotations: {a: x, a: y}}\n",
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "not valid YAML: metadata.annotations: duplicate entry with key \"a\" at line 3 column 34"
+        );
+        let e = parse(
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"kind":"Secret"}"#,
+            true,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("duplicate entry with key \"kind\""),
+            "{e}"
+        );
+        // A JSON file holds one document.
+        let e = parse(r#"{"apiVersion":"v1"} {}"#, true).unwrap_err();
+        assert!(e.to_string().contains("trailing characters"), "{e}");
     }
 }
