@@ -18,6 +18,7 @@ pub mod engine;
 pub mod leader;
 pub mod metrics;
 pub mod nginx;
+pub mod parallel;
 pub mod problem;
 pub mod render;
 pub mod serve;

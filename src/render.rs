@@ -387,27 +387,15 @@ impl Renderer {
     ) -> Result<Vec<Part>, RenderError> {
         let mut out: Vec<Option<Part>> = items.iter().map(|i| old(i).map(Part::Old)).collect();
         let missing: Vec<usize> = (0..items.len()).filter(|i| out[*i].is_none()).collect();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let chunk = missing.len().div_ceil(threads).max(1);
-        let rendered: Vec<(usize, Result<String, tera::Error>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = missing
-                .chunks(chunk)
-                .map(|part| {
-                    let (context, tera) = (&context, &self.tera);
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|i| {
-                                let (name, ctx) = context(&items[*i]);
-                                (*i, tera.render(name, &ctx))
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().expect("a render thread panicked"))
-                .collect()
+        let rendered = crate::parallel::map(&missing, |i| {
+            let (name, ctx) = context(&items[*i]);
+            // Tera's buffer is several times the text; thousands of parts
+            // wait for assembly.
+            let text = self.tera.render(name, &ctx).map(|mut t| {
+                t.shrink_to_fit();
+                t
+            });
+            (*i, text)
         });
         for (i, r) in rendered {
             out[i] = Some(Part::New(r.map_err(RenderError::Render)?));

@@ -100,20 +100,28 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
     let policy = crate::annotations::Policy {
         allow_snippets: settings.allow_snippet_annotations,
     };
-    let mut parsed: Vec<ParsedIngress> = Vec::new();
-    for (key, ing) in &cluster.ingresses {
-        if !class::is_ours(ing, cluster, &opts.class) {
-            continue;
-        }
-        if let Some(reason) = opts.quarantine.get(key) {
-            problems.push(Problem::rejected(
-                &ObjectRef::new(Kind::Ingress, key.clone()),
+    let ours: Vec<_> = cluster
+        .ingresses
+        .iter()
+        .filter(|(_, ing)| class::is_ours(ing, cluster, &opts.class))
+        .collect();
+    // Each Ingress alone, on every core; its problems in order.
+    let results = crate::parallel::map(&ours, |(key, ing)| {
+        let mut problems = Vec::new();
+        let parsed = match opts.quarantine.get(*key) {
+            Some(reason) => Err(Problem::rejected(
+                &ObjectRef::new(Kind::Ingress, (*key).clone()),
                 None,
                 format!("quarantined: {reason}"),
-            ));
-            continue;
-        }
-        match ingress::parse(key, ing, &opts.annotations_prefix, policy, &mut problems) {
+            )),
+            None => ingress::parse(key, ing, &opts.annotations_prefix, policy, &mut problems),
+        };
+        (parsed, problems)
+    });
+    let mut parsed: Vec<ParsedIngress> = Vec::with_capacity(results.len());
+    for (p, found) in results {
+        problems.extend(found);
+        match p {
             Ok(p) => parsed.push(p),
             Err(p) => problems.push(p),
         }

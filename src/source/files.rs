@@ -5,7 +5,8 @@
 //! A file that stops parsing keeps its last good objects and reports the
 //! error; a deleted file removes its objects.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -188,26 +189,9 @@ impl Folder {
                 (name, hash)
             })
             .collect();
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(stale.len().max(1));
-        let chunk = stale.len().div_ceil(threads).max(1);
         let dir = &self.dir;
-        let results: Vec<(String, Read)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = stale
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|(name, hash)| (name.clone(), read(&dir.join(name), *hash)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().expect("a reader thread panicked"))
-                .collect()
+        let results = crate::parallel::map(&stale, |(name, hash)| {
+            (name.clone(), read(&dir.join(name), *hash))
         });
         for (name, r) in results {
             changed |= self.store(name, r);
@@ -289,9 +273,10 @@ impl Folder {
     pub fn cluster(&self) -> (Cluster, Vec<FileReport>) {
         let mut cluster = Cluster::default();
         let mut reports = Vec::new();
-        let mut seen: BTreeMap<ObjectRef, PathBuf> = BTreeMap::new();
+        // Which file defined each object first.
+        let mut seen: HashMap<ObjectRef, &str> = HashMap::new();
         for (name, st) in &self.files {
-            let path = self.dir.join(name);
+            let path = || self.dir.join(name);
             if let Some(e) = &st.error {
                 let kept = if st.good.objects.is_empty() {
                     String::new()
@@ -302,36 +287,40 @@ impl Folder {
                     )
                 };
                 reports.push(FileReport {
-                    path: path.clone(),
+                    path: path(),
                     message: format!("{e}{kept}"),
                 });
             }
             for i in &st.good.ignored {
                 reports.push(FileReport {
-                    path: path.clone(),
+                    path: path(),
                     message: format!("ignored {i}: wicket does not read this kind"),
                 });
             }
             for o in &st.good.objects {
                 if seen.len() >= MAX_OBJECTS {
                     reports.push(FileReport {
-                        path: path.clone(),
+                        path: path(),
                         message: format!(
                             "ignored: the folder holds more than {MAX_OBJECTS} objects"
                         ),
                     });
                     break;
                 }
-                let r = o.object_ref();
-                if let Some(first) = seen.get(&r) {
-                    reports.push(FileReport {
-                        path: path.clone(),
-                        message: format!("ignored {r}: already defined in {}", first.display()),
-                    });
-                    continue;
+                match seen.entry(o.object_ref()) {
+                    Entry::Occupied(first) => reports.push(FileReport {
+                        path: path(),
+                        message: format!(
+                            "ignored {}: already defined in {}",
+                            first.key(),
+                            self.dir.join(first.get()).display()
+                        ),
+                    }),
+                    Entry::Vacant(slot) => {
+                        slot.insert(name);
+                        cluster.insert(Object::clone(o));
+                    }
                 }
-                seen.insert(r, path.clone());
-                cluster.insert(Object::clone(o));
             }
         }
         (cluster, reports)
