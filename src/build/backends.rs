@@ -79,15 +79,15 @@ impl<'a> Backends<'a> {
         let Some(svc) = self.cluster.services.get(&key) else {
             return Resolution::Unavailable(format!("service {key} not found"));
         };
-        let spec = svc.spec.clone().unwrap_or_default();
+        let spec = svc.spec.as_ref();
         let port = find_port(svc, &b.port);
         let described = match &b.port {
             PortRef::Number(n) => format!("{key}:{n}"),
             PortRef::Name(n) => format!("{key}:{}", n.as_str()),
         };
 
-        if spec.type_.as_deref() == Some("ExternalName") {
-            let Some(external) = spec.external_name.as_deref() else {
+        if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+            let Some(external) = spec.and_then(|s| s.external_name.as_deref()) else {
                 return Resolution::Unavailable(format!(
                     "service {key} is of type ExternalName but has no externalName"
                 ));
