@@ -15,11 +15,13 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::{
     Ingress, IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
@@ -160,7 +162,8 @@ async fn set_status(
 pub struct StatusWriter {
     client: Client,
     ingresses: Store<Ingress>,
-    recorder: Recorder,
+    /// `reportingInstance` of the Events: this replica.
+    identity: String,
     /// Last Event sent per Ingress: (type, reason, note).
     sent: HashMap<ObjectKey, (EventType, String, String)>,
 }
@@ -172,14 +175,10 @@ const MAX_RELOAD_EVENTS: usize = 20;
 
 impl StatusWriter {
     pub fn new(client: Client, ingresses: Store<Ingress>, identity: &str) -> Self {
-        let reporter = kube::runtime::events::Reporter {
-            controller: "wicket".into(),
-            instance: Some(identity.to_string()),
-        };
         StatusWriter {
-            recorder: Recorder::new(client.clone(), reporter),
             client,
             ingresses,
+            identity: identity.to_string(),
             sent: HashMap::new(),
         }
     }
@@ -337,16 +336,60 @@ impl StatusWriter {
             note.truncate(cut);
             note.push_str(" ...");
         }
-        let ev = Event {
-            type_,
-            reason: reason.to_string(),
+        // Sent directly rather than through kube's Recorder: `sent` already
+        // keeps one Event per change, and the Recorder would keep a copy of
+        // every Event for minutes (10,000 at the first round of a large
+        // cluster) and scan them all at each send.
+        let meta = ing.meta();
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(event_name(&ing.name_any(), now.as_nanosecond())),
+                namespace: meta.namespace.clone(),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(now)),
+            type_: Some(
+                match type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .to_string(),
+            ),
+            reason: Some(reason.to_string()),
             note: Some(note),
-            action: "Sync".into(),
-            secondary: None,
+            action: Some("Sync".to_string()),
+            regarding: Some(ing.object_ref(&())),
+            reporting_controller: Some(EVENT_CONTROLLER.to_string()),
+            reporting_instance: Some(self.identity.clone()),
+            ..Event::default()
         };
-        if let Err(e) = self.recorder.publish(&ev, &ing.object_ref(&())).await {
+        let namespace = meta.namespace.as_deref().unwrap_or("default");
+        let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
             warn!(ingress = %ing.name_any(), error = %e, "could not send an Event");
         }
+    }
+}
+
+/// `reportingController` of the Events wicket sends.
+const EVENT_CONTROLLER: &str = "wicket";
+
+/// `INGRESS.NANOSECONDS` (hex), as kubectl and kube name Events, with the
+/// Ingress name shortened so the whole stays a DNS subdomain of at most 253
+/// characters.
+fn event_name(ingress: &str, nanos: i128) -> String {
+    let suffix = format!("{:x}", nanos.max(0));
+    let room = 253 - 1 - suffix.len();
+    let cut = (0..=ingress.len().min(room))
+        .rev()
+        .find(|i| ingress.is_char_boundary(*i))
+        .unwrap_or(0);
+    let prefix = ingress[..cut].trim_end_matches(['.', '-']);
+    if prefix.is_empty() {
+        format!("ingress.{suffix}")
+    } else {
+        format!("{prefix}.{suffix}")
     }
 }
 
@@ -360,5 +403,25 @@ pub async fn clear(client: &Client, ingresses: &Store<Ingress>, served: &BTreeSe
         {
             warn!(ingress = %ing.name_any(), error = %e, "status not cleared");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_name;
+
+    #[test]
+    fn event_names_are_subdomains_of_at_most_253_characters() {
+        assert_eq!(event_name("shop", 0x1234), "shop.1234");
+        let long = format!("{}.b", "a".repeat(240));
+        let name = event_name(&long, i128::from(i64::MAX));
+        assert_eq!(name.len(), 253);
+        assert_eq!(name, format!("{}.7fffffffffffffff", "a".repeat(236)));
+        // A cut that would leave `.` or `-` before the suffix drops it.
+        let dotted = format!("{}.{}", "a".repeat(235), "b".repeat(10));
+        assert_eq!(
+            event_name(&dotted, i128::from(i64::MAX)),
+            format!("{}.7fffffffffffffff", "a".repeat(235))
+        );
     }
 }
