@@ -39,6 +39,8 @@ pub struct ApiServer {
     apiserver: Option<Child>,
     pub port: u16,
     etcd_port: u16,
+    /// Whether the API server was ready once (its port is then known).
+    served: bool,
     pub ca_pem: String,
 }
 
@@ -107,6 +109,7 @@ impl ApiServer {
             apiserver: None,
             port: free_port(),
             etcd_port,
+            served: false,
         };
         s.start_apiserver().await;
         s
@@ -154,14 +157,25 @@ impl ApiServer {
     pub async fn start_apiserver(&mut self) {
         self.spawn_apiserver();
         let client = super::tls_client(&[&self.ca_pem]);
-        let url = format!("https://127.0.0.1:{}/readyz", self.port);
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut attempts = 1;
         loop {
             if let Some(st) = self.apiserver.as_mut().unwrap().try_wait().unwrap() {
-                panic!("kube-apiserver exited ({st})\n{}", self.logs());
+                let logs = self.logs();
+                // Another test may take the port between free_port() and
+                // the bind; only a first start may move to another one.
+                if !self.served && attempts < 5 && logs.contains("address already in use") {
+                    attempts += 1;
+                    self.port = free_port();
+                    self.spawn_apiserver();
+                    continue;
+                }
+                panic!("kube-apiserver exited ({st})\n{logs}");
             }
+            let url = format!("https://127.0.0.1:{}/readyz", self.port);
             let r = client.get(&url).bearer_auth(ADMIN_TOKEN).send().await;
             if r.is_ok_and(|r| r.status() == 200) {
+                self.served = true;
                 return;
             }
             assert!(
