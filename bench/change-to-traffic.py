@@ -15,7 +15,7 @@ Each change is broken down with wicket's `reloaded nginx` log line:
   build_ms, render_ms, write_ms, nginx_test_ms, reload_ms (from the line)
   first-answer = 200 seen - log time (the poll is every 2 ms)
 
-    bench/change-to-traffic.py [--ingresses 1000] [--changes 10] [--debounce-ms 50]
+    bench/change-to-traffic.py [--ingresses 1000] [--changes 10] [--debounce-ms MS]
                                [--templates DIR]
 
 Targets: median <= 300 ms, none over 2 s, no failed request.
@@ -109,7 +109,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ingresses", type=int, default=1000)
     ap.add_argument("--changes", type=int, default=10)
-    ap.add_argument("--debounce-ms", type=int, default=50)
+    ap.add_argument("--debounce-ms", type=int, help="passed to wicket serve (default: wicket's own)")
     ap.add_argument("--pause", type=float, default=1.0, help="seconds between changes")
     ap.add_argument("--load-interval", type=float, default=0.005, help="seconds between load requests")
     ap.add_argument("--backend-port", type=int, default=18080)
@@ -136,7 +136,8 @@ def main() -> int:
             wicket = subprocess.Popen(
                 [WICKET, "serve", "--manifests", manifests,
                  "--http-port", str(http_port), "--https-port", str(https_port),
-                 "--admin-port", str(admin_port), "--debounce-ms", str(a.debounce_ms)]
+                 "--admin-port", str(admin_port)]
+                + (["--debounce-ms", str(a.debounce_ms)] if a.debounce_ms is not None else [])
                 + (["--templates", a.templates] if a.templates else []),
                 stdout=subprocess.DEVNULL, stderr=logf, env=env, start_new_session=True)
         deadline = time.time() + 120
@@ -209,7 +210,8 @@ def main() -> int:
 
     totals = [r["total"] for r in results]
     print()
-    print(f"change to traffic, {a.changes} changes over {a.ingresses} Ingresses (debounce {a.debounce_ms} ms"
+    print(f"change to traffic, {a.changes} changes over {a.ingresses} Ingresses (debounce "
+          + (f"{a.debounce_ms} ms" if a.debounce_ms is not None else "wicket's default")
           + (f", templates {a.templates}" if a.templates else "") + "):")
     print(f"  total ms min/median/max {min(totals):.1f}/{statistics.median(totals):.1f}/{max(totals):.1f}")
     parts = ["before_build", "build_ms", "render_ms", "write_ms", "nginx_test_ms", "reload_ms", "first_answer"]
