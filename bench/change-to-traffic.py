@@ -33,19 +33,10 @@ import threading
 import time
 from datetime import datetime
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.dont_write_bytecode = True
-sys.path.insert(0, HERE)
-gen = __import__("gen-manifests")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import REPO, WICKET, gen, out_dir, sh, stop_wicket  # noqa: E402
 
-WICKET = os.environ.get("WICKET", os.path.join(REPO, "target/release/wicket"))
-OUT = os.path.join(REPO, "target/bench-out/change-to-traffic")
-
-
-def sh(cmd: str) -> str:
-    return subprocess.run(["bash", "-c", f'. "{HERE}/lib.sh"; {cmd}'],
-                          check=True, capture_output=True, text=True).stdout.strip()
+OUT = out_dir("change-to-traffic")
 
 
 def get(port: int, host: str, path: str = "/", timeout: float = 2.0):
@@ -198,14 +189,7 @@ def main() -> int:
     finally:
         if load:
             load.stop.set()
-        if wicket and wicket.poll() is None:
-            wicket.send_signal(signal.SIGTERM)
-            try:
-                wicket.wait(30)
-            except subprocess.TimeoutExpired:
-                wicket.kill()
-        if wicket:
-            sh(f'stop_nginx_of "{log_path}"')
+        stop_wicket(wicket, log_path)
         sh(f'stop_backend "{backend}"')
 
     totals = [r["total"] for r in results]

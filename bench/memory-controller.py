@@ -28,19 +28,11 @@ import sys
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.dont_write_bytecode = True
-sys.path.insert(0, HERE)
-gen = __import__("gen-manifests")
-WICKET = os.environ.get("WICKET", os.path.join(REPO, "target/release/wicket"))
-OUT = os.path.join(REPO, "target/bench-out/memory-controller")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import REPO, WICKET, gen, out_dir, sh, stop_wicket  # noqa: E402
+
+OUT = out_dir("memory-controller")
 TOKEN = "wicket-bench-admin-token"
-
-
-def sh(cmd):
-    return subprocess.run(["bash", "-c", f'. "{HERE}/lib.sh"; {cmd}'], check=True,
-                          capture_output=True, text=True).stdout.strip()
 
 
 def bench_address(i):
@@ -282,14 +274,7 @@ def main():
         print(f"  target <= 150 MiB resident: {'PASS' if last['VmHWM'] <= 150 else 'FAIL'} "
               f"(peak VmHWM {last['VmHWM']:.0f} MiB); wicket log lines mentioning status: {statuses}")
     finally:
-        if wicket and wicket.poll() is None:
-            wicket.send_signal(signal.SIGTERM)
-            try:
-                wicket.wait(30)
-            except subprocess.TimeoutExpired:
-                wicket.kill()
-        if wicket:
-            sh(f'stop_nginx_of "{os.path.join(OUT, "wicket.log")}"')
+        stop_wicket(wicket, os.path.join(OUT, "wicket.log"))
         for x in reversed(procs):
             x.terminate()
             try:
