@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::admin::Status;
 use crate::build;
@@ -120,6 +121,17 @@ pub async fn run(opts: ServeOptions, renderer: Renderer) -> Result<(), ServeErro
     Ok(())
 }
 
+/// Whether an event may mean new content. Opening and reading a file (which
+/// wicket itself does when it re-reads one) does not: acting on those would
+/// re-read every file read, forever. A close after writing does.
+fn changes_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// Re-reads what the events touched. Returns whether anything changed.
 fn apply_events(folder: &mut Folder, batch: Vec<notify::Result<notify::Event>>) -> bool {
     let mut changed = false;
@@ -130,8 +142,12 @@ fn apply_events(folder: &mut Folder, batch: Vec<notify::Result<notify::Event>>) 
                 if ev.need_rescan() {
                     full = true;
                 }
+                if !changes_content(&ev.kind) {
+                    continue;
+                }
                 for p in &ev.paths {
                     if folder.owns(p) {
+                        debug!(file = %p.display(), kind = ?ev.kind, "re-reading a manifest file");
                         changed |= folder.refresh(p);
                     } else if p.as_path() != folder.dir() {
                         // Something else in the folder changed (a symlinked
@@ -155,4 +171,31 @@ fn apply_events(folder: &mut Folder, batch: Vec<notify::Result<notify::Event>>) 
         }
     }
     changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn reading_a_file_is_not_a_change() {
+        assert!(!changes_content(&EventKind::Access(AccessKind::Open(
+            AccessMode::Read
+        ))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Read)));
+        for kind in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+            EventKind::Other,
+        ] {
+            assert!(changes_content(&kind), "{kind:?}");
+        }
+    }
 }

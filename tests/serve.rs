@@ -549,6 +549,17 @@ async fn files_edited_renamed_broken_and_deleted_while_serving() {
     .await;
     assert_eq!(w.get("a.example.com", "/").await.who(), "one");
 
+    // Reading a file is not a change: while nothing is written nothing is
+    // read again (wicket's own reads once fed a loop that never ended).
+    const REREAD: &str = "re-reading a manifest file";
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        w.logs().matches(REREAD).count(),
+        0,
+        "files re-read with no change\n{}",
+        w.logs()
+    );
+
     // Edited in place.
     w.write(
         "a.yaml",
@@ -558,6 +569,7 @@ async fn files_edited_renamed_broken_and_deleted_while_serving() {
         a.who() == "two"
     })
     .await;
+    assert!(w.logs().contains(REREAD), "{}", w.logs());
 
     // Renamed: still served, from the new name.
     std::fs::rename(w.path("a.yaml"), w.path("b.yml")).unwrap();
