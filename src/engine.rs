@@ -252,32 +252,15 @@ impl Engine {
             suspects = suspects.len(),
             "looking for the Ingress nginx refuses by bisection"
         );
-        while suspects.len() > 1 {
-            let half = suspects.split_off(suspects.len() / 2);
-            // Without the first half: if nginx accepts it, the culprit is there.
-            let mut opts = self.opts.clone();
+        let (nginx, renderer, opts) = (&mut self.nginx, &self.renderer, &self.opts);
+        find_culprit(&suspects, async |quarantined: &[ObjectKey]| {
+            let mut opts = opts.clone();
             opts.quarantine
-                .extend(suspects.iter().map(|k| (k.clone(), String::new())));
+                .extend(quarantined.iter().map(|k| (k.clone(), String::new())));
             let without = build::build(cluster, &opts);
-            if self
-                .nginx
-                .check(&without.config, &self.renderer)
-                .await
-                .is_err()
-            {
-                suspects = half;
-            }
-        }
-        // Confirm: without it, nginx accepts the config.
-        let key = suspects.pop()?;
-        let mut opts = self.opts.clone();
-        opts.quarantine.insert(key.clone(), String::new());
-        let without = build::build(cluster, &opts);
-        self.nginx
-            .check(&without.config, &self.renderer)
-            .await
-            .ok()
-            .map(|_| key)
+            nginx.check(&without.config, renderer).await.is_err()
+        })
+        .await
     }
 
     pub fn nginx(&self) -> &Nginx {
@@ -511,6 +494,33 @@ fn summary(before: Option<&Config>, after: &Config) -> String {
     }
 }
 
+/// One suspect that makes nginx refuse the config, found by bisection:
+/// `refused(q)` says whether nginx refuses the config built with the
+/// suspects `q` left out. The smallest prefix of the suspects that nginx
+/// refuses ends with a culprit, so one is found even when several suspects
+/// are refused; the caller quarantines it and looks again. `None` when the
+/// config is refused without any suspect.
+async fn find_culprit<K: Clone>(
+    suspects: &[K],
+    mut refused: impl AsyncFnMut(&[K]) -> bool,
+) -> Option<K> {
+    // Refused with the first `hi` suspects; accepted with the first `lo`
+    // (with none, checked at the end if it comes to that).
+    let (mut lo, mut hi) = (0, suspects.len());
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if refused(&suspects[mid..]).await {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    if hi == 0 || (lo == 0 && refused(suspects).await) {
+        return None;
+    }
+    Some(suspects[hi - 1].clone())
+}
+
 /// The line number nginx names in an error (`... in FILE:LINE`).
 fn error_line(message: &str) -> Option<usize> {
     message
@@ -619,6 +629,31 @@ pub async fn coalesce<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn bisection_finds_one_culprit_among_several() {
+        let suspects: Vec<u32> = (0..10).collect();
+        for culprits in [vec![0], vec![9], vec![3, 7], vec![0, 9], vec![2, 3, 4, 5]] {
+            let mut checks = 0;
+            let found = find_culprit(&suspects, async |quarantined: &[u32]| {
+                checks += 1;
+                culprits.iter().any(|c| !quarantined.contains(c))
+            })
+            .await;
+            // The first culprit in the suspects' order, in at most
+            // log2(10) + 1 checks.
+            assert_eq!(found, Some(culprits[0]), "{culprits:?}");
+            assert!(checks <= 5, "{checks} checks for {culprits:?}");
+        }
+        // Refused whatever is left out: no suspect is to blame.
+        assert_eq!(find_culprit(&suspects, async |_: &[u32]| true).await, None);
+        assert_eq!(find_culprit(&[7], async |_: &[u32]| true).await, None);
+        assert_eq!(
+            find_culprit(&[7], async |q: &[u32]| q.is_empty()).await,
+            Some(7)
+        );
+        assert_eq!(find_culprit::<u32>(&[], async |_: &[u32]| true).await, None);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn coalescing_waits_for_quiet_but_not_forever() {
