@@ -172,7 +172,7 @@ impl Metrics {
         );
         let config_info = Family::<Labels, Gauge>::default();
         r.register(
-            "wicket_config",
+            "wicket_config_info",
             "The config nginx serves, by hash (an info metric)",
             config_info.clone(),
         );

@@ -63,7 +63,7 @@ async fn metrics_have_prometheus_names_and_types_and_move() {
         ("wicket_reloads", "counter"),
         ("wicket_last_reload_duration_seconds", "gauge"),
         ("wicket_last_reload_success_timestamp_seconds", "gauge"),
-        ("wicket_config", "gauge"),
+        ("wicket_config_info", "gauge"),
         ("wicket_rebuild_duration_seconds", "histogram"),
         ("wicket_ingresses_served", "gauge"),
         ("wicket_ingresses_rejected", "gauge"),
@@ -88,7 +88,7 @@ async fn metrics_have_prometheus_names_and_types_and_move() {
     assert!(v["wicket_last_reload_duration_seconds"] > 0.0);
     let hash = v
         .keys()
-        .find(|k| k.starts_with("wicket_config{hash="))
+        .find(|k| k.starts_with("wicket_config_info{hash="))
         .cloned()
         .unwrap();
 
@@ -110,7 +110,9 @@ async fn metrics_have_prometheus_names_and_types_and_move() {
     assert!(v["wicket_rebuild_duration_seconds_count"] >= 2.0);
     assert!(!v.contains_key(&hash), "the config hash changed: {v:?}");
     assert_eq!(
-        v.keys().filter(|k| k.starts_with("wicket_config{")).count(),
+        v.keys()
+            .filter(|k| k.starts_with("wicket_config_info{"))
+            .count(),
         1
     );
 }
