@@ -297,6 +297,13 @@ fn lint_and_values_schema() {
         ("defaultSslCertificate=just-a-name", "defaultSslCertificate"),
         ("ingressClass.name=Not_A_Name", "name"),
         ("extraArgs[0]=verbose", "extraArgs"),
+        ("resources.request.cpu=1", "request"),
+        (
+            "securityContext.readOnlyRootFileSystem=true",
+            "readOnlyRootFileSystem",
+        ),
+        ("livenessProbe.periodSecond=5", "periodSecond"),
+        ("updateStrategy.rollingUpdate.maxSurg=1", "maxSurg"),
         (
             "podDisruptionBudget.minAvailable=1",
             "minAvailable or maxUnavailable",
