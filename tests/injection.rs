@@ -112,8 +112,9 @@ struct Field {
     /// (an Ingress pointing at a missing Service, say); "" when the object
     /// is simply left out.
     broken: &'static str,
-    /// The Ingress this field belongs to, if the field is an Ingress's.
-    ingress: Option<(&'static str, &'static str)>,
+    /// The Ingress this field belongs to, given the value, if the field is
+    /// an Ingress's: when it is not served, a reason must say why.
+    ingress: fn(&str) -> Option<ObjectKey>,
 }
 
 fn ingress_with(name: &str, ns: &str, annotations: &str, spec: &str) -> String {
@@ -137,6 +138,20 @@ fn default_rule() -> String {
     rule("x.example.com", "/x", "Prefix", "web", "{name: http}")
 }
 
+/// The Ingress most fields belong to.
+fn ingress_x(_: &str) -> Option<ObjectKey> {
+    Some(ObjectKey::new("p", "x"))
+}
+
+/// `v` if it is one of `valid`, else a value that is not.
+fn valid_or(v: &str, valid: &[&str], other: &str) -> String {
+    if valid.contains(&v) {
+        v.into()
+    } else {
+        other.into()
+    }
+}
+
 fn path_twin(v: &str) -> String {
     if v.trim_end_matches('/').is_empty() {
         "/".into()
@@ -151,14 +166,20 @@ fn fields() -> Vec<Field> {
             name: "Ingress metadata.name",
             make: |v| ingress_with(v, "p", "", &default_rule()),
             twin: |_| "twin".into(),
-            ingress: None,
+            ingress: |v| Some(ObjectKey::new("p", v)),
             broken: "",
         },
         Field {
             name: "Ingress metadata.namespace",
             make: |v| ingress_with("x", v, "", &default_rule()),
             twin: |_| "twin".into(),
-            ingress: None,
+            // An empty namespace is `default`, as kubectl would have it.
+            ingress: |v| {
+                Some(ObjectKey::new(
+                    if v.is_empty() { "default" } else { v },
+                    "x",
+                ))
+            },
             broken: "",
         },
         Field {
@@ -176,7 +197,7 @@ fn fields() -> Vec<Field> {
                 v if v.starts_with("*.") => "*.twin.example.com".into(),
                 _ => "twin.example.com".into(),
             },
-            ingress: Some(("p", "x")),
+            ingress: ingress_x,
             broken: "",
         },
         Field {
@@ -196,7 +217,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |v| path_twin(&format!("/{v}"))[1..].to_string(),
-            ingress: Some(("p", "x")),
+            ingress: ingress_x,
             broken: "",
         },
         Field {
@@ -216,7 +237,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |_| "twin".into(),
-            ingress: Some(("p", "x")),
+            ingress: ingress_x,
             broken: "",
         },
         Field {
@@ -236,7 +257,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |_| "twin".into(),
-            ingress: Some(("p", "x")),
+            ingress: ingress_x,
             broken: "",
         },
         Field {
@@ -253,7 +274,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |_| "twin".into(),
-            ingress: Some(("p", "x")),
+            ingress: ingress_x,
             broken: "",
         },
         Field {
@@ -272,7 +293,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |_| "twin".into(),
-            ingress: Some(("p", "x")),
+            ingress: ingress_x,
             broken: "",
         },
         Field {
@@ -292,7 +313,7 @@ fn fields() -> Vec<Field> {
                     "twin".into()
                 }
             },
-            ingress: Some(("p", "x")),
+            ingress: ingress_x,
             broken: "",
         },
         Field {
@@ -318,7 +339,108 @@ fn fields() -> Vec<Field> {
                     "twin".into()
                 }
             },
-            ingress: Some(("p", "x")),
+            ingress: ingress_x,
+            broken: "",
+        },
+        Field {
+            name: "spec.defaultBackend service name and port name",
+            make: |v| {
+                ingress_with(
+                    "x",
+                    "p",
+                    "",
+                    &format!(
+                        "  defaultBackend: {{service: {{name: {}, port: {{name: {}}}}}}}\n{}",
+                        y(v),
+                        y(v),
+                        default_rule()
+                    ),
+                )
+            },
+            twin: |_| "twin".into(),
+            ingress: ingress_x,
+            broken: "",
+        },
+        Field {
+            name: "spec.ingressClassName",
+            make: |v| {
+                ingress_with(
+                    "x",
+                    "p",
+                    "",
+                    &format!("  ingressClassName: {}\n{}", y(v), default_rule()),
+                )
+            },
+            twin: |v| valid_or(v, &["wicket", ""], "other"),
+            // Another class's Ingress is not ours to serve or reject.
+            ingress: |_| None,
+            broken: "",
+        },
+        Field {
+            name: "kubernetes.io/ingress.class annotation",
+            make: |v| {
+                ingress_with(
+                    "x",
+                    "p",
+                    &format!("kubernetes.io/ingress.class: {}", y(v)),
+                    &default_rule(),
+                )
+            },
+            twin: |v| valid_or(v, &["wicket", ""], "other"),
+            ingress: |_| None,
+            broken: "",
+        },
+        Field {
+            name: "IngressClass spec.controller",
+            make: |v| {
+                format!(
+                    "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {{name: wicket}}\nspec: {{controller: {}}}\n---\n{}",
+                    y(v),
+                    ingress_with(
+                        "x",
+                        "p",
+                        "",
+                        &format!("  ingressClassName: wicket\n{}", default_rule())
+                    )
+                )
+            },
+            twin: |v| valid_or(v, &["wicket.dev/ingress-controller"], "example.com/other"),
+            ingress: |_| None,
+            broken: "",
+        },
+        Field {
+            name: "pathType",
+            make: |v| {
+                ingress_with(
+                    "x",
+                    "p",
+                    "",
+                    &rule("x.example.com", "/x", v, "web", "{name: http}")
+                        .replace(&format!("pathType: {v}"), &format!("pathType: {}", y(v))),
+                )
+            },
+            twin: |v| valid_or(v, &["Exact", "Prefix", "ImplementationSpecific"], "Twin"),
+            ingress: ingress_x,
+            broken: "",
+        },
+        Field {
+            name: "use-regex value",
+            make: |v| {
+                ingress_with(
+                    "x",
+                    "p",
+                    &format!("nginx.ingress.kubernetes.io/use-regex: {}", y(v)),
+                    &rule(
+                        "x.example.com",
+                        "/x(/|$)(.*)",
+                        "ImplementationSpecific",
+                        "web",
+                        "{name: http}",
+                    ),
+                )
+            },
+            twin: |v| valid_or(v, &["true", "false"], "twin"),
+            ingress: ingress_x,
             broken: "",
         },
         Field {
@@ -343,7 +465,7 @@ fn fields() -> Vec<Field> {
                     "twin".into()
                 }
             },
-            ingress: Some(("p", "x")),
+            ingress: ingress_x,
             broken: "",
         },
         Field {
@@ -361,7 +483,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |_| "twin.example.com".into(),
-            ingress: None,
+            ingress: |_| None,
             broken: "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: x, namespace: p}\nspec:\n  rules:\n  - host: x.example.com\n    http: {paths: [{path: /x, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}]}\n",
         },
         Field {
@@ -385,7 +507,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |_| "twin".into(),
-            ingress: None,
+            ingress: |_| None,
             broken: "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: x, namespace: p}\nspec:\n  rules:\n  - host: x.example.com\n    http: {paths: [{path: /x, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}]}\n",
         },
         Field {
@@ -403,7 +525,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |_| "10.9.9.9".into(),
-            ingress: None,
+            ingress: |_| None,
             broken: "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: x, namespace: p}\nspec:\n  rules:\n  - host: x.example.com\n    http: {paths: [{path: /x, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}]}\n",
         },
         Field {
@@ -415,7 +537,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |_| "1".into(),
-            ingress: None,
+            ingress: |_| None,
             broken: "",
         },
     ]
@@ -493,8 +615,7 @@ fn check(field: &Field, value: &str) -> Result<(), TestCaseError> {
         field.name,
         hostile.text
     );
-    if let Some((ns, name)) = field.ingress {
-        let key = ObjectKey::new(ns, name);
+    if let Some(key) = (field.ingress)(value) {
         if !hostile.served.contains(&key) {
             prop_assert!(
                 hostile
