@@ -9,10 +9,12 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+
 use proptest::prelude::*;
 use wicket::build::{self, ClassOptions, Options};
-use wicket::cluster::{Cluster, Kind, ObjectKey};
-use wicket::conf_syntax::{Node, canonical};
+use wicket::cluster::{Cluster, Kind, Object, ObjectKey};
+use wicket::conf_syntax::{Node, Token, canonical, tokenize};
 use wicket::problem::Severity;
 use wicket::render::{RenderEnv, Renderer};
 use wicket::source::manifest;
@@ -93,6 +95,48 @@ fn try_render(extra: &str) -> Option<Rendered> {
     })
 }
 
+/// The nginx variables (`$name`, `${name}`) the config refers to, counted,
+/// outside the arguments of `location` and `server_name`, where nginx reads
+/// `$` literally. nginx has no escape for `$`, so the structure alone would
+/// not show a value that smuggles `$host` into a quoted argument.
+fn variables(text: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let mut directive: Option<String> = None;
+    for t in tokenize(text).expect("the rendered config tokenizes") {
+        match t {
+            Token::Value { text, .. } => match &directive {
+                None => directive = Some(text),
+                Some(d) if d == "location" || d == "server_name" => {}
+                Some(_) => {
+                    let mut rest = text.as_str();
+                    while let Some(i) = rest.find('$') {
+                        rest = &rest[i + 1..];
+                        let name: String = rest
+                            .trim_start_matches('{')
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                            .collect();
+                        // `$1`: a capture of the location's regex, not a variable.
+                        if name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+                            *out.entry(name).or_default() += 1;
+                        }
+                    }
+                }
+            },
+            Token::End { .. } | Token::Open { .. } | Token::Close { .. } => directive = None,
+        }
+    }
+    out
+}
+
+#[test]
+fn variables_are_counted_where_nginx_expands_them() {
+    let text = "server { server_name \"$a\"; location ~ ^/x(/|$)(.*) { rewrite ^ \"/$2${host}$host\" break; return 200 \"$request_id\"; } }";
+    let want: BTreeMap<String, usize> =
+        [("host".to_string(), 2), ("request_id".to_string(), 1)].into();
+    assert_eq!(variables(text), want);
+}
+
 fn shape(text: &str) -> Vec<Node> {
     canonical(text).unwrap_or_else(|e| panic!("the rendered config does not tokenize: {e}\n{text}"))
 }
@@ -112,9 +156,9 @@ struct Field {
     /// (an Ingress pointing at a missing Service, say); "" when the object
     /// is simply left out.
     broken: &'static str,
-    /// The Ingress this field belongs to, given the value, if the field is
-    /// an Ingress's: when it is not served, a reason must say why.
-    ingress: fn(&str) -> Option<ObjectKey>,
+    /// Whether the field is the Ingress's of the case: when that Ingress is
+    /// not served, a reason must say why.
+    ingress: bool,
 }
 
 fn ingress_with(name: &str, ns: &str, annotations: &str, spec: &str) -> String {
@@ -136,11 +180,6 @@ fn rule(host: &str, path: &str, path_type: &str, svc: &str, port: &str) -> Strin
 
 fn default_rule() -> String {
     rule("x.example.com", "/x", "Prefix", "web", "{name: http}")
-}
-
-/// The Ingress most fields belong to.
-fn ingress_x(_: &str) -> Option<ObjectKey> {
-    Some(ObjectKey::new("p", "x"))
 }
 
 /// `v` if it is one of `valid`, else a value that is not.
@@ -166,20 +205,14 @@ fn fields() -> Vec<Field> {
             name: "Ingress metadata.name",
             make: |v| ingress_with(v, "p", "", &default_rule()),
             twin: |_| "twin".into(),
-            ingress: |v| Some(ObjectKey::new("p", v)),
+            ingress: true,
             broken: "",
         },
         Field {
             name: "Ingress metadata.namespace",
             make: |v| ingress_with("x", v, "", &default_rule()),
             twin: |_| "twin".into(),
-            // An empty namespace is `default`, as kubectl would have it.
-            ingress: |v| {
-                Some(ObjectKey::new(
-                    if v.is_empty() { "default" } else { v },
-                    "x",
-                ))
-            },
+            ingress: true,
             broken: "",
         },
         Field {
@@ -197,7 +230,7 @@ fn fields() -> Vec<Field> {
                 v if v.starts_with("*.") => "*.twin.example.com".into(),
                 _ => "twin.example.com".into(),
             },
-            ingress: ingress_x,
+            ingress: true,
             broken: "",
         },
         Field {
@@ -217,7 +250,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |v| path_twin(&format!("/{v}"))[1..].to_string(),
-            ingress: ingress_x,
+            ingress: true,
             broken: "",
         },
         Field {
@@ -237,7 +270,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |_| "twin".into(),
-            ingress: ingress_x,
+            ingress: true,
             broken: "",
         },
         Field {
@@ -257,7 +290,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |_| "twin".into(),
-            ingress: ingress_x,
+            ingress: true,
             broken: "",
         },
         Field {
@@ -274,7 +307,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |_| "twin".into(),
-            ingress: ingress_x,
+            ingress: true,
             broken: "",
         },
         Field {
@@ -293,7 +326,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |_| "twin".into(),
-            ingress: ingress_x,
+            ingress: true,
             broken: "",
         },
         Field {
@@ -313,7 +346,7 @@ fn fields() -> Vec<Field> {
                     "twin".into()
                 }
             },
-            ingress: ingress_x,
+            ingress: true,
             broken: "",
         },
         Field {
@@ -339,7 +372,7 @@ fn fields() -> Vec<Field> {
                     "twin".into()
                 }
             },
-            ingress: ingress_x,
+            ingress: true,
             broken: "",
         },
         Field {
@@ -358,7 +391,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |_| "twin".into(),
-            ingress: ingress_x,
+            ingress: true,
             broken: "",
         },
         Field {
@@ -373,7 +406,7 @@ fn fields() -> Vec<Field> {
             },
             twin: |v| valid_or(v, &["wicket", ""], "other"),
             // Another class's Ingress is not ours to serve or reject.
-            ingress: |_| None,
+            ingress: false,
             broken: "",
         },
         Field {
@@ -387,7 +420,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |v| valid_or(v, &["wicket", ""], "other"),
-            ingress: |_| None,
+            ingress: false,
             broken: "",
         },
         Field {
@@ -405,7 +438,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |v| valid_or(v, &["wicket.dev/ingress-controller"], "example.com/other"),
-            ingress: |_| None,
+            ingress: false,
             broken: "",
         },
         Field {
@@ -420,7 +453,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |v| valid_or(v, &["Exact", "Prefix", "ImplementationSpecific"], "Twin"),
-            ingress: ingress_x,
+            ingress: true,
             broken: "",
         },
         Field {
@@ -440,7 +473,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |v| valid_or(v, &["true", "false"], "twin"),
-            ingress: ingress_x,
+            ingress: true,
             broken: "",
         },
         Field {
@@ -465,7 +498,7 @@ fn fields() -> Vec<Field> {
                     "twin".into()
                 }
             },
-            ingress: ingress_x,
+            ingress: true,
             broken: "",
         },
         Field {
@@ -483,7 +516,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |_| "twin.example.com".into(),
-            ingress: |_| None,
+            ingress: false,
             broken: "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: x, namespace: p}\nspec:\n  rules:\n  - host: x.example.com\n    http: {paths: [{path: /x, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}]}\n",
         },
         Field {
@@ -507,7 +540,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |_| "twin".into(),
-            ingress: |_| None,
+            ingress: false,
             broken: "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: x, namespace: p}\nspec:\n  rules:\n  - host: x.example.com\n    http: {paths: [{path: /x, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}]}\n",
         },
         Field {
@@ -525,7 +558,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |_| "10.9.9.9".into(),
-            ingress: |_| None,
+            ingress: false,
             broken: "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: x, namespace: p}\nspec:\n  rules:\n  - host: x.example.com\n    http: {paths: [{path: /x, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}]}\n",
         },
         Field {
@@ -537,7 +570,7 @@ fn fields() -> Vec<Field> {
                 )
             },
             twin: |_| "1".into(),
-            ingress: |_| None,
+            ingress: false,
             broken: "",
         },
     ]
@@ -603,19 +636,41 @@ fn check(field: &Field, value: &str) -> Result<(), TestCaseError> {
     let Some(hostile) = try_render(&(field.make)(value)) else {
         return Ok(());
     };
+    // The configs a legitimate value can give: with a harmless value of the
+    // same kind, with the object unusable, or with it left out.
+    let legit = [
+        render(&(field.make)(&(field.twin)(value))).text,
+        render(field.broken).text,
+        render("").text,
+    ];
     let got = shape(&hostile.text);
-    // The structures a legitimate value can give: that of a harmless value
-    // of the same kind, of the object being unusable, or of it being left out.
-    let twin = shape(&render(&(field.make)(&(field.twin)(value))).text);
-    let broken = shape(&render(field.broken).text);
-    let absent = shape(&render("").text);
     prop_assert!(
-        got == twin || got == broken || got == absent,
+        legit.iter().any(|t| shape(t) == got),
         "{}: {value:?} changed the structure of the config:\n{}",
         field.name,
         hostile.text
     );
-    if let Some(key) = (field.ingress)(value) {
+    let vars = variables(&hostile.text);
+    prop_assert!(
+        legit.iter().any(|t| variables(t) == vars),
+        "{}: {value:?} changed which nginx variables the config uses: {vars:?}\n{}",
+        field.name,
+        hostile.text
+    );
+    let absent = shape(&legit[2]);
+    // The Ingress of the case, as wicket reads it (a YAML scalar may fold,
+    // a missing namespace is `default`).
+    let key = field
+        .ingress
+        .then(|| manifest::parse(&(field.make)(value), false).ok())
+        .flatten()
+        .and_then(|m| {
+            m.objects.iter().find_map(|o| match o {
+                Object::Ingress(_) => Some(o.object_ref().key),
+                _ => None,
+            })
+        });
+    if let Some(key) = key {
         if !hostile.served.contains(&key) {
             prop_assert!(
                 hostile
