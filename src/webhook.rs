@@ -267,11 +267,16 @@ async fn validate(State(st): State<WebhookState>, body: Bytes) -> Response {
     let namespace = req.namespace.clone().unwrap_or_default();
     let started = Instant::now();
     let work = async {
-        let _permit = st.limit.acquire().await.ok()?;
+        let permit = st.limit.clone().acquire_owned().await.ok()?;
         let (snapshot, opts) = (st.snapshot.clone(), st.opts.clone());
-        tokio::task::spawn_blocking(move || review(&snapshot(), &opts, &namespace, &object))
-            .await
-            .ok()
+        // The permit goes with the review: one that outlives the deadline
+        // still counts until it ends, so no more than CONCURRENCY run.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            review(&snapshot(), &opts, &namespace, &object)
+        })
+        .await
+        .ok()
     };
     let verdict = tokio::time::timeout(DEADLINE, work).await.ok().flatten();
     let mut resp = match verdict {
