@@ -56,6 +56,9 @@ pub struct Server {
     pub certificate: Option<String>,
     /// The Ingresses that contributed rules to this server (namespace/name).
     pub ingresses: Vec<String>,
+    /// The rules that did, oldest Ingress first; the field is
+    /// `spec.rules[i]` or `spec.defaultBackend`.
+    pub rules: Vec<Source>,
     pub locations: Vec<Location>,
     /// Index of this server's `server-snippet` in [`Config::snippets`].
     pub snippet: Option<usize>,

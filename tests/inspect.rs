@@ -139,10 +139,10 @@ async fn inspection_endpoints_and_reload_logs() {
         &["--admin-address", "0.0.0.0", "--log-format", "json"],
     )
     .await;
-    // Every location says which Ingress and rule it came from.
+    // Every server and location says which Ingress and rule it came from.
     let config = w.admin_get("/config").await.text;
     assert!(
-        config.contains("    # host a.example.com\n    # ingress i/a\n    server {"),
+        config.contains("    # host a.example.com\n    # ingress i/a spec.rules[0]\n    server {"),
         "{config}"
     );
     assert!(

@@ -562,9 +562,13 @@ impl<'p> Builder<'p, '_> {
         let mut root: Option<Location> = None;
         let mut regexes: Vec<(usize, Location)> = Vec::new();
         let mut ingresses = BTreeSet::new();
+        let mut rules = BTreeSet::new();
         for (key, route) in &own.routes {
             let ing = &self.parsed[route.ing];
             ingresses.insert(ing.key.to_string());
+            // `spec.rules[i].http.paths[j]` → `spec.rules[i]`.
+            let rule = route.path.field.split(".http").next().unwrap_or_default();
+            rules.insert((route.ing, rule.to_string()));
             let source = Some(self.source(route.ing, &route.path.field));
             let action = with_rewrite(&route.action, ing, &route.path.matcher);
             let snippet = self.snippet(ing.annotations.snippets.configuration.as_ref());
@@ -606,6 +610,7 @@ impl<'p> Builder<'p, '_> {
         }
         if let Some((DefaultFrom::Ingress(ing), _)) = default {
             ingresses.insert(self.parsed[*ing].key.to_string());
+            rules.insert((*ing, "spec.defaultBackend".to_string()));
         }
         // nginx tries regular expressions in order: longest path first.
         regexes.sort_by(|a, b| (Reverse(a.0), &a.1.matcher).cmp(&(Reverse(b.0), &b.1.matcher)));
@@ -639,6 +644,10 @@ impl<'p> Builder<'p, '_> {
             host: host.cloned(),
             certificate,
             ingresses: ingresses.into_iter().collect(),
+            rules: rules
+                .into_iter()
+                .map(|(ing, field)| self.source(ing, &field))
+                .collect(),
             locations,
             snippet: server_snippet,
         }
