@@ -199,6 +199,10 @@ fn path_twin(v: &str) -> String {
     }
 }
 
+/// The Ingress `x` of a case, pointing at a Service that does not exist:
+/// what a case whose Service or EndpointSlice is unusable amounts to.
+const MISSING_SERVICE: &str = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: x, namespace: p}\nspec:\n  rules:\n  - host: x.example.com\n    http: {paths: [{path: /x, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}]}\n";
+
 fn fields() -> Vec<Field> {
     vec![
         Field {
@@ -517,7 +521,7 @@ fn fields() -> Vec<Field> {
             },
             twin: |_| "twin.example.com".into(),
             ingress: false,
-            broken: "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: x, namespace: p}\nspec:\n  rules:\n  - host: x.example.com\n    http: {paths: [{path: /x, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}]}\n",
+            broken: MISSING_SERVICE,
         },
         Field {
             name: "Service port name",
@@ -541,7 +545,7 @@ fn fields() -> Vec<Field> {
             },
             twin: |_| "twin".into(),
             ingress: false,
-            broken: "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: x, namespace: p}\nspec:\n  rules:\n  - host: x.example.com\n    http: {paths: [{path: /x, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}]}\n",
+            broken: MISSING_SERVICE,
         },
         Field {
             name: "EndpointSlice address and port name",
@@ -559,7 +563,7 @@ fn fields() -> Vec<Field> {
             },
             twin: |_| "10.9.9.9".into(),
             ingress: false,
-            broken: "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: x, namespace: p}\nspec:\n  rules:\n  - host: x.example.com\n    http: {paths: [{path: /x, pathType: Prefix, backend: {service: {name: missing, port: {number: 80}}}}]}\n",
+            broken: MISSING_SERVICE,
         },
         Field {
             name: "ConfigMap settings",

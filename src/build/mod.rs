@@ -568,7 +568,7 @@ impl<'p> Builder<'p, '_> {
             ingresses.insert(ing.key.to_string());
             // `spec.rules[i].http.paths[j]` → `spec.rules[i]`.
             let rule = route.path.field.split(".http").next().unwrap_or_default();
-            rules.insert((route.ing, rule.to_string()));
+            rules.insert((route.ing, rule));
             let source = Some(self.source(route.ing, &route.path.field));
             let action = with_rewrite(&route.action, ing, &route.path.matcher);
             let snippet = self.snippet(ing.annotations.snippets.configuration.as_ref());
@@ -610,7 +610,7 @@ impl<'p> Builder<'p, '_> {
         }
         if let Some((DefaultFrom::Ingress(ing), _)) = default {
             ingresses.insert(self.parsed[*ing].key.to_string());
-            rules.insert((*ing, "spec.defaultBackend".to_string()));
+            rules.insert((*ing, "spec.defaultBackend"));
         }
         // nginx tries regular expressions in order: longest path first.
         regexes.sort_by(|a, b| (Reverse(a.0), &a.1.matcher).cmp(&(Reverse(b.0), &b.1.matcher)));
@@ -646,7 +646,7 @@ impl<'p> Builder<'p, '_> {
             ingresses: ingresses.into_iter().collect(),
             rules: rules
                 .into_iter()
-                .map(|(ing, field)| self.source(ing, &field))
+                .map(|(ing, field)| self.source(ing, field))
                 .collect(),
             locations,
             snippet: server_snippet,

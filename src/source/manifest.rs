@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::legacy;
 use crate::cluster::{DEFAULT_NAMESPACE, Object};
-use crate::problem::Printable;
+use crate::problem::{Printable, Quoted};
 
 /// Why a file could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -128,8 +128,8 @@ impl<'de> Visitor<'de> for Strict {
         while let Some(key) = map.next_key::<String>()? {
             if out.contains_key(&key) {
                 return Err(de::Error::custom(format_args!(
-                    "duplicate entry with key {:?}",
-                    Printable(&key).to_string()
+                    "duplicate entry with key {}",
+                    Quoted(&key)
                 )));
             }
             let v = map.next_value_seed(self)?;
