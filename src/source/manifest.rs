@@ -37,8 +37,9 @@ pub struct Manifests {
 
 /// Parses the text of a file; `json` selects the JSON parser.
 ///
-/// Documents are read into JSON values, which are much cheaper to build
-/// than YAML ones (whose keys may be any value and are hashed). A YAML key
+/// Most YAML is read by a fast reader for the plain subset manifests are
+/// written in; what it declines, serde_yaml reads. Documents are read into
+/// JSON values, which are much cheaper to build than YAML ones (whose keys may be any value and are hashed). A YAML key
 /// that is not a string is read as its text, as the API server's YAML
 /// decoder does; a key given twice in one map is an error, as there.
 pub fn parse(text: &str, json: bool) -> Result<Manifests, ManifestError> {
@@ -49,16 +50,10 @@ pub fn parse(text: &str, json: bool) -> Result<Manifests, ManifestError> {
             .and_then(|v| de.end().map(|()| v))
             .map_err(|e| ManifestError::Json(e.to_string()))?;
         vec![doc]
-    } else {
-        let mut docs = Vec::new();
-        for d in serde_yaml::Deserializer::from_str(text) {
-            docs.push(
-                Strict
-                    .deserialize(d)
-                    .map_err(|e| ManifestError::Yaml(e.to_string()))?,
-            );
-        }
+    } else if let Some(docs) = super::yaml_fast::documents(text) {
         docs
+    } else {
+        yaml_documents(text).map_err(ManifestError::Yaml)?
     };
     let mut out = Manifests::default();
     for (i, doc) in docs.into_iter().enumerate() {
@@ -68,6 +63,14 @@ pub fn parse(text: &str, json: bool) -> Result<Manifests, ManifestError> {
         })?;
     }
     Ok(out)
+}
+
+/// The documents of a YAML text, read by serde_yaml (libyaml): the
+/// reference for the fast reader, and what reads what it declines.
+pub(super) fn yaml_documents(text: &str) -> Result<Vec<Value>, String> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| Strict.deserialize(d).map_err(|e| e.to_string()))
+        .collect()
 }
 
 /// Reads any document into a JSON value, refusing a key given twice in
