@@ -189,6 +189,30 @@ impl Cluster {
         }
     }
 
+    /// Adds an object unless one of the same kind, namespace and name is
+    /// present; returns whether it was added.
+    pub fn insert_new(&mut self, object: Object) -> bool {
+        use std::collections::btree_map::Entry;
+        fn put<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, v: V) -> bool {
+            match map.entry(key) {
+                Entry::Vacant(slot) => {
+                    slot.insert(v);
+                    true
+                }
+                Entry::Occupied(_) => false,
+            }
+        }
+        let r = object.object_ref();
+        match object {
+            Object::Ingress(o) => put(&mut self.ingresses, r.key, o),
+            Object::IngressClass(o) => put(&mut self.ingress_classes, r.key.name, o),
+            Object::Service(o) => put(&mut self.services, r.key, o),
+            Object::EndpointSlice(o) => put(&mut self.endpoint_slices, r.key, o),
+            Object::Secret(o) => put(&mut self.secrets, r.key, o),
+            Object::ConfigMap(o) => put(&mut self.config_maps, r.key, o),
+        }
+    }
+
     /// Whether an object of this kind, namespace and name is present.
     pub fn contains(&self, r: &ObjectRef) -> bool {
         match r.kind {

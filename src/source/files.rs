@@ -5,7 +5,6 @@
 //! A file that stops parsing keeps its last good objects and reports the
 //! error; a deleted file removes its objects.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -273,8 +272,10 @@ impl Folder {
     pub fn cluster(&self) -> (Cluster, Vec<FileReport>) {
         let mut cluster = Cluster::default();
         let mut reports = Vec::new();
-        // Which file defined each object first.
-        let mut seen: HashMap<ObjectRef, &str> = HashMap::new();
+        let mut count = 0;
+        // Which file defines each object first: built at the first object
+        // defined twice, which is rare.
+        let mut first_file: Option<HashMap<ObjectRef, &str>> = None;
         for (name, st) in &self.files {
             let path = || self.dir.join(name);
             if let Some(e) = &st.error {
@@ -298,7 +299,7 @@ impl Folder {
                 });
             }
             for o in &st.good.objects {
-                if seen.len() >= MAX_OBJECTS {
+                if count >= MAX_OBJECTS {
                     reports.push(FileReport {
                         path: path(),
                         message: format!(
@@ -307,20 +308,28 @@ impl Folder {
                     });
                     break;
                 }
-                match seen.entry(o.object_ref()) {
-                    Entry::Occupied(first) => reports.push(FileReport {
-                        path: path(),
-                        message: format!(
-                            "ignored {}: already defined in {}",
-                            first.key(),
-                            self.dir.join(first.get()).display()
-                        ),
-                    }),
-                    Entry::Vacant(slot) => {
-                        slot.insert(name);
-                        cluster.insert(Object::clone(o));
-                    }
+                if cluster.insert_new(Object::clone(o)) {
+                    count += 1;
+                    continue;
                 }
+                let index = first_file.get_or_insert_with(|| {
+                    let mut index = HashMap::new();
+                    for (name, st) in &self.files {
+                        for o in &st.good.objects {
+                            index.entry(o.object_ref()).or_insert(name.as_str());
+                        }
+                    }
+                    index
+                });
+                let r = o.object_ref();
+                let first = index.get(&r).copied().unwrap_or(name.as_str());
+                reports.push(FileReport {
+                    path: path(),
+                    message: format!(
+                        "ignored {r}: already defined in {}",
+                        self.dir.join(first).display()
+                    ),
+                });
             }
         }
         (cluster, reports)
