@@ -384,3 +384,55 @@ fn build_is_deterministic_whatever_the_arrival_order() {
     let cluster_counts = cluster(&yaml).counts();
     assert_eq!(cluster_counts[0], (Kind::Ingress, 3));
 }
+
+#[test]
+fn snippets_are_numbered_once_each_across_servers() {
+    // Servers are built on several threads; the snippet list and the
+    // indexes in each server must not depend on that.
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: s}\ndata: {allow-snippet-annotations: \"true\"}\n",
+    );
+    yaml.push_str("---");
+    yaml.push_str(BACKENDS);
+    for (i, (host, snippet)) in [
+        ("a.test", "add_header X-One 1;"),
+        ("b.test", "add_header X-Two 2;"),
+        ("c.test", "add_header X-One 1;"),
+        ("d.test", "add_header X-Three 3;"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        yaml.push_str(&format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: i{i}\n  namespace: shop\n  annotations: {{nginx.ingress.kubernetes.io/configuration-snippet: '{snippet}'}}\nspec:\n  rules:\n  - host: {host}\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]}}\n"
+        ));
+    }
+    let mut o = opts();
+    o.configmap = Some("s/settings".parse().unwrap());
+    let b = build::build(&cluster(&yaml), &o);
+    let c = &b.config;
+    assert_eq!(
+        c.snippets,
+        vec![
+            "add_header X-One 1;",
+            "add_header X-Two 2;",
+            "add_header X-Three 3;"
+        ],
+        "{:?}",
+        b.problems
+    );
+    let used: Vec<(String, Option<usize>)> = c
+        .servers
+        .iter()
+        .map(|s| (s.server_name.clone(), s.locations.last().unwrap().snippet))
+        .collect();
+    assert_eq!(
+        used,
+        vec![
+            ("a.test".to_string(), Some(0)),
+            ("b.test".to_string(), Some(1)),
+            ("c.test".to_string(), Some(0)),
+            ("d.test".to_string(), Some(2)),
+        ]
+    );
+}

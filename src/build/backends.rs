@@ -2,7 +2,8 @@
 //! port's name → EndpointSlice ports of that name, over every slice labelled
 //! `kubernetes.io/service-name` → ready endpoints only.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
@@ -27,17 +28,20 @@ pub enum Resolution {
 }
 
 /// Resolves backends against one snapshot, caching each answer and
-/// collecting the upstreams used.
-pub struct Backends<'a> {
+/// collecting the upstreams used. `'a` is the snapshot's life, `'r` that of
+/// the backends asked about.
+pub struct Backends<'a, 'r> {
     cluster: &'a Cluster,
-    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
-    cache: HashMap<ServiceRef, Resolution>,
+    slices: foldhash::HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    /// Each backend's answer, and the upstream it names (recorded as used
+    /// the first time a route takes the answer).
+    cache: foldhash::HashMap<&'r ServiceRef, (Resolution, Option<Upstream>)>,
     upstreams: BTreeMap<String, Upstream>,
 }
 
-impl<'a> Backends<'a> {
+impl<'a, 'r> Backends<'a, 'r> {
     pub fn new(cluster: &'a Cluster) -> Self {
-        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        let mut slices: foldhash::HashMap<(&str, &str), Vec<&EndpointSlice>> = Default::default();
         for (key, slice) in &cluster.endpoint_slices {
             let service = slice
                 .metadata
@@ -54,48 +58,80 @@ impl<'a> Backends<'a> {
         Backends {
             cluster,
             slices,
-            cache: HashMap::new(),
+            cache: Default::default(),
             upstreams: BTreeMap::new(),
         }
     }
 
-    pub fn resolve(&mut self, backend: &ServiceRef) -> Resolution {
-        if let Some(r) = self.cache.get(backend) {
-            return r.clone();
+    /// Resolves these backends ahead, each once, on every core; `resolve`
+    /// then finds them cached. Upstreams are still recorded only when a
+    /// route uses them.
+    pub fn prefetch(&mut self, backends: impl IntoIterator<Item = &'r ServiceRef>) {
+        let mut todo = Vec::new();
+        for b in backends {
+            if let Entry::Vacant(slot) = self.cache.entry(b) {
+                slot.insert((Resolution::Unavailable(String::new()), None));
+                todo.push(b);
+            }
         }
-        let r = self.resolve_uncached(backend);
-        self.cache.insert(backend.clone(), r.clone());
+        let this = &*self;
+        let answers = crate::parallel::map(&todo, |b| this.resolve_uncached(b));
+        for (b, answer) in todo.into_iter().zip(answers) {
+            self.cache.insert(b, answer);
+        }
+    }
+
+    pub fn resolve(&mut self, backend: &'r ServiceRef) -> Resolution {
+        if !self.cache.contains_key(backend) {
+            let answer = self.resolve_uncached(backend);
+            self.cache.insert(backend, answer);
+        }
+        let (r, upstream) = self.cache.get_mut(backend).expect("inserted above");
+        // Recorded once; the cache keeps the answer.
+        if let Some(u) = upstream.take() {
+            self.upstreams.entry(u.name.clone()).or_insert(u);
+        }
+        r.clone()
+    }
+
+    /// Resolves a backend that is asked about once, without caching it.
+    pub fn resolve_once(&mut self, backend: &ServiceRef) -> Resolution {
+        let (r, upstream) = self.resolve_uncached(backend);
+        if let Some(u) = upstream {
+            self.upstreams.entry(u.name.clone()).or_insert(u);
+        }
         r
     }
 
     /// The upstreams that resolved backends use, sorted by name.
-    pub fn into_upstreams(self) -> Vec<Upstream> {
-        self.upstreams.into_values().collect()
+    pub fn take_upstreams(&mut self) -> Vec<Upstream> {
+        std::mem::take(&mut self.upstreams).into_values().collect()
     }
 
-    fn resolve_uncached(&mut self, b: &ServiceRef) -> Resolution {
+    /// A backend's answer, and the upstream it names.
+    fn resolve_uncached(&self, b: &ServiceRef) -> (Resolution, Option<Upstream>) {
         let ns = b.namespace.as_str();
         let key = ObjectKey::new(ns, b.name.as_str());
         let Some(svc) = self.cluster.services.get(&key) else {
-            return Resolution::Unavailable(format!("service {key} not found"));
+            return unavailable(format!("service {key} not found"));
         };
         let spec = svc.spec.as_ref();
         let port = find_port(svc, &b.port);
-        let described = match &b.port {
+        let described = || match &b.port {
             PortRef::Number(n) => format!("{key}:{n}"),
             PortRef::Name(n) => format!("{key}:{}", n.as_str()),
         };
 
         if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
             let Some(external) = spec.and_then(|s| s.external_name.as_deref()) else {
-                return Resolution::Unavailable(format!(
+                return unavailable(format!(
                     "service {key} is of type ExternalName but has no externalName"
                 ));
             };
             let host = match DnsSubdomain::parse(external.trim_end_matches('.')) {
                 Ok(h) => h,
                 Err(e) => {
-                    return Resolution::Unavailable(format!(
+                    return unavailable(format!(
                         "service {key} has an invalid externalName {}: {e}",
                         Printable(external)
                     ));
@@ -107,9 +143,9 @@ impl<'a> Backends<'a> {
                 (PortRef::Name(_), None) => None,
             };
             let Some(number) = number else {
-                return Resolution::Unavailable(format!("service {described}: no such port"));
+                return unavailable(format!("service {}: no such port", described()));
             };
-            return self.upstream(
+            return upstream(
                 &key,
                 number,
                 vec![UpstreamServer::Dns { host, port: number }],
@@ -117,9 +153,9 @@ impl<'a> Backends<'a> {
         }
 
         let Some(port) = port else {
-            return Resolution::Unavailable(format!("service {described}: no such port"));
+            return unavailable(format!("service {}: no such port", described()));
         };
-        let port_name = port.name.clone().unwrap_or_default();
+        let port_name = port.name.as_deref().unwrap_or_default();
         let mut servers = BTreeSet::new();
         for slice in self
             .slices
@@ -156,30 +192,30 @@ impl<'a> Backends<'a> {
             }
         }
         if servers.is_empty() {
-            return Resolution::Unavailable(format!("service {described} has no ready endpoints"));
+            return unavailable(format!("service {} has no ready endpoints", described()));
         }
         let number = u16::try_from(port.port).unwrap_or(0);
-        self.upstream(&key, number, servers.into_iter().collect())
+        upstream(&key, number, servers.into_iter().collect())
     }
+}
 
-    /// Records the upstream of a Service port.
-    fn upstream(
-        &mut self,
-        service: &ObjectKey,
-        port: u16,
-        servers: Vec<UpstreamServer>,
-    ) -> Resolution {
-        let name = upstream_name(&service.namespace, &service.name, port);
-        self.upstreams.insert(
-            name.clone(),
-            Upstream {
-                name: name.clone(),
-                service: format!("{service}:{port}"),
-                servers,
-            },
-        );
-        Resolution::Upstream(name)
-    }
+fn unavailable(reason: String) -> (Resolution, Option<Upstream>) {
+    (Resolution::Unavailable(reason), None)
+}
+
+/// The upstream of a Service port.
+fn upstream(
+    service: &ObjectKey,
+    port: u16,
+    servers: Vec<UpstreamServer>,
+) -> (Resolution, Option<Upstream>) {
+    let name = upstream_name(&service.namespace, &service.name, port);
+    let u = Upstream {
+        name: name.clone(),
+        service: format!("{service}:{port}"),
+        servers,
+    };
+    (Resolution::Upstream(name), Some(u))
 }
 
 fn find_port<'s>(svc: &'s Service, port: &PortRef) -> Option<&'s ServicePort> {

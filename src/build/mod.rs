@@ -132,9 +132,14 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
         (a.created.is_none(), &a.created, &a.key).cmp(&(b.created.is_none(), &b.created, &b.key))
     });
 
+    let mut backends = Backends::new(cluster);
+    backends.prefetch(parsed.iter().flat_map(|p| {
+        let paths = p.rules.iter().flat_map(|r| &r.paths);
+        paths.map(|path| &path.backend).chain(&p.default_backend)
+    }));
     let mut b = Builder {
         parsed: &parsed,
-        backends: Backends::new(cluster),
+        backends,
         problems: &mut problems,
         hosts: BTreeMap::new(),
         any: HostRoutes::default(),
@@ -163,15 +168,21 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
     let default_cert = default_certificate.name.clone();
     let hosts = std::mem::take(&mut b.hosts);
     let any = std::mem::take(&mut b.any);
-    let mut servers = Vec::new();
-    for (host, hr) in &hosts {
-        let certificate = match tls.get(host) {
-            Some(t) => certs.for_host(&parsed[t.ingress], t, host, b.problems),
-            None => None,
-        };
+    let jobs: Vec<_> = hosts
+        .iter()
+        .map(|(host, hr)| {
+            let certificate = match tls.get(host) {
+                Some(t) => certs.for_host(&parsed[t.ingress], t, host, b.problems),
+                None => None,
+            };
+            (host, hr, certificate)
+        })
+        .collect();
+    let built = crate::parallel::map(&jobs, |(host, hr, certificate)| {
         let default = hr.default.as_ref().or(any.default.as_ref());
-        servers.push(b.server(Some(host), hr, default, certificate));
-    }
+        b.server(Some(host), hr, default, certificate.clone())
+    });
+    let servers: Vec<Server> = built.into_iter().map(|s| b.add_server(s)).collect();
     for (host, t) in &tls {
         if !hosts.contains_key(host) {
             b.problems.push(Problem::warning(
@@ -182,7 +193,8 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
         }
     }
     let default_server = b.server(None, &any, any.default.as_ref(), Some(default_cert));
-    let upstreams = std::mem::replace(&mut b.backends, Backends::new(cluster)).into_upstreams();
+    let default_server = b.add_server(default_server);
+    let upstreams = b.backends.take_upstreams();
 
     certs.used.remove(&default_certificate.name);
     let mut certificates = vec![default_certificate];
@@ -273,7 +285,7 @@ struct TlsChoice {
 
 struct Builder<'p, 'c> {
     parsed: &'p [ParsedIngress],
-    backends: Backends<'c>,
+    backends: Backends<'c, 'p>,
     problems: &'p mut Vec<Problem>,
     hosts: BTreeMap<HostPattern, HostRoutes<'p>>,
     /// Rules without a host: the catch-all server for requests whose host
@@ -289,7 +301,7 @@ struct Builder<'p, 'c> {
 }
 
 impl<'p> Builder<'p, '_> {
-    fn action(&mut self, ing: usize, backend: &ServiceRef, field: &str) -> Action {
+    fn action(&mut self, ing: usize, backend: &'p ServiceRef, field: &str) -> Action {
         match self.backends.resolve(backend) {
             Resolution::Upstream(upstream) => Action::Proxy {
                 upstream,
@@ -324,7 +336,7 @@ impl<'p> Builder<'p, '_> {
                     name,
                     port: PortRef::Number(port),
                 };
-                match self.backends.resolve(&backend) {
+                match self.backends.resolve_once(&backend) {
                     Resolution::Upstream(upstream) => Action::Proxy {
                         upstream,
                         rewrite: None,
@@ -506,15 +518,36 @@ impl<'p> Builder<'p, '_> {
         out
     }
 
-    fn snippet(&mut self, s: Option<&crate::annotations::snippets::Snippet>) -> Option<usize> {
-        let s = s?.as_str();
-        Some(match self.snippets.iter().position(|x| x == s) {
-            Some(i) => i,
-            None => {
-                self.snippets.push(s.to_string());
-                self.snippets.len() - 1
+    /// Adds a server built apart: its problems, and its snippets numbered
+    /// in [`Config::snippets`] (each text once, in the order servers and
+    /// their locations are added).
+    fn add_server(&mut self, built: BuiltServer) -> Server {
+        let BuiltServer {
+            mut server,
+            problems,
+            snippets,
+        } = built;
+        self.problems.extend(problems);
+        let global: Vec<usize> = snippets
+            .into_iter()
+            .map(|s| match self.snippets.iter().position(|x| *x == s) {
+                Some(i) => i,
+                None => {
+                    self.snippets.push(s);
+                    self.snippets.len() - 1
+                }
+            })
+            .collect();
+        let renumber = |i: &mut Option<usize>| {
+            if let Some(i) = i {
+                *i = global[*i];
             }
-        })
+        };
+        renumber(&mut server.snippet);
+        for l in &mut server.locations {
+            renumber(&mut l.snippet);
+        }
+        server
     }
 
     fn source(&self, ing: usize, field: &str) -> Source {
@@ -527,14 +560,28 @@ impl<'p> Builder<'p, '_> {
     }
 
     /// One server: its routes, and a location for every request they do not
-    /// match (the default backend, or 404).
+    /// match (the default backend, or 404). Reads the builder only, so
+    /// servers are built on every core; [`Builder::add_server`] adds each.
     fn server(
-        &mut self,
+        &self,
         host: Option<&HostPattern>,
         own: &HostRoutes<'p>,
         default: Option<&(DefaultFrom, Action)>,
         certificate: Option<String>,
-    ) -> Server {
+    ) -> BuiltServer {
+        let mut problems = Vec::new();
+        let mut snippets: Vec<String> = Vec::new();
+        // Numbered within this server, renumbered by `add_server`.
+        let mut snippet = |s: Option<&crate::annotations::snippets::Snippet>| {
+            let s = s?.as_str();
+            Some(match snippets.iter().position(|x| x == s) {
+                Some(i) => i,
+                None => {
+                    snippets.push(s.to_string());
+                    snippets.len() - 1
+                }
+            })
+        };
         let regex_mode = own.routes.values().any(|r| self.parsed[r.ing].regex());
         let fallback = match default {
             Some((from, action)) => Location {
@@ -571,7 +618,7 @@ impl<'p> Builder<'p, '_> {
             rules.insert((route.ing, rule));
             let source = Some(self.source(route.ing, &route.path.field));
             let action = with_rewrite(&route.action, ing, &route.path.matcher);
-            let snippet = self.snippet(ing.annotations.snippets.configuration.as_ref());
+            let snippet = snippet(ing.annotations.snippets.configuration.as_ref());
             let loc = |matcher| Location {
                 matcher,
                 action: action.clone(),
@@ -625,9 +672,9 @@ impl<'p> Builder<'p, '_> {
                 continue;
             };
             if server_snippet.is_none() {
-                server_snippet = self.snippet(Some(s));
+                server_snippet = snippet(Some(s));
             } else {
-                self.problems.push(Problem::warning(
+                problems.push(Problem::warning(
                     &p.object,
                     Some(format!("metadata.annotations[\"{}/server-snippet\"]", self.prefix)),
                     format!("{} already has a server-snippet from an older Ingress; this one is not used", host.map_or("the catch-all server".to_string(), |h| format!("host {h}"))),
@@ -639,7 +686,7 @@ impl<'p> Builder<'p, '_> {
         locations.push(root.unwrap_or(fallback));
         locations.extend(regexes.into_iter().map(|(_, l)| l));
 
-        Server {
+        let server = Server {
             server_name: host.map_or("_".to_string(), HostPattern::server_name),
             host: host.cloned(),
             certificate,
@@ -650,8 +697,21 @@ impl<'p> Builder<'p, '_> {
                 .collect(),
             locations,
             snippet: server_snippet,
+        };
+        BuiltServer {
+            server,
+            problems,
+            snippets,
         }
     }
+}
+
+/// A server built apart, with what [`Builder::add_server`] merges.
+struct BuiltServer {
+    server: Server,
+    problems: Vec<Problem>,
+    /// Its snippets; the indexes in `server` point into this list.
+    snippets: Vec<String>,
 }
 
 /// Adds the Ingress's `rewrite-target` to a proxying action.
