@@ -31,16 +31,16 @@ struct Inner {
     ready: bool,
     /// Why not ready, or a note about the last change while ready.
     note: String,
-    config: Option<Arc<str>>,
+    config: Option<Arc<String>>,
     model: Option<Arc<Config>>,
     /// The last config tried, and why nginx refused it if it did.
-    candidate: Option<(Arc<str>, Option<String>)>,
+    candidate: Option<(Arc<String>, Option<String>)>,
 }
 
 impl Status {
     /// nginx serves `config`, built from `model`, the newest config that
     /// passed `nginx -t`.
-    pub fn serving(&self, text: Arc<str>, model: Arc<Config>, note: impl Into<String>) {
+    pub fn serving(&self, text: Arc<String>, model: Arc<Config>, note: impl Into<String>) {
         let mut i = self.inner.write().expect("status lock");
         i.ready = true;
         i.note = note.into();
@@ -58,7 +58,8 @@ impl Status {
 
     /// nginx refused a config.
     pub fn refused(&self, config: &str, error: String) {
-        self.inner.write().expect("status lock").candidate = Some((config.into(), Some(error)));
+        self.inner.write().expect("status lock").candidate =
+            Some((Arc::new(config.to_string()), Some(error)));
     }
 
     /// The newest config is not served yet (nginx is down, or never

@@ -21,7 +21,8 @@ pub struct Config {
     /// The catch-all server for hosts no rule names.
     pub default_server: Server,
     /// One server per host: exact names first, then wildcards, each sorted.
-    pub servers: Vec<Server>,
+    /// Shared with the previous config where a server did not change.
+    pub servers: Vec<std::sync::Arc<Server>>,
     /// Every upstream a location proxies to, sorted by name.
     pub upstreams: Vec<Upstream>,
     /// Certificates the servers use, sorted by name; the default first.
@@ -42,7 +43,7 @@ pub struct Source {
     pub field: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Server {
     /// `None` for the catch-all server.
     pub host: Option<HostPattern>,
@@ -103,7 +104,7 @@ impl Serialize for Match {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Location {
     #[serde(rename = "match")]
     pub matcher: Match,
@@ -115,7 +116,7 @@ pub struct Location {
     pub snippet: Option<usize>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Action {
     /// Proxy to an upstream, optionally rewriting the URI first.
@@ -129,7 +130,7 @@ pub enum Action {
 }
 
 /// `rewrite "(?i)^REGEX" TARGET break;`
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Rewrite {
     /// The full PCRE pattern, anchored, with its case flag.
     pub regex: String,

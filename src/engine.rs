@@ -311,7 +311,7 @@ impl Engine {
 
     async fn rebuild_once(&mut self, cluster: &Cluster, files: &[FileReport]) -> (Build, Applied) {
         let started = Instant::now();
-        let build = build::build(cluster, &self.opts);
+        let build = build::build_reusing(cluster, &self.opts, self.attempted.as_deref());
         self.reporter.report(files, &build.problems);
         let built = started.elapsed();
         self.metrics.rebuild(
@@ -338,7 +338,7 @@ impl Engine {
                     Outcome::Started => "started nginx",
                     Outcome::Reloaded => "reloaded nginx",
                 };
-                let text = self.nginx.running_text().unwrap_or_else(|| "".into());
+                let text = self.nginx.running_text().unwrap_or_default();
                 if let Some(previous) = previous {
                     let diff = similar::TextDiff::from_lines(previous.as_str(), &*text)
                         .unified_diff()
@@ -566,6 +566,7 @@ fn blame(text: &str, line: usize, config: &crate::config::Config) -> Vec<ObjectK
             let mut keys: Vec<ObjectKey> = config
                 .servers
                 .iter()
+                .map(|s| &**s)
                 .chain(std::iter::once(&config.default_server))
                 .flat_map(|s| &s.locations)
                 .filter(|l| matches!(&l.action, crate::config::Action::Proxy { upstream, .. } if upstream == name))

@@ -116,11 +116,11 @@ pub struct Nginx {
     child: Option<Child>,
     generation: u64,
     /// Generation and text of the config nginx serves.
-    good: Option<(u64, std::sync::Arc<str>)>,
+    good: Option<(u64, std::sync::Arc<String>)>,
     /// The served config's `worker-shutdown-timeout`.
     shutdown_timeout: Duration,
     /// The text of the last config `nginx -t` refused.
-    refused: Option<std::sync::Arc<str>>,
+    refused: Option<std::sync::Arc<String>>,
     /// How long loading a config may take (see [`MIN_LOAD_TIMEOUT`]).
     load_timeout: Duration,
     /// The servers and upstreams last rendered, reused while unchanged.
@@ -196,11 +196,11 @@ impl Nginx {
 
     /// The config nginx serves now.
     pub fn running_config(&self) -> Option<&str> {
-        self.good.as_ref().map(|(_, t)| &**t)
+        self.good.as_ref().map(|(_, t)| t.as_str())
     }
 
     /// The config nginx serves now, shared.
-    pub fn running_text(&self) -> Option<std::sync::Arc<str>> {
+    pub fn running_text(&self) -> Option<std::sync::Arc<String>> {
         self.good.as_ref().map(|(_, t)| t.clone())
     }
 
@@ -282,7 +282,7 @@ impl Nginx {
     /// The text of the last config `nginx -t` refused, if the last apply
     /// failed that way.
     pub fn refused_config(&self) -> Option<&str> {
-        self.refused.as_deref()
+        self.refused.as_deref().map(String::as_str)
     }
 
     /// Runs `nginx -t` on a config without applying it.

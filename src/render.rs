@@ -254,7 +254,7 @@ impl Renderer {
         config: &Arc<Config>,
         env: &RenderEnv,
         cache: &mut RenderCache,
-    ) -> Result<Arc<str>, RenderError> {
+    ) -> Result<Arc<String>, RenderError> {
         let key = CacheKey {
             ports: Ports {
                 http: config.http_port,
@@ -270,7 +270,7 @@ impl Renderer {
         let (text, spans) = self.assemble(config, env, previous.as_ref())?;
         *cache = RenderCache::default();
         if config.snippets.is_empty() {
-            let text: Arc<str> = text.into();
+            let text = Arc::new(text);
             cache.key = Some(key);
             cache.last = Some(Last {
                 config: config.clone(),
@@ -279,7 +279,7 @@ impl Renderer {
             });
             Ok(text)
         } else {
-            Ok(splice_snippets(text, &config.snippets).into())
+            Ok(Arc::new(splice_snippets(text, &config.snippets)))
         }
     }
 
@@ -297,7 +297,7 @@ impl Renderer {
         };
         let part_env = PartEnv { ipv6: env.ipv6 };
         let servers: Vec<(&Server, bool)> = std::iter::once((&config.default_server, true))
-            .chain(config.servers.iter().map(|s| (s, false)))
+            .chain(config.servers.iter().map(|s| (&**s, false)))
             .collect();
         // Where the text of a part is in the previous text, if the previous
         // config had the same part.
@@ -309,7 +309,8 @@ impl Renderer {
             } else {
                 last.config.servers.get(*i)?
             };
-            (old == *s).then(|| range.clone())
+            // Servers that did not change are shared with the last config.
+            (std::ptr::eq(old, *s) || old == *s).then(|| range.clone())
         };
         let upstream_old = |u: &&Upstream| -> Option<Range<usize>> {
             let last = previous?;
@@ -340,7 +341,7 @@ impl Renderer {
             .render(ROOT_TEMPLATE, &ctx)
             .map_err(RenderError::Render)?;
         let old_text = previous.map(|p| &*p.text);
-        let part = |p| part_text(old_text, p);
+        let part = |p| part_text(old_text.map(String::as_str), p);
         let size = head.len()
             + server_texts.iter().map(|p| part(p).len()).sum::<usize>()
             + upstream_texts.iter().map(|p| part(p).len()).sum::<usize>();
@@ -446,7 +447,7 @@ struct CacheKey {
 
 struct Last {
     config: Arc<Config>,
-    text: Arc<str>,
+    text: Arc<String>,
     spans: Spans,
 }
 

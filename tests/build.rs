@@ -436,3 +436,43 @@ fn snippets_are_numbered_once_each_across_servers() {
         ]
     );
 }
+
+#[test]
+fn a_rebuild_shares_the_servers_that_did_not_change() {
+    let ingress = |name: &str, host: &str, path: &str| {
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  rules:\n  - host: {host}\n    http: {{paths: [{{path: {path}, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}]}}\n"
+        )
+    };
+    let before = format!(
+        "{BACKENDS}{}{}",
+        ingress("a", "a.test", "/"),
+        ingress("b", "b.test", "/")
+    );
+    let after = format!(
+        "{BACKENDS}{}{}",
+        ingress("a", "a.test", "/"),
+        ingress("b", "b.test", "/v2")
+    );
+    let o = opts();
+    let first = build::build(&cluster(&before), &o);
+    let fresh = build::build(&cluster(&after), &o);
+    let reused = build::build_reusing(&cluster(&after), &o, Some(&first.config));
+    assert_eq!(reused.config, fresh.config, "sharing changes nothing");
+    assert_eq!(reused.problems, fresh.problems);
+    let names: Vec<&str> = reused
+        .config
+        .servers
+        .iter()
+        .map(|s| s.server_name.as_str())
+        .collect();
+    assert_eq!(names, ["a.test", "b.test"]);
+    assert!(
+        std::sync::Arc::ptr_eq(&reused.config.servers[0], &first.config.servers[0]),
+        "a.test did not change: its server is the previous one"
+    );
+    assert!(!std::sync::Arc::ptr_eq(
+        &reused.config.servers[1],
+        &first.config.servers[1]
+    ));
+}

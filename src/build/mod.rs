@@ -11,6 +11,7 @@ pub mod tls;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use crate::cluster::{Cluster, ObjectKey};
 use crate::cluster::{Kind, ObjectRef};
@@ -79,6 +80,13 @@ pub struct Build {
 
 /// Builds the config for a snapshot.
 pub fn build(cluster: &Cluster, opts: &Options) -> Build {
+    build_reusing(cluster, opts, None)
+}
+
+/// [`build`], sharing with `previous` every server that is the same there
+/// (`Arc` clones): the result is equal to what `build` returns, but a
+/// change costs memory for the servers it changes only.
+pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config>) -> Build {
     let mut problems = Vec::new();
     let settings = match &opts.configmap {
         None => Settings::default(),
@@ -178,11 +186,25 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
             (host, hr, certificate)
         })
         .collect();
+    let old = OldServers::of(previous);
     let built = crate::parallel::map(&jobs, |(host, hr, certificate)| {
         let default = hr.default.as_ref().or(any.default.as_ref());
-        b.server(Some(host), hr, default, certificate.clone())
+        let built = b.server(Some(host), hr, default, certificate.clone());
+        // A server without snippets is final here: share it now, so that
+        // the copies of unchanged servers never pile up.
+        if built.snippets.is_empty() {
+            old.share(built)
+        } else {
+            built
+        }
     });
-    let servers: Vec<Server> = built.into_iter().map(|s| b.add_server(s)).collect();
+    let servers: Vec<Arc<Server>> = built
+        .into_iter()
+        .map(|s| {
+            let s = b.add_server(s);
+            old.share(s).server
+        })
+        .collect();
     for (host, t) in &tls {
         if !hosts.contains_key(host) {
             b.problems.push(Problem::warning(
@@ -193,7 +215,7 @@ pub fn build(cluster: &Cluster, opts: &Options) -> Build {
         }
     }
     let default_server = b.server(None, &any, any.default.as_ref(), Some(default_cert));
-    let default_server = b.add_server(default_server);
+    let default_server = Arc::unwrap_or_clone(b.add_server(default_server).server);
     let upstreams = b.backends.take_upstreams();
 
     certs.used.remove(&default_certificate.name);
@@ -520,14 +542,22 @@ impl<'p> Builder<'p, '_> {
 
     /// Adds a server built apart: its problems, and its snippets numbered
     /// in [`Config::snippets`] (each text once, in the order servers and
-    /// their locations are added).
-    fn add_server(&mut self, built: BuiltServer) -> Server {
+    /// their locations are added). The server returned has no snippets of
+    /// its own left.
+    fn add_server(&mut self, built: BuiltServer) -> BuiltServer {
         let BuiltServer {
             mut server,
             problems,
             snippets,
         } = built;
         self.problems.extend(problems);
+        if snippets.is_empty() {
+            return BuiltServer {
+                server,
+                problems: Vec::new(),
+                snippets,
+            };
+        }
         let global: Vec<usize> = snippets
             .into_iter()
             .map(|s| match self.snippets.iter().position(|x| *x == s) {
@@ -543,11 +573,17 @@ impl<'p> Builder<'p, '_> {
                 *i = global[*i];
             }
         };
-        renumber(&mut server.snippet);
-        for l in &mut server.locations {
+        // Not shared yet: servers with snippets are shared after this.
+        let s = Arc::make_mut(&mut server);
+        renumber(&mut s.snippet);
+        for l in &mut s.locations {
             renumber(&mut l.snippet);
         }
-        server
+        BuiltServer {
+            server,
+            problems: Vec::new(),
+            snippets: Vec::new(),
+        }
     }
 
     fn source(&self, ing: usize, field: &str) -> Source {
@@ -686,7 +722,7 @@ impl<'p> Builder<'p, '_> {
         locations.push(root.unwrap_or(fallback));
         locations.extend(regexes.into_iter().map(|(_, l)| l));
 
-        let server = Server {
+        let server = Arc::new(Server {
             server_name: host.map_or("_".to_string(), HostPattern::server_name),
             host: host.cloned(),
             certificate,
@@ -697,7 +733,7 @@ impl<'p> Builder<'p, '_> {
                 .collect(),
             locations,
             snippet: server_snippet,
-        };
+        });
         BuiltServer {
             server,
             problems,
@@ -708,10 +744,40 @@ impl<'p> Builder<'p, '_> {
 
 /// A server built apart, with what [`Builder::add_server`] merges.
 struct BuiltServer {
-    server: Server,
+    server: Arc<Server>,
     problems: Vec<Problem>,
     /// Its snippets; the indexes in `server` point into this list.
     snippets: Vec<String>,
+}
+
+/// The servers of the previous config, by name, to share the unchanged.
+struct OldServers<'a>(HashMap<&'a str, &'a Arc<Server>>);
+
+impl<'a> OldServers<'a> {
+    fn of(previous: Option<&'a Config>) -> Self {
+        OldServers(
+            previous
+                .map(|p| {
+                    p.servers
+                        .iter()
+                        .map(|s| (s.server_name.as_str(), s))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The built server, or the previous one if it is the same; a server
+    /// with snippets still numbered within itself is never the same.
+    fn share(&self, mut built: BuiltServer) -> BuiltServer {
+        if built.snippets.is_empty()
+            && let Some(old) = self.0.get(built.server.server_name.as_str())
+            && **old == built.server
+        {
+            built.server = Arc::clone(old);
+        }
+        built
+    }
 }
 
 /// Adds the Ingress's `rewrite-target` to a proxying action.
