@@ -58,7 +58,64 @@ pub struct KubeSource {
 const SECRET_KEYS: &[&str] = &["tls.crt", "tls.key", "ca.crt"];
 
 fn slim<K: Resource>(o: &mut K) {
-    o.meta_mut().managed_fields = None;
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = &mut meta.annotations {
+        // `kubectl apply` keeps a copy of the whole object here.
+        a.remove(LAST_APPLIED);
+    }
+}
+
+/// The annotation in which `kubectl apply` keeps the object as applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// A Service as wicket reads it: its type, ports, addresses (cluster IP,
+/// external IPs and name, load balancer status, for the published
+/// addresses); metadata without labels and annotations.
+fn slim_service(s: &mut Service) {
+    slim(s);
+    let meta = &mut s.metadata;
+    meta.labels = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    if let Some(spec) = &mut s.spec {
+        spec.selector = None;
+        spec.cluster_ips = None;
+        spec.ip_families = None;
+        spec.ip_family_policy = None;
+        spec.session_affinity = None;
+        spec.session_affinity_config = None;
+        spec.internal_traffic_policy = None;
+        spec.external_traffic_policy = None;
+        spec.load_balancer_source_ranges = None;
+        spec.load_balancer_class = None;
+        spec.traffic_distribution = None;
+    }
+    if let Some(status) = &mut s.status {
+        status.conditions = None;
+    }
+}
+
+/// An EndpointSlice as wicket reads it: its Service label, address type,
+/// ports, and each endpoint's addresses and conditions.
+fn slim_slice(e: &mut EndpointSlice) {
+    slim(e);
+    let meta = &mut e.metadata;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    if let Some(labels) = &mut meta.labels {
+        labels.retain(|k, _| k == crate::build::backends::SERVICE_NAME_LABEL);
+    }
+    for ep in &mut e.endpoints {
+        ep.target_ref = None;
+        ep.hints = None;
+        ep.deprecated_topology = None;
+        ep.node_name = None;
+        ep.zone = None;
+        ep.hostname = None;
+    }
 }
 
 fn slim_secret(s: &mut Secret) {
@@ -197,7 +254,7 @@ impl KubeSource {
                 cfg(),
                 Kind::Service,
                 changes.clone(),
-                slim,
+                slim_service,
                 None,
             ),
             slices: reflect(
@@ -205,7 +262,7 @@ impl KubeSource {
                 cfg(),
                 Kind::EndpointSlice,
                 changes.clone(),
-                slim,
+                slim_slice,
                 None,
             ),
             secrets: reflect(
@@ -272,5 +329,125 @@ impl KubeSource {
             secrets: keyed(&self.secrets),
             config_maps: self.config_maps.as_ref().map(keyed).unwrap_or_default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Object;
+
+    /// Objects as the API server returns them, with the fields the slim
+    /// functions drop.
+    const OBJECTS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web}
+  annotations: {kubectl.kubernetes.io/last-applied-configuration: '{"big": "copy"}', note: x}
+  ownerReferences: [{apiVersion: v1, kind: Thing, name: t, uid: u}]
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  clusterIP: 10.0.0.9
+  clusterIPs: [10.0.0.9]
+  ipFamilies: [IPv4]
+  ipFamilyPolicy: SingleStack
+  sessionAffinity: None
+  externalIPs: [192.0.2.7]
+  ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]
+status:
+  loadBalancer: {ingress: [{ip: 203.0.113.5}, {hostname: lb.example}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  namespace: shop
+  labels: {kubernetes.io/service-name: web, endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io}
+  ownerReferences: [{apiVersion: v1, kind: Service, name: web, uid: u}]
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [10.1.0.1]
+  conditions: {ready: true, serving: true}
+  nodeName: node-a
+  zone: z1
+  targetRef: {kind: Pod, name: web-1, namespace: shop, uid: p1}
+- addresses: [10.1.0.2]
+  conditions: {ready: false}
+  nodeName: node-b
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: web
+  namespace: shop
+  annotations:
+    kubectl.kubernetes.io/last-applied-configuration: '{"big": "copy"}'
+    nginx.ingress.kubernetes.io/rewrite-target: /
+spec:
+  rules:
+  - host: shop.test
+    http: {paths: [{path: /a, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}]}
+"#;
+
+    fn cluster(slimmed: bool) -> Cluster {
+        let mut c = Cluster::default();
+        for o in crate::source::manifest::parse(OBJECTS, false)
+            .unwrap()
+            .objects
+        {
+            c.insert(match o {
+                Object::Service(s) if slimmed => {
+                    let mut s = Arc::unwrap_or_clone(s);
+                    slim_service(&mut s);
+                    Object::Service(Arc::new(s))
+                }
+                Object::EndpointSlice(e) if slimmed => {
+                    let mut e = Arc::unwrap_or_clone(e);
+                    slim_slice(&mut e);
+                    Object::EndpointSlice(Arc::new(e))
+                }
+                Object::Ingress(i) if slimmed => {
+                    let mut i = Arc::unwrap_or_clone(i);
+                    slim(&mut i);
+                    Object::Ingress(Arc::new(i))
+                }
+                o => o,
+            });
+        }
+        c
+    }
+
+    #[test]
+    fn slimmed_objects_build_the_same_config_and_status() {
+        let (full, slimmed) = (cluster(false), cluster(true));
+        let svc = &slimmed.services[&ObjectKey::new("shop", "web")];
+        assert!(svc.spec.as_ref().unwrap().selector.is_none(), "slimmed");
+        let ing = &slimmed.ingresses[&ObjectKey::new("shop", "web")];
+        assert_eq!(ing.metadata.annotations.as_ref().unwrap().len(), 1);
+
+        let mut opts =
+            crate::build::Options::new(80, 443, crate::certs::generate_default().unwrap());
+        opts.class.watch_without_class = true;
+        let (a, b) = (
+            crate::build::build(&full, &opts),
+            crate::build::build(&slimmed, &opts),
+        );
+        assert_eq!(a.config, b.config);
+        assert_eq!(a.problems, b.problems);
+        assert_eq!(a.config.upstreams[0].servers.len(), 1, "the ready endpoint");
+
+        let status = crate::status::StatusOptions {
+            publish_service: Some("shop/web".parse().unwrap()),
+            publish_addresses: Vec::new(),
+            update_on_shutdown: false,
+        };
+        let published = crate::status::addresses(&status, &slimmed);
+        assert_eq!(published, crate::status::addresses(&status, &full));
+        assert_eq!(published.len(), 3, "{published:?}");
     }
 }
