@@ -416,7 +416,10 @@ fn main() -> ExitCode {
         logs.init();
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = || tokio::runtime::Runtime::new().context("starting the runtime");
+    let runtime = || {
+        wicket::engine::tune_allocator();
+        tokio::runtime::Runtime::new().context("starting the runtime")
+    };
     let result = match cli.command {
         Command::Render(a) => render(a),
         Command::Serve(a) => runtime().and_then(|rt| rt.block_on(serve(a))),

@@ -170,6 +170,8 @@ pub struct StatusWriter {
 
 /// Requests to change status that may run at once.
 const STATUS_CONCURRENCY: usize = 8;
+/// Status writes (and Events) between two returns of freed memory.
+const TRIM_EVERY: usize = 100;
 /// Most `ReloadFailed` Events for one failure.
 const MAX_RELOAD_EVENTS: usize = 20;
 
@@ -234,8 +236,17 @@ impl StatusWriter {
             info!(ingresses = changes.len(), "updating Ingress status");
         }
         let (client, store) = (&self.client, &self.ingresses);
+        let written = std::sync::atomic::AtomicUsize::new(0);
+        let written = &written;
         futures::stream::iter(changes)
             .for_each_concurrent(STATUS_CONCURRENCY, |(key, want)| async move {
+                // Each write replaces an Ingress in the watch cache: free
+                // the old versions as the round goes, not only at its end.
+                if written.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % TRIM_EVERY
+                    == TRIM_EVERY - 1
+                {
+                    crate::engine::release_free_memory();
+                }
                 // The version in the cache now, not the one listed above.
                 let Some(ing) = store.get(
                     &kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace),
@@ -259,7 +270,10 @@ impl StatusWriter {
     async fn events(&mut self, round: &Round, published: &BTreeSet<ObjectKey>) {
         let mut keys: BTreeSet<&ObjectKey> = round.served.iter().collect();
         keys.extend(round.problems.keys());
-        for key in keys {
+        for (i, key) in keys.into_iter().enumerate() {
+            if i % TRIM_EVERY == TRIM_EVERY - 1 {
+                crate::engine::release_free_memory();
+            }
             let Some(ing) = self
                 .ingresses
                 .get(&kube::runtime::reflector::ObjectRef::new(&key.name).within(&key.namespace))
