@@ -89,7 +89,7 @@ impl<'a, 'r> Backends<'a, 'r> {
         let (r, upstream) = self.cache.get_mut(backend).expect("inserted above");
         // Recorded once; the cache keeps the answer.
         if let Some(u) = upstream.take() {
-            self.upstreams.entry(u.name.clone()).or_insert(u);
+            self.upstreams.insert(u.name.clone(), u);
         }
         r.clone()
     }
@@ -98,7 +98,7 @@ impl<'a, 'r> Backends<'a, 'r> {
     pub fn resolve_once(&mut self, backend: &ServiceRef) -> Resolution {
         let (r, upstream) = self.resolve_uncached(backend);
         if let Some(u) = upstream {
-            self.upstreams.entry(u.name.clone()).or_insert(u);
+            self.upstreams.insert(u.name.clone(), u);
         }
         r
     }

@@ -18,7 +18,9 @@ use serde_json::{Map, Value};
 
 /// Deepest nesting read; deeper texts decline (serde_yaml stops at 128).
 const MAX_DEPTH: usize = 64;
-/// Longest implicit key read; libyaml refuses keys over 1024 characters.
+/// Farthest a key's colon may be from the key's first byte (quotes and
+/// spaces included); libyaml refuses a simple key whose `:` comes more than
+/// 1024 characters after its start.
 const MAX_KEY_BYTES: usize = 1000;
 
 /// The documents of a YAML text, as `serde_yaml` would read them with a
@@ -277,6 +279,9 @@ fn key_at(c: &str) -> Option<Option<Key>> {
                 && (r.is_empty() || r.starts_with(' '))
             {
                 let rest = c.len() - r.len();
+                if rest > MAX_KEY_BYTES {
+                    return None;
+                }
                 return Some(Some(Key { name, rest }));
             }
             Some(None)
@@ -293,7 +298,7 @@ fn key_at(c: &str) -> Option<Option<Key>> {
                 return Some(None);
             };
             let name = c[..colon].trim_end_matches(' ');
-            if name.is_empty() || name.len() > MAX_KEY_BYTES || !plain_start(name, false) {
+            if name.is_empty() || colon > MAX_KEY_BYTES || !plain_start(name, false) {
                 return None;
             }
             Some(Some(Key {
@@ -535,6 +540,7 @@ impl Flow<'_> {
     /// A key of a flow mapping and its colon, which must have a value after
     /// it on the line.
     fn key(&mut self) -> Option<String> {
+        let start = self.i;
         let rest = &self.s[self.i..];
         let (name, used) = match rest.as_bytes()[0] {
             b'"' | b'\'' => quoted(rest)?,
@@ -552,7 +558,7 @@ impl Flow<'_> {
         };
         self.i += used;
         self.spaces();
-        if self.peek()? != b':' {
+        if self.peek()? != b':' || self.i - start > MAX_KEY_BYTES {
             return None;
         }
         self.i += 1;
@@ -692,6 +698,27 @@ endpoints:
         ] {
             assert!(!agrees(text), "{text:?} should be left to serde_yaml");
         }
+        // libyaml refuses a key whose colon is more than 1024 characters
+        // after its start, spaces and quotes included.
+        let long = "k".repeat(1100);
+        let spaces = " ".repeat(1100);
+        for text in [
+            format!("{long}: 1\n"),
+            format!("\"{long}\": 1\n"),
+            format!("a{spaces}: 1\n"),
+            format!("a: {{{long}: 1}}\n"),
+            format!("a: {{'{long}': 1}}\n"),
+            format!("- {long}: 1\n"),
+        ] {
+            assert!(
+                !agrees(&text),
+                "a key of 1,100 bytes should be left to serde_yaml"
+            );
+        }
+        let short = "k".repeat(900);
+        assert!(agrees(&format!(
+            "\"{short}a\": 1\n{short}b: 2\nc: {{{short}: 3}}\n"
+        )));
     }
 
     /// A small deterministic generator of YAML-like texts, seeded by
