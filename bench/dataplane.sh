@@ -4,8 +4,8 @@
 # minimal hand-written reverse proxy for the same route
 # (bench/dataplane/hand.conf.in: upstream keepalive, HTTP/1.1, the same
 # forwarded headers), the same nginx binary, the same backend (a separate
-# nginx with `return 200`), with wrk. Runs alternate: hand, generated,
-# serve, hand, ... RUNS times each.
+# nginx with `return 200`), with wrk. Runs alternate (hand, generated,
+# serve; each round starting one further), RUNS times each.
 #
 #   generated: `wicket render` output run by nginx directly (access log to
 #              /dev/stdout, sent to /dev/null, as the hand-written one).
@@ -88,8 +88,12 @@ done
 # CPU seconds (user + sys) a process has used so far.
 cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f\n", ($14 + $15) / hz}' "/proc/$1/stat"; }
 : >"$out/wicket.cpu"
+n=${#kinds[@]}
 for ((r = 1; r <= RUNS; r++)); do
-  for k in "${kinds[@]}"; do
+  # Each round starts with the next kind, so no kind always runs first or
+  # last (the machine's speed drifts within a round too).
+  for ((j = 0; j < n; j++)); do
+    k=${kinds[$(((r - 1 + j) % n))]}
     [[ $k != serve ]] || c0=$(cpu_of "$wicket_pid")
     wrk -t "$THREADS" -c "$CONNECTIONS" -d "$DURATION" -H "Host: $host" \
       "http://127.0.0.1:${port[$k]}/" >"$out/$k.$r.txt"

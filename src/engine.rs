@@ -596,8 +596,8 @@ pub fn release_free_memory() {
     }
 }
 
-/// Allocator settings for the long-running modes, set before any thread
-/// starts. At most two malloc arenas (one per core of a typical request;
+/// Allocator settings for the long-running modes, set before the runtime
+/// starts its threads. At most two malloc arenas (one per core of a typical request;
 /// glibc's default is eight per core): every arena keeps its own freed
 /// pieces, and the threads that build and render on every core, the
 /// runtime's workers and the watches each scatter theirs. A fixed mmap
@@ -607,8 +607,9 @@ pub fn release_free_memory() {
 /// BENCHMARKS.md for what this saves; `render` is not affected.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes malloc's parameters; called before any
-    // other thread exists.
+    // SAFETY: mallopt only changes malloc's parameters, under malloc's own
+    // lock; it is called before the runtime starts its threads, so they
+    // all get the new limits.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);

@@ -400,10 +400,23 @@ impl Nginx {
             })?;
         // The access log goes to nginx's /dev/stdout: a pipe of ours, which
         // nginx can open whatever user it runs as, copied to our stdout.
+        // nginx's workers block writing to it when it is full, so it is
+        // made large (1 MiB, the default limit for a pipe) and drained in
+        // large reads.
         let mut child = child;
-        if let Some(mut out) = child.stdout.take() {
+        if let Some(out) = child.stdout.take() {
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::fd::AsRawFd;
+                // SAFETY: F_SETPIPE_SZ only resizes the pipe behind a file
+                // descriptor we own; failing leaves it as it was.
+                unsafe {
+                    libc::fcntl(out.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+                }
+            }
             tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut out, &mut tokio::io::stdout()).await;
+                let mut out = tokio::io::BufReader::with_capacity(256 * 1024, out);
+                let _ = tokio::io::copy_buf(&mut out, &mut tokio::io::stdout()).await;
             });
         }
         self.child = Some(child);
