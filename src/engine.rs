@@ -597,10 +597,10 @@ pub fn release_free_memory() {
 }
 
 /// Allocator settings for the long-running modes, set before the runtime
-/// starts its threads. At most two malloc arenas (one per core of a typical request;
-/// glibc's default is eight per core): every arena keeps its own freed
-/// pieces, and the threads that build and render on every core, the
-/// runtime's workers and the watches each scatter theirs. A fixed mmap
+/// starts its threads. At most two malloc arenas (glibc's default is
+/// eight per core): every arena keeps its own freed pieces, and the threads
+/// that build and render on every core, the runtime's workers and the
+/// watches each scatter theirs. A fixed mmap
 /// threshold: glibc raises it after freeing a large block (up to 32 MiB),
 /// and then puts later large blocks (texts, tables of 10,000 entries) in an
 /// arena, where what is freed around them cannot be given back. See

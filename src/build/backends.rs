@@ -2,7 +2,6 @@
 //! port's name → EndpointSlice ports of that name, over every slice labelled
 //! `kubernetes.io/service-name` → ready endpoints only.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
@@ -67,13 +66,11 @@ impl<'a, 'r> Backends<'a, 'r> {
     /// then finds them cached. Upstreams are still recorded only when a
     /// route uses them.
     pub fn prefetch(&mut self, backends: impl IntoIterator<Item = &'r ServiceRef>) {
-        let mut todo = Vec::new();
-        for b in backends {
-            if let Entry::Vacant(slot) = self.cache.entry(b) {
-                slot.insert((Resolution::Unavailable(String::new()), None));
-                todo.push(b);
-            }
-        }
+        let mut seen = foldhash::HashSet::default();
+        let todo: Vec<&'r ServiceRef> = backends
+            .into_iter()
+            .filter(|b| !self.cache.contains_key(b) && seen.insert(*b))
+            .collect();
         let this = &*self;
         let answers = crate::parallel::map(&todo, |b| this.resolve_uncached(b));
         for (b, answer) in todo.into_iter().zip(answers) {

@@ -189,20 +189,25 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     let old = OldServers::of(previous);
     let built = crate::parallel::map(&jobs, |(host, hr, certificate)| {
         let default = hr.default.as_ref().or(any.default.as_ref());
-        let built = b.server(Some(host), hr, default, certificate.clone());
+        let mut built = b.server(Some(host), hr, default, certificate.clone());
         // A server without snippets is final here: share it now, so that
         // the copies of unchanged servers never pile up.
         if built.snippets.is_empty() {
-            old.share(built)
-        } else {
-            built
+            built.server = old.share(built.server);
         }
+        built
     });
     let servers: Vec<Arc<Server>> = built
         .into_iter()
         .map(|s| {
-            let s = b.add_server(s);
-            old.share(s).server
+            // Servers with snippets are final once renumbered.
+            let renumbered = !s.snippets.is_empty();
+            let server = b.add_server(s);
+            if renumbered {
+                old.share(server)
+            } else {
+                server
+            }
         })
         .collect();
     for (host, t) in &tls {
@@ -215,7 +220,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         }
     }
     let default_server = b.server(None, &any, any.default.as_ref(), Some(default_cert));
-    let default_server = Arc::unwrap_or_clone(b.add_server(default_server).server);
+    let default_server = Arc::unwrap_or_clone(b.add_server(default_server));
     let upstreams = b.backends.take_upstreams();
 
     certs.used.remove(&default_certificate.name);
@@ -579,9 +584,8 @@ impl<'p> Builder<'p, '_> {
 
     /// Adds a server built apart: its problems, and its snippets numbered
     /// in [`Config::snippets`] (each text once, in the order servers and
-    /// their locations are added). The server returned has no snippets of
-    /// its own left.
-    fn add_server(&mut self, built: BuiltServer) -> BuiltServer {
+    /// their locations are added). Returns the server, renumbered.
+    fn add_server(&mut self, built: BuiltServer) -> Arc<Server> {
         let BuiltServer {
             mut server,
             problems,
@@ -589,11 +593,7 @@ impl<'p> Builder<'p, '_> {
         } = built;
         self.problems.extend(problems);
         if snippets.is_empty() {
-            return BuiltServer {
-                server,
-                problems: Vec::new(),
-                snippets,
-            };
+            return server;
         }
         let global: Vec<usize> = snippets
             .into_iter()
@@ -616,11 +616,7 @@ impl<'p> Builder<'p, '_> {
         for l in &mut s.locations {
             renumber(&mut l.snippet);
         }
-        BuiltServer {
-            server,
-            problems: Vec::new(),
-            snippets: Vec::new(),
-        }
+        server
     }
 
     fn source(&self, ing: usize, field: &str) -> Source {
@@ -804,16 +800,13 @@ impl<'a> OldServers<'a> {
         )
     }
 
-    /// The built server, or the previous one if it is the same; a server
-    /// with snippets still numbered within itself is never the same.
-    fn share(&self, mut built: BuiltServer) -> BuiltServer {
-        if built.snippets.is_empty()
-            && let Some(old) = self.0.get(built.server.server_name.as_str())
-            && **old == built.server
-        {
-            built.server = Arc::clone(old);
+    /// The server, or the previous one if it is the same. Only for a
+    /// final server: one whose snippets are numbered in the config.
+    fn share(&self, server: Arc<Server>) -> Arc<Server> {
+        match self.0.get(server.server_name.as_str()) {
+            Some(old) if **old == server => Arc::clone(old),
+            _ => server,
         }
-        built
     }
 }
 
