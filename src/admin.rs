@@ -3,17 +3,22 @@
 //! - `/healthz`, `/readyz`, `/metrics`: for kubelet probes and Prometheus.
 //! - `/config` (the nginx.conf nginx runs), `/config/candidate` (the last
 //!   config tried, with its `nginx -t` error if it failed), `/model` (the
-//!   Config model as JSON): answered only to loopback clients unless
-//!   `--allow-remote-inspection`, since they show every route and backend.
+//!   Config model as JSON): they show every route and backend, so they
+//!   never rest on who the peer seems to be (nginx itself connects from
+//!   127.0.0.1 when it proxies to a backend on this machine). They answer
+//!   on the unix socket `STATE/admin.sock` (mode 0600, in the private
+//!   state folder, which no Ingress can make nginx connect to), and on the
+//!   TCP port only to a request that carries the bearer token of
+//!   `--inspection-token-file`.
 //!
 //! No endpoint reads a request body.
 
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{StatusCode, header};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -81,11 +86,24 @@ impl Status {
     }
 }
 
+/// Who may use the inspection endpoints on a listener.
+#[derive(Clone, Debug)]
+pub enum Inspection {
+    /// Everyone who can connect: the unix socket, whose file mode decides.
+    Open,
+    /// Requests with `Authorization: Bearer TOKEN`, the token being the
+    /// content of this file (read at each request, so a rotated Secret
+    /// applies at once).
+    Token(PathBuf),
+    /// Nobody: the TCP port without `--inspection-token-file`.
+    Closed,
+}
+
 #[derive(Clone)]
 struct AdminState {
     status: Status,
     metrics: Metrics,
-    remote_inspection: bool,
+    inspection: Arc<Inspection>,
 }
 
 fn text(code: StatusCode, body: String) -> Response {
@@ -128,23 +146,55 @@ async fn metrics_text(State(s): State<AdminState>) -> Response {
         .into_response()
 }
 
-/// Refuses inspection to clients that are not on this machine, unless
-/// allowed.
-fn inspect(s: &AdminState, peer: SocketAddr) -> Option<Response> {
-    (!s.remote_inspection && !peer.ip().is_loopback()).then(|| {
-        text(
-            StatusCode::FORBIDDEN,
-            "inspection endpoints answer loopback clients only (see --allow-remote-inspection)\n"
-                .into(),
-        )
-    })
+/// Compares two byte strings in time that depends on their lengths only.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn config(
-    State(s): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if let Some(r) = inspect(&s, peer) {
+/// Refuses inspection to a request this listener does not allow.
+fn inspect(s: &AdminState, headers: &HeaderMap) -> Option<Response> {
+    let path = match &*s.inspection {
+        Inspection::Open => return None,
+        Inspection::Closed => {
+            return Some(text(
+                StatusCode::FORBIDDEN,
+                "inspection is served on the unix socket admin.sock in the state folder; on this port it needs --inspection-token-file\n".into(),
+            ));
+        }
+        Inspection::Token(path) => path,
+    };
+    let token = match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        Ok(_) => {
+            return Some(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the inspection token file is empty\n".into(),
+            ));
+        }
+        Err(e) => {
+            return Some(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the inspection token file cannot be read: {e}\n"),
+            ));
+        }
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(g) if same(g.as_bytes(), token.as_bytes()) => None,
+        _ => Some(text(
+            StatusCode::UNAUTHORIZED,
+            "inspection needs Authorization: Bearer with the token of --inspection-token-file\n"
+                .into(),
+        )),
+    }
+}
+
+async fn config(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(r) = inspect(&s, &headers) {
         return r;
     }
     match &s.status.inner.read().expect("status lock").config {
@@ -156,11 +206,8 @@ async fn config(
     }
 }
 
-async fn candidate(
-    State(s): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if let Some(r) = inspect(&s, peer) {
+async fn candidate(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(r) = inspect(&s, &headers) {
         return r;
     }
     match &s.status.inner.read().expect("status lock").candidate {
@@ -179,11 +226,8 @@ async fn candidate(
     }
 }
 
-async fn model(
-    State(s): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if let Some(r) = inspect(&s, peer) {
+async fn model(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(r) = inspect(&s, &headers) {
         return r;
     }
     let model = s.status.inner.read().expect("status lock").model.clone();
@@ -202,7 +246,7 @@ async fn model(
     }
 }
 
-pub fn router(status: Status, metrics: Metrics, remote_inspection: bool) -> Router {
+pub fn router(status: Status, metrics: Metrics, inspection: Inspection) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -213,20 +257,60 @@ pub fn router(status: Status, metrics: Metrics, remote_inspection: bool) -> Rout
         .with_state(AdminState {
             status,
             metrics,
-            remote_inspection,
+            inspection: Arc::new(inspection),
         })
 }
 
-/// Binds the admin endpoint; serving starts when the returned future runs.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
+/// The admin unix socket's file name in the state folder.
+pub const SOCKET: &str = "admin.sock";
+
+/// Binds the admin endpoint on TCP and on its unix socket in the state
+/// folder (mode 0600), and serves both in the background, each with the
+/// limits of [`crate::listen::ADMIN`].
+pub async fn start(
+    addr: std::net::SocketAddr,
+    state_dir: &std::path::Path,
+    status: Status,
+    metrics: Metrics,
+    token_file: Option<PathBuf>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tcp = tokio::net::TcpListener::bind(addr).await?;
+    let socket = state_dir.join(SOCKET);
+    // A socket left by a wicket that did not stop cleanly.
+    let _ = std::fs::remove_file(&socket);
+    let unix = tokio::net::UnixListener::bind(&socket)?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    let on_tcp = match token_file {
+        Some(f) => Inspection::Token(f),
+        None => Inspection::Closed,
+    };
+    crate::listen::spawn(
+        tcp,
+        crate::listen::ADMIN,
+        None,
+        router(status.clone(), metrics.clone(), on_tcp),
+        "admin",
+    );
+    crate::listen::spawn(
+        unix,
+        crate::listen::ADMIN,
+        None,
+        router(status, metrics, Inspection::Open),
+        "admin socket",
+    );
+    Ok(())
 }
 
-/// Serves the admin endpoint until the process exits.
-pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
+#[cfg(test)]
+mod tests {
+    use super::same;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"abcd"));
+        assert!(!same(b"", b"a"));
+    }
 }

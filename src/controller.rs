@@ -33,9 +33,9 @@ pub struct ControllerOptions {
     /// Leader election; `None` disables status and Events.
     pub leader: Option<LeaderOptions>,
     pub admin_addr: SocketAddr,
-    /// Answer `/config`, `/config/candidate` and `/model` to clients that
-    /// are not on this machine.
-    pub remote_inspection: bool,
+    /// `--inspection-token-file`: the bearer token that opens `/config`,
+    /// `/config/candidate` and `/model` on the admin TCP port.
+    pub inspection_token_file: Option<std::path::PathBuf>,
     pub nginx: NginxOptions,
     pub debounce: Duration,
     pub max_wait: Duration,
@@ -56,21 +56,70 @@ pub struct WebhookOptions {
 pub enum ControllerError {
     #[error("connecting to the Kubernetes API: {0}")]
     Client(#[source] kube::Error),
+    #[error("reading the Kubernetes client configuration: {0}")]
+    Config(#[source] kube::config::InferConfigError),
     #[error(transparent)]
     Run(#[from] RunError),
     #[error(transparent)]
     Webhook(#[from] crate::webhook::WebhookError),
 }
 
+/// Deadlines of the requests wicket makes (Lease, status, Events): an API
+/// server that stops answering makes them fail instead of hang. Watches
+/// use a client of their own, whose long polls kube bounds itself.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The two clients: one for watches, one with deadlines for requests.
+async fn clients() -> Result<(Client, Client), ControllerError> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(ControllerError::Config)?;
+    let watch = Client::try_from(config.clone()).map_err(ControllerError::Client)?;
+    let mut timed = config;
+    timed.connect_timeout = Some(CONNECT_TIMEOUT);
+    timed.read_timeout = Some(REQUEST_TIMEOUT);
+    timed.write_timeout = Some(REQUEST_TIMEOUT);
+    timed.reset_reader_on_write = true;
+    let requests = Client::try_from(timed).map_err(ControllerError::Client)?;
+    Ok((watch, requests))
+}
+
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(opts: ControllerOptions, renderer: Renderer) -> Result<(), ControllerError> {
-    let client = Client::try_default()
-        .await
-        .map_err(ControllerError::Client)?;
+    let (client, requests) = clients().await?;
     let status = Status::default();
-    status.not_ready("waiting for the caches to sync");
     let metrics = crate::metrics::Metrics::new();
-    start_admin(opts.admin_addr, &status, &metrics, opts.remote_inspection).await?;
+    let mut own_ports: std::collections::BTreeMap<u16, &'static str> = [
+        (opts.build.http_port, "HTTP"),
+        (opts.build.https_port, "HTTPS"),
+        (opts.admin_addr.port(), "admin"),
+    ]
+    .into_iter()
+    .collect();
+    if let Some(w) = &opts.webhook {
+        own_ports.insert(w.addr.port(), "webhook");
+    }
+    // The engine prepares the state folder, where the admin socket goes;
+    // nginx starts later, with the first rebuild.
+    let mut engine = Engine::new(
+        opts.build.clone(),
+        renderer,
+        opts.nginx.clone(),
+        status.clone(),
+        metrics.clone(),
+        own_ports,
+    )
+    .map_err(RunError::from)?;
+    status.not_ready("waiting for the caches to sync");
+    start_admin(
+        opts.admin_addr,
+        &opts.nginx.state_dir,
+        &status,
+        &metrics,
+        opts.inspection_token_file.clone(),
+    )
+    .await?;
     let mut shutdown = Shutdown::new()?;
 
     let (tx, mut changes) = mpsc::unbounded_channel::<Change>();
@@ -102,51 +151,50 @@ pub async fn run(opts: ControllerOptions, renderer: Renderer) -> Result<(), Cont
     let election = opts
         .leader
         .clone()
-        .map(|l| Election::start(client.clone(), l));
+        .map(|l| Election::start(requests.clone(), l, metrics.clone()));
     let (round_tx, round_rx) = watch::channel::<Option<Arc<Round>>>(None);
     let identity = opts
         .leader
         .as_ref()
         .map_or("wicket".to_string(), |l| l.identity.clone());
     let writer = election.as_ref().map(|e| {
-        let w = StatusWriter::new(client.clone(), source.ingresses().clone(), &identity);
+        let w = StatusWriter::new(requests.clone(), source.ingresses().clone(), &identity);
         tokio::spawn(w.run(round_rx.clone(), e.is_leader.clone()))
     });
 
-    let mut engine = Engine::new(
-        opts.build.clone(),
-        renderer,
-        opts.nginx.clone(),
-        status,
-        metrics,
-    )
-    .map_err(RunError::from)?;
-    // Ingresses changed since the last config nginx accepted.
+    // Ingresses changed since nginx last took a config.
     let mut pending: BTreeSet<ObjectKey> = BTreeSet::new();
     let mut last_rebuild = Instant::now();
-    let mut served: BTreeSet<ObjectKey>;
-    let rebuild = async |engine: &mut Engine, pending: &mut BTreeSet<ObjectKey>| {
-        let cluster = source.snapshot();
-        let (b, applied) = engine.rebuild(&cluster, &[]).await;
-        let mut round = Round::new(
+    // What each rebuild (or a retry, or a DNS refresh) decided, for the
+    // status writer.
+    let send_round = |engine: &Engine,
+                      pending: &mut BTreeSet<ObjectKey>,
+                      b: &build::Build,
+                      applied: &Applied| {
+        if matches!(applied, Applied::Applied) {
+            pending.clear();
+        }
+        let publish = source.publish_service();
+        let round = Round::new(
             &b.served,
             &b.problems,
-            status::addresses(&opts.status, &cluster),
+            status::Live {
+                served: engine.live(),
+                failure: engine.failure(),
+                pending,
+            },
+            status::addresses(&opts.status, publish.as_deref()),
         );
-        match applied {
-            Applied::Applied => pending.clear(),
-            Applied::Failed(e) => {
-                round.reload_failed = Some((e.to_string(), pending.iter().cloned().collect()))
-            }
-            Applied::Unchanged => {}
-        }
         let _ = round_tx.send(Some(Arc::new(round)));
-        b.served.into_iter().collect::<BTreeSet<_>>()
     };
-    served = rebuild(&mut engine, &mut pending).await;
+    {
+        let cluster = source.snapshot();
+        let (b, applied) = engine.rebuild(&cluster, &[]).await;
+        send_round(&engine, &mut pending, &b, &applied);
+    }
 
     loop {
-        let retry_at = engine.retry_at();
+        let wake_at = engine.wake_at();
         tokio::select! {
             ch = changes.recv() => {
                 let Some(ch) = ch else { break };
@@ -154,12 +202,16 @@ pub async fn run(opts: ControllerOptions, renderer: Renderer) -> Result<(), Cont
                 let batch = coalesce(&mut changes, ch, wait, opts.max_wait.max(wait)).await;
                 pending.extend(batch.into_iter().filter(|c| c.kind == Kind::Ingress && !c.key.name.is_empty()).map(|c| c.key));
                 last_rebuild = Instant::now();
-                served = rebuild(&mut engine, &mut pending).await;
+                let cluster = source.snapshot();
+                let (b, applied) = engine.rebuild(&cluster, &[]).await;
+                send_round(&engine, &mut pending, &b, &applied);
             }
             exit = engine.nginx_exited() => engine.restart(exit).await,
-            _ = sleep_until(retry_at) => {
+            _ = sleep_until(wake_at) => {
                 let cluster = source.snapshot();
-                engine.retry(&cluster, &[]).await;
+                if let Some((b, applied)) = engine.wake(&cluster, &[]).await {
+                    send_round(&engine, &mut pending, &b, &applied);
+                }
             }
             _ = shutdown.requested() => break,
         }
@@ -169,7 +221,7 @@ pub async fn run(opts: ControllerOptions, renderer: Renderer) -> Result<(), Cont
     if let Some(e) = election {
         let leading = *e.is_leader.borrow();
         if leading && opts.status.update_on_shutdown {
-            status::clear(&client, source.ingresses(), &served).await;
+            status::clear(&requests, source.ingresses(), engine.live()).await;
         }
         if let Some(w) = writer {
             w.abort();

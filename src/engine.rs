@@ -2,7 +2,7 @@
 //! build a snapshot, apply the config when it changed, keep nginx running,
 //! report problems once, keep the admin status true.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::nginx::{ApplyError, Nginx, NginxOptions, Outcome};
 use crate::problem::{Problem, Severity};
 use crate::render::Renderer;
+use crate::resolve::Resolver;
 use crate::source::files::FileReport;
 
 /// What can stop a serving mode from starting.
@@ -37,19 +38,18 @@ pub enum RunError {
     Signals(#[source] std::io::Error),
 }
 
-/// Binds the admin endpoint and serves it in the background.
+/// Binds the admin endpoint (TCP and the unix socket in the state folder)
+/// and serves it in the background.
 pub async fn start_admin(
     addr: std::net::SocketAddr,
+    state_dir: &std::path::Path,
     status: &Status,
     metrics: &Metrics,
-    remote_inspection: bool,
+    token_file: Option<std::path::PathBuf>,
 ) -> Result<(), RunError> {
-    let listener = crate::admin::bind(addr)
+    crate::admin::start(addr, state_dir, status.clone(), metrics.clone(), token_file)
         .await
-        .map_err(|source| RunError::Admin { addr, source })?;
-    let app = crate::admin::router(status.clone(), metrics.clone(), remote_inspection);
-    tokio::spawn(crate::admin::serve(listener, app));
-    Ok(())
+        .map_err(|source| RunError::Admin { addr, source })
 }
 
 /// SIGTERM or SIGINT: the request to stop.
@@ -120,6 +120,42 @@ pub enum Applied {
     Failed(ApplyError),
 }
 
+/// Why the newest config is not served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// [`ApplyError::label`]: the kind of failure.
+    pub label: &'static str,
+    pub message: String,
+}
+
+/// An Ingress to blame for a config nginx refused, with the field and the
+/// Service of the line nginx named, where they are known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blamed {
+    pub key: ObjectKey,
+    /// Such as `spec.rules[0].http.paths[1]`.
+    pub field: Option<String>,
+    /// `namespace/service:port`, when the line was in an upstream.
+    pub service: Option<String>,
+}
+
+impl Blamed {
+    /// ` (FIELD, service SERVICE)`, or nothing.
+    fn what(&self) -> String {
+        let parts: Vec<String> = self
+            .field
+            .iter()
+            .cloned()
+            .chain(self.service.iter().map(|s| format!("service {s}")))
+            .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
+    }
+}
+
 /// An Ingress left out of the config because nginx refused the config
 /// built with it.
 struct Quarantined {
@@ -151,22 +187,38 @@ pub struct Engine {
     reporter: Reporter,
     /// The last config handed to nginx, applied or refused.
     attempted: Option<Arc<Config>>,
-    /// When to try again after a failure that may pass (nginx could not
-    /// start, did not answer in time).
+    /// When [`Engine::wake`] wants to run: to start nginx again, or to
+    /// apply again a config whose apply failed in a way that may pass.
     retry_at: Option<Instant>,
+    /// The last apply failed in a way that may pass: apply again at
+    /// `retry_at`.
+    reapply: bool,
     quarantine: BTreeMap<ObjectKey, Quarantined>,
     metrics: Metrics,
     /// The config nginx serves.
     applied: Option<Arc<Config>>,
+    /// The Ingresses the config nginx serves was built with.
+    live: BTreeSet<ObjectKey>,
+    /// Why the newest config is not served, while it is not.
+    failure: Option<Failure>,
+    /// The names of `ExternalName` Services, looked up by wicket.
+    resolver: Resolver,
+    /// When the names are looked up again.
+    names_at: Option<Instant>,
+    /// The ports wicket itself listens on (no backend may be one of them).
+    own_ports: BTreeMap<u16, &'static str>,
 }
 
 impl Engine {
+    /// `own_ports`: the ports wicket and nginx listen on, with what each
+    /// is; build refuses backends that are one of them on this machine.
     pub fn new(
         opts: build::Options,
         renderer: Renderer,
         nginx: NginxOptions,
         status: Status,
         metrics: Metrics,
+        own_ports: BTreeMap<u16, &'static str>,
     ) -> Result<Self, ApplyError> {
         status.not_ready("starting nginx");
         metrics.set_status_socket(nginx.state_dir.join(crate::nginx::STATUS_SOCKET));
@@ -178,10 +230,44 @@ impl Engine {
             reporter: Reporter::default(),
             attempted: None,
             retry_at: None,
+            reapply: false,
             quarantine: BTreeMap::new(),
             metrics,
             applied: None,
+            live: BTreeSet::new(),
+            failure: None,
+            resolver: Resolver::new(crate::resolve::system_lookup()),
+            names_at: None,
+            own_ports,
         })
+    }
+
+    /// The Ingresses the config nginx serves now was built with: only
+    /// these get a status address.
+    pub fn live(&self) -> &BTreeSet<ObjectKey> {
+        &self.live
+    }
+
+    /// Why the newest config is not served, while it is not.
+    pub fn failure(&self) -> Option<&Failure> {
+        self.failure.as_ref()
+    }
+
+    /// Looks up the `ExternalName` names the snapshot needs (all of them
+    /// with `all`, else those not known or due) and this machine's
+    /// addresses, for the next build. Returns whether an answer changed.
+    async fn refresh_inputs(&mut self, cluster: &Cluster, all: bool) -> bool {
+        let names = build::external_names(cluster, &self.opts);
+        let resolved = self.resolver.resolve(&names, all).await;
+        for (name, e) in &self.resolver.stale {
+            warn!(name = %name, error = %e, "externalName lookup failed; its last addresses are kept");
+        }
+        self.names_at = (!names.is_empty()).then(|| Instant::now() + crate::resolve::REFRESH);
+        let changed = self.opts.resolved.as_deref() != Some(&resolved);
+        self.opts.resolved = Some(Arc::new(resolved));
+        self.opts.backend_policy.own_ports = self.own_ports.clone();
+        self.opts.backend_policy.own_addresses = crate::netinfo::local_addresses();
+        changed
     }
 
     /// Ingresses quarantined now.
@@ -209,11 +295,19 @@ impl Engine {
         }
     }
 
-    fn quarantine(&mut self, cluster: &Cluster, key: ObjectKey, reason: &str) {
+    fn quarantine(&mut self, cluster: &Cluster, blamed: Blamed, reason: &str) {
+        let key = blamed.key.clone();
         let Some(ing) = cluster.ingresses.get(&key) else {
             return;
         };
-        warn!(ingress = %key, "quarantined: nginx refused the config built with it: {reason}");
+        let what = blamed.what();
+        let serving = if self.applied.is_some() {
+            "the rest is applied; the last good config serves meanwhile"
+        } else {
+            "the rest is applied"
+        };
+        warn!(ingress = %key, field = blamed.field.as_deref().unwrap_or(""), service = blamed.service.as_deref().unwrap_or(""),
+            "quarantined: nginx refused the config built with it{what}: {reason}; {serving}");
         self.quarantine.insert(
             key.clone(),
             Quarantined {
@@ -223,28 +317,25 @@ impl Engine {
         );
         self.opts.quarantine.insert(
             key,
-            format!("nginx -t refused the config built with this Ingress: {reason}"),
+            format!("nginx -t refused the config built with this Ingress{what}: {reason}"),
         );
     }
 
     /// The Ingress (or Ingresses) to blame for a config `nginx -t` refused:
-    /// first from the line nginx names, then by bisection with `nginx -t`
-    /// over the suspects.
-    async fn culprit(
-        &mut self,
-        cluster: &Cluster,
-        build: &Build,
-        message: &str,
-    ) -> Option<ObjectKey> {
+    /// first from the line nginx names (with the field and Service that
+    /// line belongs to), then by bisection with `nginx -t` over the
+    /// suspects.
+    async fn culprit(&mut self, cluster: &Cluster, build: &Build, message: &str) -> Option<Blamed> {
         let text = self.nginx.refused_config().map(str::to_string);
-        let mut suspects = match (text, error_line(message)) {
+        let mut blamed = match (text, error_line(message)) {
             (Some(text), Some(line)) => blame(&text, line, &build.config),
             _ => Vec::new(),
         };
-        suspects.retain(|k| build.served.contains(k));
-        if suspects.len() == 1 {
-            return suspects.pop();
+        blamed.retain(|b| build.served.contains(&b.key));
+        if blamed.len() == 1 {
+            return blamed.pop();
         }
+        let mut suspects: Vec<ObjectKey> = blamed.into_iter().map(|b| b.key).collect();
         if suspects.is_empty() {
             suspects = build.served.clone();
         }
@@ -261,6 +352,11 @@ impl Engine {
             nginx.check(&without.config, renderer).await.is_err()
         })
         .await
+        .map(|key| Blamed {
+            key,
+            field: None,
+            service: None,
+        })
     }
 
     pub fn nginx(&self) -> &Nginx {
@@ -271,15 +367,28 @@ impl Engine {
         &self.status
     }
 
-    /// When the engine wants [`Engine::retry`] to be called.
-    pub fn retry_at(&self) -> Option<Instant> {
-        self.retry_at
+    /// When the engine wants [`Engine::wake`] to be called.
+    pub fn wake_at(&self) -> Option<Instant> {
+        match (self.retry_at, self.names_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Builds the snapshot and applies the config if it changed. If nginx
     /// refuses a config, the Ingress responsible is found, quarantined (it
     /// is then reported as rejected) and the rest applied.
     pub async fn rebuild(&mut self, cluster: &Cluster, files: &[FileReport]) -> (Build, Applied) {
+        self.refresh_inputs(cluster, false).await;
+        self.rebuild_resolved(cluster, files).await
+    }
+
+    /// [`Engine::rebuild`] with the names already looked up.
+    async fn rebuild_resolved(
+        &mut self,
+        cluster: &Cluster,
+        files: &[FileReport],
+    ) -> (Build, Applied) {
         self.refresh_quarantine(cluster);
         let mut rounds = 0;
         loop {
@@ -295,14 +404,20 @@ impl Engine {
                 return (build, applied);
             }
             match self.culprit(cluster, &build, message).await {
-                Some(key) => {
+                Some(blamed) => {
                     let message = message.clone();
-                    self.quarantine(cluster, key, &message);
+                    self.quarantine(cluster, blamed, &message);
                 }
                 None => {
-                    warn!(
-                        "no single Ingress explains why nginx refused the config; the last good config keeps serving"
-                    );
+                    if self.applied.is_some() {
+                        warn!(
+                            "no single Ingress explains why nginx refused the config; the last good config keeps serving"
+                        );
+                    } else {
+                        warn!(
+                            "no single Ingress explains why nginx refused the config; nothing is served yet"
+                        );
+                    }
                     return (build, applied);
                 }
             }
@@ -325,6 +440,10 @@ impl Engine {
                 build_ms = built.as_millis() as u64,
                 "no change to the config"
             );
+            // The config nginx serves is also this build's.
+            if self.failure.is_none() && self.applied.as_deref() == Some(&*build.config) {
+                self.live = build.served.iter().cloned().collect();
+            }
             return (build, Applied::Unchanged);
         }
         let previous = tracing::enabled!(tracing::Level::DEBUG)
@@ -362,6 +481,8 @@ impl Engine {
                     "{verb}"
                 );
                 self.retry_at = None;
+                self.reapply = false;
+                self.failure = None;
                 let model = build.config.clone();
                 self.status.serving(text, model.clone(), "");
                 self.metrics.reload(
@@ -370,33 +491,49 @@ impl Engine {
                     self.nginx.running_hash().as_deref(),
                 );
                 self.applied = Some(model);
+                self.live = build.served.iter().cloned().collect();
                 Applied::Applied
             }
             Err(e) => {
-                error!(error = %e, reason = e.label(), "config not applied; the last good config keeps serving");
+                let serving = self.nginx.running_config().is_some();
+                if serving {
+                    error!(error = %e, reason = e.label(), "config not applied; the last good config keeps serving");
+                } else {
+                    error!(error = %e, reason = e.label(), "config not applied; nothing is served yet");
+                }
                 self.metrics.reload(e.label(), None, None);
                 if let (ApplyError::Invalid(msg), Some(text)) = (&e, self.nginx.refused_config()) {
                     self.status.refused(text, msg.clone());
                 }
-                let transient = matches!(
-                    e,
-                    ApplyError::Exited(_)
-                        | ApplyError::Timeout(_)
-                        | ApplyError::Spawn { .. }
-                        | ApplyError::Write { .. }
-                );
-                if transient {
+                self.reapply = e.transient();
+                if self.reapply {
                     self.retry_at = Some(Instant::now() + Duration::from_secs(1));
                 }
-                if self.nginx.running_config().is_some() {
+                // Ready only while an nginx serves the newest config that
+                // nginx -t accepted: not when nginx is down, nor when a
+                // config it accepted did not load (its retry decides).
+                if !serving || !self.nginx.is_running() {
+                    self.status.not_ready(if serving {
+                        format!("nginx is down: {e}")
+                    } else {
+                        e.to_string()
+                    });
+                } else if e.after_test() {
+                    self.status
+                        .not_ready(format!("the newest config is not served: {e}; retrying"));
+                } else {
                     self.status
                         .note(format!("the newest change was not applied: {e}"));
-                } else {
-                    self.status.not_ready(e.to_string());
                 }
                 Applied::Failed(e)
             }
         };
+        if let Applied::Failed(e) = &applied {
+            self.failure = Some(Failure {
+                label: e.label(),
+                message: e.to_string(),
+            });
+        }
         (build, applied)
     }
 
@@ -405,39 +542,74 @@ impl Engine {
         self.nginx.exited().await
     }
 
-    /// Starts nginx again with the last good config after it died.
+    /// Starts nginx again with the last good config after it died (and
+    /// then applies the newest config, if its apply had failed).
     pub async fn restart(&mut self, exit: ExitStatus) {
         error!(%exit, "nginx exited; starting it again with the last good config");
         self.status
             .not_ready(format!("nginx exited ({exit}); restarting"));
-        self.restart_nginx().await;
+        if self.restart_nginx().await && self.reapply {
+            self.retry_at = Some(Instant::now());
+        }
     }
 
-    async fn restart_nginx(&mut self) {
+    /// Whether nginx serves the last good config again.
+    async fn restart_nginx(&mut self) -> bool {
         match self.nginx.restart().await {
             Ok(()) => {
                 info!("nginx restarted");
-                self.retry_at = None;
-                self.status.restored();
+                if self.reapply {
+                    self.status
+                        .note("nginx restarted with the last good config; applying the newest");
+                } else {
+                    self.status.restored();
+                }
+                true
             }
             Err(e) => {
                 error!(error = %e, "nginx did not restart; trying again in 1s");
                 self.status.not_ready(format!("nginx is down: {e}"));
                 self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                false
             }
         }
     }
 
-    /// Called at [`Engine::retry_at`]: restarts nginx if it is down,
-    /// otherwise applies the snapshot again.
-    pub async fn retry(&mut self, cluster: &Cluster, files: &[FileReport]) {
-        self.retry_at = None;
-        if self.nginx.running_config().is_some() && !self.status.is_ready() {
-            self.restart_nginx().await;
-        } else {
-            self.attempted = None;
-            self.rebuild(cluster, files).await;
+    /// Called at [`Engine::wake_at`]: starts nginx again if it is down,
+    /// applies again a config whose apply failed in a way that may pass,
+    /// and looks up the `ExternalName` names again, rebuilding if one
+    /// moved. Returns the rebuild, if there was one.
+    pub async fn wake(
+        &mut self,
+        cluster: &Cluster,
+        files: &[FileReport],
+    ) -> Option<(Build, Applied)> {
+        let now = Instant::now();
+        let mut rebuild = false;
+        if self.retry_at.is_some_and(|t| t <= now) {
+            self.retry_at = None;
+            if !self.nginx.is_running()
+                && self.nginx.running_config().is_some()
+                && !self.restart_nginx().await
+            {
+                return None;
+            }
+            rebuild |= self.reapply;
         }
+        if self.names_at.is_some_and(|t| t <= now) {
+            let moved = self.refresh_inputs(cluster, true).await;
+            if moved {
+                info!("an externalName resolves to other addresses now");
+            }
+            rebuild |= moved;
+        }
+        if !rebuild {
+            return None;
+        }
+        // Compare with what nginx serves, so a config whose apply failed
+        // is applied again.
+        self.attempted = self.applied.clone();
+        Some(self.rebuild_resolved(cluster, files).await)
     }
 
     /// Stops nginx gracefully.
@@ -532,15 +704,19 @@ fn error_line(message: &str) -> Option<usize> {
 
 /// The Ingresses a line of a rendered config belongs to, from the comments
 /// the templates write: a location's `# ingress NS/NAME FIELD`, a server's
-/// `# ingress NS/NAME` list, or, in an upstream, the Ingresses that proxy to
-/// it.
-fn blame(text: &str, line: usize, config: &crate::config::Config) -> Vec<ObjectKey> {
+/// `# ingress NS/NAME FIELD` list, or, in an upstream, the Ingresses that
+/// proxy to it (with the fields that do, and the upstream's Service).
+fn blame(text: &str, line: usize, config: &crate::config::Config) -> Vec<Blamed> {
     let lines: Vec<&str> = text.lines().collect();
-    let key = |comment: &str| {
+    let parse = |comment: &str| {
         let rest = comment.trim_start().strip_prefix("# ingress ")?;
-        let id = rest.split_whitespace().next()?;
-        let (ns, name) = id.split_once('/')?;
-        Some(ObjectKey::new(ns, name))
+        let mut words = rest.split_whitespace();
+        let (ns, name) = words.next()?.split_once('/')?;
+        Some(Blamed {
+            key: ObjectKey::new(ns, name),
+            field: words.next().map(str::to_string),
+            service: None,
+        })
     };
     // The comment lines right above line `i`.
     let comments_above = |i: usize| {
@@ -554,28 +730,44 @@ fn blame(text: &str, line: usize, config: &crate::config::Config) -> Vec<ObjectK
         i -= 1;
         let t = lines[i].trim_start();
         if t.starts_with("location ") {
-            return comments_above(i).filter_map(key).take(1).collect();
+            return comments_above(i).filter_map(parse).take(1).collect();
         }
         if t == "server {" {
-            return comments_above(i).filter_map(key).collect();
+            return comments_above(i).filter_map(parse).collect();
         }
         if let Some(name) = t
             .strip_prefix("upstream ")
             .and_then(|r| r.split_whitespace().next())
         {
-            let mut keys: Vec<ObjectKey> = config
+            let service = config
+                .upstreams
+                .iter()
+                .find(|u| u.name == name)
+                .map(|u| u.service.clone());
+            let mut found: BTreeMap<ObjectKey, BTreeSet<String>> = BTreeMap::new();
+            for l in config
                 .servers
                 .iter()
                 .map(|s| &**s)
                 .chain(std::iter::once(&config.default_server))
                 .flat_map(|s| &s.locations)
                 .filter(|l| matches!(&l.action, crate::config::Action::Proxy { upstream, .. } if upstream == name))
-                .filter_map(|l| l.source.as_ref())
-                .map(|s| ObjectKey::new(s.namespace.as_str(), s.name.as_str()))
+            {
+                if let Some(s) = &l.source {
+                    found
+                        .entry(ObjectKey::new(s.namespace.as_str(), s.name.as_str()))
+                        .or_default()
+                        .insert(s.field.clone());
+                }
+            }
+            return found
+                .into_iter()
+                .map(|(key, fields)| Blamed {
+                    key,
+                    field: Some(fields.into_iter().collect::<Vec<_>>().join(", ")),
+                    service: service.clone(),
+                })
                 .collect();
-            keys.sort();
-            keys.dedup();
-            return keys;
         }
         if t == "http {" {
             break;

@@ -23,6 +23,9 @@ pub struct LeaderOptions {
     /// This replica's identity (the pod name).
     pub identity: String,
     pub lease_duration: Duration,
+    /// A leader that has not renewed within this steps down; shorter than
+    /// the lease, so it stops before another replica may take over.
+    pub renew_deadline: Duration,
     /// How often the leader renews and the others check.
     pub retry_period: Duration,
 }
@@ -34,6 +37,7 @@ impl LeaderOptions {
             name,
             identity,
             lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
         }
     }
@@ -47,9 +51,24 @@ pub struct Election {
 }
 
 impl Election {
-    pub fn start(client: Client, opts: LeaderOptions) -> Election {
+    /// `client` should have request deadlines: a renewal must not hang
+    /// past the renew deadline.
+    pub fn start(
+        client: Client,
+        opts: LeaderOptions,
+        metrics: crate::metrics::Metrics,
+    ) -> Election {
         let (tx, rx) = watch::channel(false);
         let (stop, stop_rx) = watch::channel(false);
+        let mut follow = rx.clone();
+        tokio::spawn(async move {
+            loop {
+                metrics.set_leader(*follow.borrow_and_update());
+                if follow.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         let task = tokio::spawn(run(
             Api::namespaced(client, &opts.namespace),
             opts,
@@ -91,7 +110,20 @@ async fn run(
     let mut observed: Option<Observed> = None;
     let mut last_renewed: Option<Instant> = None;
     loop {
-        match try_acquire_or_renew(&api, &opts, &mut observed).await {
+        // A leader's attempt ends when its renew deadline does; another
+        // replica's within a renew deadline too.
+        let leading = *tx.borrow();
+        let deadline = match last_renewed {
+            Some(t) if leading => t + opts.renew_deadline,
+            _ => Instant::now() + opts.renew_deadline,
+        };
+        let attempt = tokio::time::timeout_at(
+            deadline.into(),
+            try_acquire_or_renew(&api, &opts, &mut observed),
+        )
+        .await
+        .unwrap_or(Err(Failed::Deadline(opts.renew_deadline)));
+        match attempt {
             Ok(true) => {
                 last_renewed = Some(Instant::now());
                 if !*tx.borrow() {
@@ -107,12 +139,10 @@ async fn run(
             }
             Err(e) => {
                 warn!(lease = %opts.name, error = %e, "lease update failed");
-                // A leader that cannot renew steps down before others may
-                // take over.
-                if *tx.borrow()
-                    && last_renewed.is_none_or(|t| t.elapsed() > opts.lease_duration * 2 / 3)
-                {
-                    warn!(lease = %opts.name, "stepping down: the lease could not be renewed");
+                // A leader that cannot renew within its deadline steps
+                // down, before others may take over.
+                if *tx.borrow() && last_renewed.is_none_or(|t| t.elapsed() >= opts.renew_deadline) {
+                    warn!(lease = %opts.name, "stepping down: the lease could not be renewed in time");
                     let _ = tx.send(false);
                 }
             }
@@ -132,11 +162,20 @@ async fn run(
     }
 }
 
+/// Why an attempt on the Lease failed.
+#[derive(Debug, thiserror::Error)]
+enum Failed {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("no answer within the renew deadline ({0:?})")]
+    Deadline(Duration),
+}
+
 async fn try_acquire_or_renew(
     api: &Api<Lease>,
     opts: &LeaderOptions,
     observed: &mut Option<Observed>,
-) -> Result<bool, kube::Error> {
+) -> Result<bool, Failed> {
     let duration_secs = opts.lease_duration.as_secs() as i32;
     let Some(mut lease) = api.get_opt(&opts.name).await? else {
         let lease = Lease {
@@ -157,7 +196,7 @@ async fn try_acquire_or_renew(
         return match api.create(&PostParams::default(), &lease).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
     };
     let spec = lease.spec.get_or_insert_with(Default::default);
@@ -197,7 +236,7 @@ async fn try_acquire_or_renew(
         Ok(_) => Ok(true),
         // Someone else wrote it first.
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 

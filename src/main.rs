@@ -95,14 +95,25 @@ struct RunArgs {
     /// Address of the admin endpoint.
     #[arg(long, env = "WICKET_ADMIN_ADDRESS", default_value = "127.0.0.1")]
     admin_address: IpAddr,
-    /// Answer /config, /config/candidate and /model to clients that are not
-    /// on this machine (they show every route and backend).
-    #[arg(long, env = "WICKET_ALLOW_REMOTE_INSPECTION", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    allow_remote_inspection: bool,
+    /// A file holding a bearer token that opens /config, /config/candidate
+    /// and /model on the admin port (they show every route and backend);
+    /// without it they answer only on the unix socket STATE/admin.sock.
+    #[arg(long, env = "WICKET_INSPECTION_TOKEN_FILE")]
+    inspection_token_file: Option<PathBuf>,
+    /// No longer honoured: inspection never rests on the client's address
+    /// (see --inspection-token-file).
+    #[arg(long, hide = true, env = "WICKET_ALLOW_REMOTE_INSPECTION", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allow_remote_inspection: Option<bool>,
     /// Folder for nginx.conf, certificates and nginx's temporary files;
     /// a fresh private temporary folder by default.
     #[arg(long, env = "WICKET_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Folder for nginx's temporary files (buffered request and response
+    /// bodies) [default: STATE_DIR/tmp]. Give it its own volume, so a slow
+    /// client of a large download cannot fill the one the config is
+    /// written to.
+    #[arg(long, env = "WICKET_TEMP_DIR")]
+    temp_dir: Option<PathBuf>,
     /// The nginx binary.
     #[arg(long, env = "WICKET_NGINX_BINARY", default_value = "nginx")]
     nginx_binary: PathBuf,
@@ -128,6 +139,11 @@ struct RenderArgs {
     http_port: u16,
     #[arg(long, default_value_t = 443)]
     https_port: u16,
+    /// With no --manifests: allow backends on loopback, link-local and
+    /// unspecified addresses, as `controller --allow-local-backends` does
+    /// (with --manifests they are allowed, as in `serve`).
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allow_local_backends: bool,
     #[command(flatten)]
     build: BuildArgs,
 }
@@ -171,6 +187,12 @@ struct ControllerArgs {
     /// Least time between two rebuilds, in milliseconds.
     #[arg(long, env = "WICKET_MIN_INTERVAL_MS", default_value_t = 200)]
     min_interval_ms: u64,
+    /// Allow backends (EndpointSlice addresses of Services without a
+    /// selector, ExternalName targets) on loopback, link-local
+    /// (169.254.0.0/16, fe80::/10: cloud metadata services) and
+    /// unspecified addresses.
+    #[arg(long, env = "WICKET_ALLOW_LOCAL_BACKENDS", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allow_local_backends: bool,
     /// Serve the validating admission webhook (HTTPS, POST
     /// /validate-ingress) on this port.
     #[arg(long, env = "WICKET_WEBHOOK_PORT", requires_all = ["webhook_cert_file", "webhook_key_file"])]
@@ -195,6 +217,7 @@ fn build_options(
     without_class_default: bool,
     http_port: u16,
     https_port: u16,
+    allow_local_backends: bool,
 ) -> anyhow::Result<build::Options> {
     Ok(build::Options {
         class: ClassOptions {
@@ -212,7 +235,21 @@ fn build_options(
         default_backend_service: b.default_backend_service.clone(),
         configmap: b.configmap.clone(),
         quarantine: Default::default(),
+        backend_policy: build::backends::BackendPolicy {
+            allow_local: allow_local_backends,
+            ..Default::default()
+        },
+        resolved: None,
     })
+}
+
+/// Warns that --allow-remote-inspection is not honoured any more.
+fn warn_remote_inspection(run: &RunArgs) {
+    if run.allow_remote_inspection.is_some() {
+        tracing::warn!(
+            "--allow-remote-inspection is no longer honoured: inspection never rests on the client's address; use --inspection-token-file, or the unix socket admin.sock in the state folder"
+        );
+    }
 }
 
 fn renderer(b: &BuildArgs) -> anyhow::Result<Renderer> {
@@ -254,6 +291,7 @@ fn nginx_options(run: &RunArgs, state_dir: PathBuf) -> NginxOptions {
     NginxOptions {
         binary: find_binary(&run.nginx_binary),
         state_dir,
+        temp_dir: run.temp_dir.clone(),
     }
 }
 
@@ -271,6 +309,7 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
             let opts = KubeOptions {
                 namespace: args.watch_namespace.clone(),
                 configmap: args.build.configmap.clone(),
+                publish_service: None,
             };
             let cluster = tokio::runtime::Runtime::new()
                 .context("starting the runtime")?
@@ -278,12 +317,27 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
             (cluster, Vec::new())
         }
     };
-    let opts = build_options(
+    let mut opts = build_options(
         &args.build,
         args.manifests.is_some(),
         args.http_port,
         args.https_port,
+        args.manifests.is_some() || args.allow_local_backends,
     )?;
+    // The names of ExternalName Services, looked up as serve and
+    // controller look them up, so the output is what they would serve.
+    opts.backend_policy.own_ports = [(args.http_port, "HTTP"), (args.https_port, "HTTPS")].into();
+    opts.backend_policy.own_addresses = wicket::netinfo::local_addresses();
+    let names = build::external_names(&cluster, &opts);
+    if !names.is_empty() {
+        let mut resolver = wicket::resolve::Resolver::new(wicket::resolve::system_lookup());
+        let resolved = tokio::runtime::Runtime::new()
+            .context("starting the runtime")?
+            .block_on(resolver.resolve(&names, true));
+        opts.resolved = Some(std::sync::Arc::new(resolved));
+    } else {
+        opts.resolved = Some(Default::default());
+    }
     let result = build::build(&cluster, &opts);
     // The model owns what it took from the objects: free them while the
     // text is rendered, which lowers the peak memory.
@@ -325,7 +379,15 @@ async fn snapshot_from_cluster(opts: &KubeOptions) -> anyhow::Result<wicket::clu
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let build = build_options(&args.build, true, args.run.http_port, args.run.https_port)?;
+    warn_remote_inspection(&args.run);
+    // serve's folder is the admin's, and local backends are its use.
+    let build = build_options(
+        &args.build,
+        true,
+        args.run.http_port,
+        args.run.https_port,
+        true,
+    )?;
     let renderer = renderer(&args.build)?;
     // The temporary folder is removed when this guard drops, after nginx stopped.
     let (state_dir, _guard) = state_dir(&args.run)?;
@@ -333,7 +395,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         manifests: args.manifests,
         build,
         admin_addr: SocketAddr::new(args.run.admin_address, args.run.admin_port),
-        remote_inspection: args.run.allow_remote_inspection,
+        inspection_token_file: args.run.inspection_token_file.clone(),
         nginx: nginx_options(&args.run, state_dir),
         debounce: Duration::from_millis(args.run.debounce_ms),
         max_wait: Duration::from_millis(args.run.max_wait_ms),
@@ -354,7 +416,14 @@ fn own_namespace(given: Option<String>) -> String {
 }
 
 async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
-    let build = build_options(&args.build, false, args.run.http_port, args.run.https_port)?;
+    warn_remote_inspection(&args.run);
+    let build = build_options(
+        &args.build,
+        false,
+        args.run.http_port,
+        args.run.https_port,
+        args.allow_local_backends,
+    )?;
     let renderer = renderer(&args.build)?;
     let (state_dir, _guard) = state_dir(&args.run)?;
     let identity = args.identity.unwrap_or_else(|| {
@@ -368,6 +437,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         kube: KubeOptions {
             namespace: args.watch_namespace,
             configmap: build.configmap.clone(),
+            publish_service: args.publish_service.clone(),
         },
         build,
         status: StatusOptions {
@@ -381,7 +451,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             identity,
         )),
         admin_addr: SocketAddr::new(args.run.admin_address, args.run.admin_port),
-        remote_inspection: args.run.allow_remote_inspection,
+        inspection_token_file: args.run.inspection_token_file.clone(),
         nginx: nginx_options(&args.run, state_dir),
         debounce: Duration::from_millis(args.run.debounce_ms),
         max_wait: Duration::from_millis(args.run.max_wait_ms),

@@ -131,6 +131,7 @@ pub struct Metrics {
     ingresses: Gauge,
     rejected: Family<Labels, Gauge>,
     objects: Family<Labels, Gauge>,
+    leader: Gauge,
     nginx: Arc<NginxStats>,
     socket: Arc<std::sync::RwLock<Option<PathBuf>>>,
 }
@@ -201,6 +202,12 @@ impl Metrics {
             "Objects in the snapshot, by kind",
             objects.clone(),
         );
+        let leader = Gauge::default();
+        r.register(
+            "wicket_leader",
+            "Whether this replica holds the Lease and writes status and Events (controller mode)",
+            leader.clone(),
+        );
         let nginx = Arc::new(NginxStats::default());
         r.register_collector(Box::new(nginx.clone()));
         Metrics {
@@ -213,9 +220,15 @@ impl Metrics {
             ingresses,
             rejected,
             objects,
+            leader,
             nginx,
             socket: Default::default(),
         }
+    }
+
+    /// Whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// Where nginx's status socket is, for `stub_status`.

@@ -41,6 +41,10 @@ pub const STATUS_SOCKET: &str = "wicket-status.sock";
 const MIN_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time on top of `worker-shutdown-timeout` before a stopping nginx is killed.
 const STOP_MARGIN: Duration = Duration::from_secs(5);
+/// Least time `nginx -t` may take; a large config gets ten times what the
+/// last check took. wicket resolves every name itself, so nginx -t does
+/// no DNS lookup and this bounds a hung process, not a slow resolver.
+const MIN_TEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -64,6 +68,8 @@ pub enum ApplyError {
     Exited(ExitStatus),
     #[error("nginx did not serve the new config within {0:?}; the previous one keeps serving")]
     Timeout(Duration),
+    #[error("nginx -t did not finish within {0:?}")]
+    TestTimeout(Duration),
 }
 
 impl ApplyError {
@@ -76,7 +82,28 @@ impl ApplyError {
             ApplyError::Spawn { .. } => "spawn",
             ApplyError::Exited(_) => "exited",
             ApplyError::Timeout(_) => "timeout",
+            ApplyError::TestTimeout(_) => "test_timeout",
         }
+    }
+
+    /// Whether trying the same config again later may succeed: the failure
+    /// came from the machine (nginx died, a write failed, a step ran out
+    /// of time), not from the config.
+    pub fn transient(&self) -> bool {
+        matches!(
+            self,
+            ApplyError::Exited(_)
+                | ApplyError::Timeout(_)
+                | ApplyError::TestTimeout(_)
+                | ApplyError::Spawn { .. }
+                | ApplyError::Write { .. }
+        )
+    }
+
+    /// Whether the config had passed `nginx -t` when this happened: it is
+    /// accepted, but nginx does not serve it.
+    pub fn after_test(&self) -> bool {
+        matches!(self, ApplyError::Exited(_) | ApplyError::Timeout(_))
     }
 }
 
@@ -85,6 +112,8 @@ impl ApplyError {
 pub struct NginxOptions {
     pub binary: PathBuf,
     pub state_dir: PathBuf,
+    /// nginx's temporary files; `None`: `STATE_DIR/tmp`.
+    pub temp_dir: Option<PathBuf>,
 }
 
 /// What the applier did with a config.
@@ -114,6 +143,9 @@ pub struct Nginx {
     user: Option<(String, String)>,
     ipv6: bool,
     child: Option<Child>,
+    /// The process group of the child (its PID), kept after the child is
+    /// reaped so its workers can still be found.
+    pgid: Option<u32>,
     generation: u64,
     /// Generation and text of the config nginx serves.
     good: Option<(u64, std::sync::Arc<String>)>,
@@ -123,6 +155,8 @@ pub struct Nginx {
     refused: Option<std::sync::Arc<String>>,
     /// How long loading a config may take (see [`MIN_LOAD_TIMEOUT`]).
     load_timeout: Duration,
+    /// How long `nginx -t` may take (see [`MIN_TEST_TIMEOUT`]).
+    test_timeout: Duration,
     /// The servers and upstreams last rendered, reused while unchanged.
     render_cache: crate::render::RenderCache,
 }
@@ -157,6 +191,28 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), ApplyError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)
 }
 
+/// A temporary folder given by flag, often a volume of its own (an
+/// emptyDir whose mode wicket may not change): created if missing, made
+/// traversable where wicket may, and it must be writable.
+fn make_temp_dir(path: &Path) -> Result<(), ApplyError> {
+    let err = |source| ApplyError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    let mode = std::fs::metadata(path).map_err(err)?.permissions().mode();
+    if mode & 0o755 != 0o755 {
+        // Workers (as `nobody`, when wicket is root) must reach it.
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o755));
+    }
+    // nginx creates its folders in it: check it can be written now, not at
+    // the first buffered body.
+    let probe = path.join(".wicket-write-check");
+    std::fs::write(&probe, b"").map_err(err)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 /// The user and group workers run as when wicket runs as root.
 fn worker_user() -> Option<(String, String)> {
     if !nix::unistd::geteuid().is_root() {
@@ -175,23 +231,37 @@ impl Nginx {
         let user = worker_user();
         make_dir(&opts.state_dir, if user.is_some() { 0o711 } else { 0o700 })?;
         make_dir(&opts.state_dir.join("certs"), 0o700)?;
-        make_dir(&opts.state_dir.join("tmp"), 0o755)?;
+        match &opts.temp_dir {
+            None => make_dir(&opts.state_dir.join("tmp"), 0o755)?,
+            Some(dir) => make_temp_dir(dir)?,
+        }
         Ok(Nginx {
             opts,
             user,
             ipv6: crate::render::ipv6_available(),
             child: None,
+            pgid: None,
             generation: 0,
             good: None,
             shutdown_timeout: Duration::from_secs(10),
             refused: None,
             load_timeout: MIN_LOAD_TIMEOUT,
+            test_timeout: MIN_TEST_TIMEOUT,
             render_cache: Default::default(),
         })
     }
 
     pub fn state_dir(&self) -> &Path {
         &self.opts.state_dir
+    }
+
+    fn env(&self) -> RenderEnv {
+        RenderEnv {
+            generation: self.generation,
+            user: self.user.clone(),
+            ipv6: self.ipv6,
+            temp_dir: self.opts.temp_dir.as_ref().map(|d| d.display().to_string()),
+        }
     }
 
     /// The config nginx serves now.
@@ -222,11 +292,7 @@ impl Nginx {
         renderer: &Renderer,
     ) -> Result<(Outcome, Timings), ApplyError> {
         self.generation += 1;
-        let env = RenderEnv {
-            generation: self.generation,
-            user: self.user.clone(),
-            ipv6: self.ipv6,
-        };
+        let env = self.env();
         let mut timings = Timings::default();
         let mut step = Instant::now();
         let mut lap = |slot: &mut Duration| {
@@ -246,6 +312,7 @@ impl Nginx {
         self.refused = None;
         lap(&mut timings.test);
         self.load_timeout = MIN_LOAD_TIMEOUT.max(timings.test * 3);
+        self.test_timeout = MIN_TEST_TIMEOUT.max(timings.test * 10);
         std::fs::rename(dir.join(CANDIDATE), dir.join(CONF)).map_err(|source| {
             ApplyError::Write {
                 path: dir.join(CONF),
@@ -253,14 +320,24 @@ impl Nginx {
             }
         })?;
 
-        let outcome = if self.running() {
+        let mut outcome = if self.running() {
             self.signal(Signal::SIGHUP);
             Outcome::Reloaded
         } else {
             self.spawn()?;
             Outcome::Started
         };
-        if let Err(e) = self.wait_for_generation(self.generation).await {
+        let mut waited = self.wait_for_generation(self.generation).await;
+        if let Err(ApplyError::Exited(status)) = &waited {
+            // The master died while loading a config nginx -t accepted (its
+            // workers are gone with it, see `wait_for_generation`): start
+            // nginx again with that config.
+            tracing::warn!(%status, "nginx exited while loading the new config; starting it again with that config");
+            self.spawn()?;
+            outcome = Outcome::Started;
+            waited = self.wait_for_generation(self.generation).await;
+        }
+        if let Err(e) = waited {
             // Put the last good config back on disk (and in nginx, in case it
             // loaded the new one after all).
             if let Some((_, good)) = &self.good {
@@ -287,11 +364,7 @@ impl Nginx {
 
     /// Runs `nginx -t` on a config without applying it.
     pub async fn check(&mut self, config: &Config, renderer: &Renderer) -> Result<(), ApplyError> {
-        let env = RenderEnv {
-            generation: self.generation,
-            user: self.user.clone(),
-            ipv6: self.ipv6,
-        };
+        let env = self.env();
         let text = renderer.render(config, &env)?;
         self.write_certificates(config)?;
         let path = self.opts.state_dir.join(CHECK);
@@ -304,7 +377,7 @@ impl Nginx {
         let Some((generation, _)) = self.good.clone() else {
             return Ok(());
         };
-        self.child = None;
+        self.kill_group();
         self.spawn()?;
         self.wait_for_generation(generation).await
     }
@@ -352,7 +425,8 @@ impl Nginx {
     }
 
     async fn test(&self, conf: &Path) -> Result<(), ApplyError> {
-        let out = self
+        // `kill_on_drop`: a check that runs out of time is killed.
+        let run = self
             .command()
             .arg("-t")
             .arg("-q")
@@ -360,8 +434,10 @@ impl Nginx {
             .arg(conf)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .output()
+            .output();
+        let out = tokio::time::timeout(self.test_timeout, run)
             .await
+            .map_err(|_| ApplyError::TestTimeout(self.test_timeout))?
             .map_err(|source| ApplyError::Spawn {
                 binary: self.opts.binary.clone(),
                 source,
@@ -404,6 +480,7 @@ impl Nginx {
         // made large (1 MiB, the default limit for a pipe) and drained in
         // large reads.
         let mut child = child;
+        self.pgid = child.id();
         if let Some(out) = child.stdout.take() {
             #[cfg(target_os = "linux")]
             {
@@ -423,10 +500,31 @@ impl Nginx {
         Ok(())
     }
 
+    /// Whether the nginx master runs. A master found gone takes its
+    /// process group with it: its workers would keep the ports and serve
+    /// an old config.
     fn running(&mut self) -> bool {
-        match &mut self.child {
+        let alive = match &mut self.child {
             Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
+            None => return false,
+        };
+        if !alive {
+            self.kill_group();
+        }
+        alive
+    }
+
+    /// Whether nginx runs now.
+    pub fn is_running(&mut self) -> bool {
+        self.running()
+    }
+
+    /// Kills every process of the nginx child's process group (the master,
+    /// if it still runs, and its workers) and forgets the child.
+    fn kill_group(&mut self) {
+        self.child = None;
+        if let Some(pgid) = self.pgid.take() {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
         }
     }
 
@@ -445,7 +543,7 @@ impl Nginx {
             if let Some(c) = &mut self.child
                 && let Ok(Some(status)) = c.try_wait()
             {
-                self.child = None;
+                self.kill_group();
                 return Err(ApplyError::Exited(status));
             }
             // Old workers keep answering for a while after a reload (nginx
@@ -471,12 +569,8 @@ impl Nginx {
     pub async fn exited(&mut self) -> ExitStatus {
         match &mut self.child {
             Some(c) => {
-                let pgid = c.id();
                 let status = c.wait().await;
-                self.child = None;
-                if let Some(pgid) = pgid {
-                    let _ = nix::sys::signal::killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
-                }
+                self.kill_group();
                 status.unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(1))
             }
             None => std::future::pending().await,
@@ -484,20 +578,23 @@ impl Nginx {
     }
 
     /// Stops nginx gracefully (SIGQUIT: workers finish their requests), and
-    /// kills it if that takes too long.
+    /// kills it if that takes too long. Either way no process of its group
+    /// is left.
     pub async fn stop(&mut self) {
-        if !self.running() {
-            return;
+        if self.running() {
+            self.signal(Signal::SIGQUIT);
+            if let Some(c) = &mut self.child {
+                let _ = tokio::time::timeout(self.shutdown_timeout + STOP_MARGIN, c.wait()).await;
+            }
         }
-        self.signal(Signal::SIGQUIT);
-        if let Some(c) = &mut self.child
-            && tokio::time::timeout(self.shutdown_timeout + STOP_MARGIN, c.wait())
-                .await
-                .is_err()
-        {
-            let _ = c.kill().await;
-        }
-        self.child = None;
+        self.kill_group();
+    }
+}
+
+impl Drop for Nginx {
+    /// wicket is ending: no nginx process outlives it.
+    fn drop(&mut self) {
+        self.kill_group();
     }
 }
 

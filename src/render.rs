@@ -71,6 +71,9 @@ pub struct RenderEnv {
     pub user: Option<(String, String)>,
     /// Also listen on all IPv6 addresses (when the machine has IPv6).
     pub ipv6: bool,
+    /// Where nginx keeps temporary files (`--temp-dir`); `None`: `tmp` in
+    /// the state folder.
+    pub temp_dir: Option<String>,
 }
 
 /// Whether this machine can listen on IPv6.

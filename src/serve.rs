@@ -20,14 +20,17 @@ use crate::nginx::NginxOptions;
 use crate::render::Renderer;
 use crate::source::files::Folder;
 
+/// How often the targets of symlinked manifests are checked for changes.
+const LINK_RECHECK: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     pub manifests: PathBuf,
     pub build: build::Options,
     pub admin_addr: SocketAddr,
-    /// Answer `/config`, `/config/candidate` and `/model` to clients that
-    /// are not on this machine.
-    pub remote_inspection: bool,
+    /// `--inspection-token-file`: the bearer token that opens `/config`,
+    /// `/config/candidate` and `/model` on the admin TCP port.
+    pub inspection_token_file: Option<PathBuf>,
     pub nginx: NginxOptions,
     /// Quiet time after the last file event before rebuilding.
     pub debounce: Duration,
@@ -78,17 +81,32 @@ pub async fn run(opts: ServeOptions, renderer: Renderer) -> Result<(), ServeErro
 
     let status = Status::default();
     let metrics = crate::metrics::Metrics::new();
-    start_admin(opts.admin_addr, &status, &metrics, opts.remote_inspection).await?;
-    let mut shutdown = Shutdown::new()?;
-
+    let own_ports = [
+        (opts.build.http_port, "HTTP"),
+        (opts.build.https_port, "HTTPS"),
+        (opts.admin_addr.port(), "admin"),
+    ]
+    .into_iter()
+    .collect();
+    // The engine prepares the state folder, where the admin socket goes.
     let mut engine = Engine::new(
         opts.build.clone(),
         renderer,
         opts.nginx.clone(),
-        status,
-        metrics,
+        status.clone(),
+        metrics.clone(),
+        own_ports,
     )
     .map_err(RunError::from)?;
+    start_admin(
+        opts.admin_addr,
+        &opts.nginx.state_dir,
+        &status,
+        &metrics,
+        opts.inspection_token_file.clone(),
+    )
+    .await?;
+    let mut shutdown = Shutdown::new()?;
     info!(
         manifests = %dir.display(),
         state_dir = %engine.nginx().state_dir().display(),
@@ -97,8 +115,11 @@ pub async fn run(opts: ServeOptions, renderer: Renderer) -> Result<(), ServeErro
     let (cluster, reports) = folder.cluster();
     engine.rebuild(&cluster, &reports).await;
 
+    // Symlinked manifests: their targets are not in the watched folder.
+    let mut links = tokio::time::interval(LINK_RECHECK);
+    links.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let retry_at = engine.retry_at();
+        let wake_at = engine.wake_at();
         tokio::select! {
             ev = events.recv() => {
                 let Some(ev) = ev else { break };
@@ -109,9 +130,16 @@ pub async fn run(opts: ServeOptions, renderer: Renderer) -> Result<(), ServeErro
                 }
             }
             exit = engine.nginx_exited() => engine.restart(exit).await,
-            _ = sleep_until(retry_at) => {
+            _ = sleep_until(wake_at) => {
                 let (cluster, reports) = folder.cluster();
-                engine.retry(&cluster, &reports).await;
+                engine.wake(&cluster, &reports).await;
+            }
+            _ = links.tick(), if folder.has_links() => {
+                if folder.recheck_links() {
+                    debug!("a symlinked manifest's target changed");
+                    let (cluster, reports) = folder.cluster();
+                    engine.rebuild(&cluster, &reports).await;
+                }
             }
             _ = shutdown.requested() => break,
         }

@@ -73,6 +73,10 @@ pub struct Settings {
     /// `worker-shutdown-timeout`: how long old workers may finish requests
     /// after a reload.
     pub worker_shutdown_timeout: Seconds,
+    /// `proxy-max-temp-file-size`: the most of one response nginx buffers
+    /// on disk while the client reads slowly (past it, nginx reads from the
+    /// upstream only as fast as the client does).
+    pub proxy_max_temp_file_size: Size,
     /// `allow-snippet-annotations`: whether Ingress authors may put raw nginx
     /// configuration in (`server-snippet`, `configuration-snippet`).
     pub allow_snippet_annotations: bool,
@@ -88,6 +92,7 @@ impl Default for Settings {
             keep_alive: Seconds(75),
             upstream_keepalive_connections: 32,
             worker_shutdown_timeout: Seconds(10),
+            proxy_max_temp_file_size: Size("128m".into()),
             allow_snippet_annotations: false,
         }
     }
@@ -116,6 +121,9 @@ impl Settings {
                 }
                 "worker-shutdown-timeout" => {
                     Seconds::parse(value).map(|v| s.worker_shutdown_timeout = v)
+                }
+                "proxy-max-temp-file-size" => {
+                    Size::parse(value).map(|v| s.proxy_max_temp_file_size = v)
                 }
                 "allow-snippet-annotations" => match value.as_str() {
                     "true" | "false" => {

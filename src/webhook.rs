@@ -24,8 +24,6 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use rustls::pki_types::pem::PemObject;
@@ -314,7 +312,9 @@ pub fn router(snapshot: Snapshot, opts: build::Options) -> Router {
         })
 }
 
-/// Serves the webhook over TLS until the process exits.
+/// Serves the webhook over TLS until the process exits, with the limits
+/// of [`crate::listen::WEBHOOK`] (connections are not authenticated: the
+/// API server calls in, so idle ones must not pile up).
 pub async fn serve(
     addr: SocketAddr,
     cert: Arc<ReloadingCert>,
@@ -329,25 +329,13 @@ pub async fn serve(
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     info!(%addr, "admission webhook listening");
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let (acceptor, app) = (acceptor.clone(), app.clone());
-            tokio::spawn(async move {
-                let Ok(Ok(stream)) =
-                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-                else {
-                    return;
-                };
-                let service = TowerToHyperService::new(app);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    crate::listen::spawn(
+        listener,
+        crate::listen::WEBHOOK,
+        Some(acceptor),
+        app,
+        "webhook",
+    );
     Ok(())
 }
 

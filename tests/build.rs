@@ -37,6 +37,8 @@ fn opts() -> Options {
         default_backend_service: None,
         configmap: None,
         quarantine: Default::default(),
+        backend_policy: Default::default(),
+        resolved: None,
     }
 }
 

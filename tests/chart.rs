@@ -437,6 +437,7 @@ const VARIANTS: &[Variant] = &[
                 "--admin-port=10254",
                 "--admin-address=0.0.0.0",
                 "--state-dir=/var/lib/wicket/state",
+                "--temp-dir=/var/lib/wicket/tmp",
             ] {
                 assert!(a.iter().any(|x| x == flag), "no {flag} in {a:?}");
             }
@@ -465,7 +466,15 @@ const VARIANTS: &[Variant] = &[
                 .iter()
                 .map(|m| m["mountPath"].as_str().unwrap())
                 .collect();
-            assert_eq!(mounts, ["/var/lib/wicket", "/tmp"]);
+            assert_eq!(mounts, ["/var/lib/wicket", "/var/lib/wicket/tmp", "/tmp"]);
+            // nginx's temporary files have a volume of their own, bounded.
+            let tmp = pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == "nginx-tmp")
+                .expect("the nginx-tmp volume");
+            assert_eq!(tmp["emptyDir"]["sizeLimit"], "1Gi");
             // The traffic Service never exposes the admin port.
             let svc = find(docs, "Service", "wicket");
             assert_eq!(svc["spec"]["type"], "LoadBalancer");
@@ -1211,6 +1220,14 @@ async fn image_steps_and_the_pod_user() {
     std::fs::create_dir(d.join("manifests")).unwrap();
     std::fs::create_dir(d.join("emptydir")).unwrap();
     std::fs::set_permissions(d.join("emptydir"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // The temporary files' own volume, mounted inside the first: its mode
+    // is not the pod user's to change.
+    std::fs::create_dir(d.join("emptydir/tmp")).unwrap();
+    std::fs::set_permissions(
+        d.join("emptydir/tmp"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
     std::fs::write(
         d.join("manifests/class.yaml"),
         "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: wicket}\nspec: {controller: wicket.dev/ingress-controller}\n",
@@ -1241,6 +1258,8 @@ async fn image_steps_and_the_pod_user() {
         .args(["--admin-port", &admin.to_string()])
         .arg("--state-dir")
         .arg(d.join("emptydir/state"))
+        .arg("--temp-dir")
+        .arg(d.join("emptydir/tmp"))
         .arg("--nginx-binary")
         .arg(nginx_binary())
         .env_clear()

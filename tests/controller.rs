@@ -569,3 +569,285 @@ async fn render_against_the_cluster_prints_what_the_controller_would_serve() {
     );
     assert!(!stdout.contains("theirs.example.com"), "{stdout}");
 }
+
+/// `wicket_leader` as the replica's metrics say it.
+async fn leads(w: &Wicket) -> Option<bool> {
+    let m = w.admin_get("/metrics").await.text;
+    m.lines()
+        .find_map(|l| l.strip_prefix("wicket_leader "))
+        .map(|v| v.trim() == "1")
+}
+
+/// An API server that stops answering (frozen, its connections open): the
+/// leader's renewals run out of time and it steps down within its renew
+/// deadline, before the Lease expires and another replica may take over;
+/// nginx keeps serving; when the API server answers again it leads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_steps_down_when_the_api_server_stops_answering() {
+    let s = setup(&["ls"]).await;
+    let web = Echo::start("web", s.ip, 0).await;
+    apply(&s.admin, &backend("ls", "web", s.ip, web.addr.port(), true)).await;
+    apply(
+        &s.admin,
+        &ingress_yaml("ls", "one", "wicket", "one.example.com", &[("/", "web")]),
+    )
+    .await;
+    let w = Wicket::controller(&s.kubeconfig, &args("replica-a", "203.0.113.7")).await;
+    w.eventually("one.example.com", "/", "served", |a| a.who() == "web")
+        .await;
+    eventually("leading", || async {
+        (leads(&w).await == Some(true)).then_some(())
+    })
+    .await;
+
+    s.api.pause_apiserver();
+    let paused = Instant::now();
+    // The Lease lasts 15 s from the last renewal, which was at most 2 s
+    // before the pause: stepping down after that would be too late.
+    while leads(&w).await != Some(false) {
+        assert!(
+            paused.elapsed() < Duration::from_secs(14),
+            "still the leader {:?} after the API server stopped answering\n{}",
+            paused.elapsed(),
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(w.logs().contains("stepping down"), "{}", w.logs());
+    assert_eq!(w.get("one.example.com", "/").await.who(), "web");
+    s.api.resume_apiserver();
+    eventually("leading again", || async {
+        (leads(&w).await == Some(true)).then_some(())
+    })
+    .await;
+}
+
+/// Status and Events say what nginx serves: with the config unwritable, a
+/// new Ingress gets no address and no `Accepted`, but one `ReloadFailed`
+/// however many rebuilds fail; once writes work again it is served, with
+/// its address and an `Accepted`. An Ingress deleted and created again the
+/// same is announced again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_events_only_for_what_nginx_serves() {
+    let s = setup(&["sf"]).await;
+    let web = Echo::start("web", s.ip, 0).await;
+    apply(&s.admin, &backend("sf", "web", s.ip, web.addr.port(), true)).await;
+    apply(
+        &s.admin,
+        &ingress_yaml("sf", "old", "wicket", "old.example.com", &[("/", "web")]),
+    )
+    .await;
+    let w = Wicket::controller(&s.kubeconfig, &args("only", "203.0.113.8")).await;
+    w.eventually("old.example.com", "/", "served", |a| a.who() == "web")
+        .await;
+    eventually("old's status", || async {
+        (status_of(&s.admin, "sf", "old").await == ["203.0.113.8"]).then_some(())
+    })
+    .await;
+
+    // Writing the config now fails (even as root: the temporary file's
+    // name is taken by a folder).
+    let blocker = w.state_dir().join("nginx.conf.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    apply(
+        &s.admin,
+        &ingress_yaml("sf", "new", "wicket", "new.example.com", &[("/", "web")]),
+    )
+    .await;
+    eventually("a ReloadFailed Event", || async {
+        events_for(&s.admin, "sf", "new")
+            .await
+            .iter()
+            .any(|e| e.1 == "ReloadFailed")
+            .then_some(())
+    })
+    .await;
+    // Endpoint churn: new configs, each failing the same way.
+    for i in 1..=6 {
+        apply(
+            &s.admin,
+            &backend("sf", "web", s.ip, web.addr.port(), i % 2 == 0),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(w.get("new.example.com", "/").await.status, 404);
+    assert!(status_of(&s.admin, "sf", "new").await.is_empty());
+    let events = events_for(&s.admin, "sf", "new").await;
+    let reasons: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(reasons, ["ReloadFailed"], "{events:?}");
+    // The Ingress nginx serves keeps its address and is not blamed.
+    assert_eq!(status_of(&s.admin, "sf", "old").await, ["203.0.113.8"]);
+    assert!(
+        !events_for(&s.admin, "sf", "old")
+            .await
+            .iter()
+            .any(|e| e.1 == "ReloadFailed")
+    );
+
+    // Writes work again: the retry applies the config.
+    std::fs::remove_dir(&blocker).unwrap();
+    w.eventually("new.example.com", "/", "served", |a| a.who() == "web")
+        .await;
+    eventually("new's status", || async {
+        (status_of(&s.admin, "sf", "new").await == ["203.0.113.8"]).then_some(())
+    })
+    .await;
+    eventually("an Accepted Event", || async {
+        events_for(&s.admin, "sf", "new")
+            .await
+            .iter()
+            .any(|e| e.1 == "Accepted")
+            .then_some(())
+    })
+    .await;
+
+    // Deleted and created again, the same: announced again.
+    let api: Api<Ingress> = Api::namespaced(s.admin.clone(), "sf");
+    api.delete("old", &DeleteParams::default()).await.unwrap();
+    w.eventually("old.example.com", "/", "gone", |a| a.status == 404)
+        .await;
+    let before = events_for(&s.admin, "sf", "old")
+        .await
+        .iter()
+        .filter(|e| e.1 == "Accepted")
+        .count();
+    apply(
+        &s.admin,
+        &ingress_yaml("sf", "old", "wicket", "old.example.com", &[("/", "web")]),
+    )
+    .await;
+    eventually("Accepted again", || async {
+        (events_for(&s.admin, "sf", "old")
+            .await
+            .iter()
+            .filter(|e| e.1 == "Accepted")
+            .count()
+            > before)
+            .then_some(())
+    })
+    .await;
+}
+
+/// `--watch-namespace` with the publish Service in another namespace (the
+/// chart's own namespace): its addresses are published; when it goes away
+/// the status is left as it is, not cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_service_outside_the_watched_namespace() {
+    let s = setup(&["app"]).await;
+    let web = Echo::start("web", s.ip, 0).await;
+    apply(
+        &s.admin,
+        &backend("app", "web", s.ip, web.addr.port(), true),
+    )
+    .await;
+    apply(
+        &s.admin,
+        &ingress_yaml("app", "site", "wicket", "app.example.com", &[("/", "web")]),
+    )
+    .await;
+    apply(
+        &s.admin,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: edge, namespace: wicket}\nspec:\n  ports: [{port: 80}]\n  externalIPs: [198.51.100.20]\n",
+    )
+    .await;
+    let w = Wicket::controller(
+        &s.kubeconfig,
+        &[
+            "--namespace",
+            "wicket",
+            "--identity",
+            "only",
+            "--watch-namespace",
+            "app",
+            "--publish-service",
+            "wicket/edge",
+            "--debounce-ms",
+            "20",
+        ],
+    )
+    .await;
+    w.eventually("app.example.com", "/", "served", |a| a.who() == "web")
+        .await;
+    eventually("the publish Service's address", || async {
+        (status_of(&s.admin, "app", "site").await == ["198.51.100.20"]).then_some(())
+    })
+    .await;
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(s.admin.clone(), "wicket")
+        .delete("edge", &DeleteParams::default())
+        .await
+        .unwrap();
+    // A change, so a round runs without the Service.
+    apply(
+        &s.admin,
+        &ingress_yaml("app", "more", "wicket", "more.example.com", &[("/", "web")]),
+    )
+    .await;
+    w.eventually("more.example.com", "/", "served", |a| a.who() == "web")
+        .await;
+    let deadline = Instant::now() + PATIENCE;
+    while !w
+        .logs()
+        .contains("the --publish-service Service does not exist")
+    {
+        assert!(Instant::now() < deadline, "{}", w.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status_of(&s.admin, "app", "site").await, ["198.51.100.20"]);
+}
+
+/// In controller mode no Service can point nginx at this machine or at a
+/// cloud metadata address: an ExternalName `localhost` on the admin port
+/// or `169.254.169.254` answers 503 and the Ingress is told why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_on_loopback_or_link_local_addresses_are_refused() {
+    let s = setup(&["bp"]).await;
+    let web = Echo::start("web", s.ip, 0).await;
+    apply(&s.admin, &backend("bp", "web", s.ip, web.addr.port(), true)).await;
+    let w = Wicket::controller(&s.kubeconfig, &args("only", "203.0.113.9")).await;
+    let ext = |name: &str, target: &str, port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: bp}}\nspec: {{type: ExternalName, externalName: \"{target}\", ports: [{{port: {port}}}]}}\n"
+        )
+    };
+    apply(&s.admin, &ext("peek", "localhost", w.admin)).await;
+    apply(&s.admin, &ext("meta", "169.254.169.254", 80)).await;
+    let peek = ingress(
+        "bp",
+        "peek",
+        "",
+        "peek.example.com",
+        &[("/", "Prefix", "peek", w.admin)],
+    )
+    .replace("spec:\n", "spec:\n  ingressClassName: wicket\n");
+    apply(&s.admin, &peek).await;
+    apply(
+        &s.admin,
+        &ingress_yaml("bp", "meta", "wicket", "meta.example.com", &[("/", "meta")]),
+    )
+    .await;
+    apply(
+        &s.admin,
+        &ingress_yaml("bp", "good", "wicket", "good.example.com", &[("/", "web")]),
+    )
+    .await;
+    w.eventually("good.example.com", "/", "served", |a| a.who() == "web")
+        .await;
+    for host in ["peek.example.com", "meta.example.com"] {
+        let a = w.get(host, "/config").await;
+        assert_eq!(a.status, 503, "{host}: {a:?}");
+    }
+    for (name, want) in [
+        ("peek", "is wicket's own admin port"),
+        ("meta", "169.254.169.254:80 is a link-local address"),
+    ] {
+        eventually("a Degraded Event naming the address", || async {
+            events_for(&s.admin, "bp", name)
+                .await
+                .iter()
+                .any(|e| e.1 == "Degraded" && e.2.contains(want))
+                .then_some(())
+        })
+        .await;
+    }
+}

@@ -36,12 +36,20 @@ fn render(dir: &str) -> (String, Vec<String>, std::sync::Arc<wicket::config::Con
         default_backend_service: None,
         configmap: None,
         quarantine: Default::default(),
+        // As `render --manifests` and `serve`: the examples' backends are
+        // on this machine.
+        backend_policy: wicket::build::backends::BackendPolicy {
+            allow_local: true,
+            ..Default::default()
+        },
+        resolved: None,
     };
     let b = build::build(&cluster, &opts);
     let env = RenderEnv {
         generation: 1,
         user: None,
         ipv6: true,
+        temp_dir: None,
     };
     let text = Renderer::embedded()
         .unwrap()
@@ -90,6 +98,7 @@ fn a_cached_render_is_the_same_as_a_full_one() {
         generation: 3,
         user: None,
         ipv6: true,
+        temp_dir: None,
     };
     let mut cache = wicket::render::RenderCache::default();
     // Fill the cache with one config, then render others through it: each

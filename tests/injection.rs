@@ -86,6 +86,7 @@ fn try_render(extra: &str) -> Option<Rendered> {
         generation: 1,
         user: None,
         ipv6: false,
+        temp_dir: None,
     };
     let text = RENDERER.with(|r| r.render(&b.config, &env)).unwrap();
     Some(Rendered {

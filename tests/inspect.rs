@@ -140,7 +140,7 @@ async fn inspection_endpoints_and_reload_logs() {
     )
     .await;
     // Every server and location says which Ingress and rule it came from.
-    let config = w.admin_get("/config").await.text;
+    let config = w.inspect("/config").await.text;
     assert!(
         config.contains("    # host a.example.com\n    # ingress i/a spec.rules[0]\n    server {"),
         "{config}"
@@ -149,12 +149,12 @@ async fn inspection_endpoints_and_reload_logs() {
         config.contains("        # ingress i/a spec.rules[0].http.paths[0]\n        location / {"),
         "{config}"
     );
-    let candidate = w.admin_get("/config/candidate").await.text;
+    let candidate = w.inspect("/config/candidate").await.text;
     assert!(
         candidate.starts_with("# accepted by nginx -t and served\n"),
         "{candidate}"
     );
-    let model: serde_json::Value = serde_json::from_str(&w.admin_get("/model").await.text).unwrap();
+    let model: serde_json::Value = serde_json::from_str(&w.inspect("/model").await.text).unwrap();
     assert_eq!(model["servers"][0]["server_name"], "a.example.com");
     assert_eq!(model["servers"][0]["locations"][0]["source"]["name"], "a");
     assert!(
@@ -162,19 +162,32 @@ async fn inspection_endpoints_and_reload_logs() {
         "keys are never shown"
     );
 
-    // From another address: probes and metrics yes, inspection no.
-    let remote = format!("http://{}:{}", common::apiserver::host_ip(), w.admin);
-    for (path, code) in [
-        ("/healthz", 200),
-        ("/readyz", 200),
-        ("/metrics", 200),
-        ("/config", 403),
-        ("/config/candidate", 403),
-        ("/model", 403),
+    // On the TCP port, from this machine or another: probes and metrics
+    // yes, inspection no (it does not rest on the peer's address: nginx
+    // itself connects from 127.0.0.1).
+    for base in [
+        format!("http://{}:{}", common::apiserver::host_ip(), w.admin),
+        format!("http://127.0.0.1:{}", w.admin),
     ] {
-        let a = fetch(&w.client, &format!("{remote}{path}")).await.unwrap();
-        assert_eq!(a.status, code, "{path}");
+        for (path, code) in [
+            ("/healthz", 200),
+            ("/readyz", 200),
+            ("/metrics", 200),
+            ("/config", 403),
+            ("/config/candidate", 403),
+            ("/model", 403),
+        ] {
+            let a = fetch(&w.client, &format!("{base}{path}")).await.unwrap();
+            assert_eq!(a.status, code, "{base}{path}");
+        }
     }
+    // The socket is the state folder's, and only its owner's.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(w.state_dir().join("admin.sock"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
 
     // A change: one info line saying what changed, the diff at debug level.
     w.write(
@@ -272,9 +285,10 @@ async fn a_config_nginx_refuses_is_shown_with_its_error() {
         .unwrap();
     let c = client();
     let url = |p: &str| format!("http://127.0.0.1:{admin}{p}");
+    let socket = state.path().join("s/admin.sock");
     let deadline = Instant::now() + PATIENCE;
     let candidate = loop {
-        if let Ok(a) = fetch(&c, &url("/config/candidate")).await
+        if let Ok(a) = unix_get(&socket, "/config/candidate").await
             && a.status == 200
         {
             break a.text;
@@ -303,4 +317,31 @@ async fn a_config_nginx_refuses_is_shown_with_its_error() {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspection_on_the_port_needs_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let w = Wicket::start_with(&[], &["--inspection-token-file", token.to_str().unwrap()]).await;
+    let url = format!("http://127.0.0.1:{}/config", w.admin);
+    let with = |t: &str| {
+        w.client
+            .get(&url)
+            .header("Authorization", format!("Bearer {t}"))
+            .send()
+    };
+    assert_eq!(fetch(&w.client, &url).await.unwrap().status, 401);
+    assert_eq!(with("wrong").await.unwrap().status().as_u16(), 401);
+    assert_eq!(with("s3cret-tokenx").await.unwrap().status().as_u16(), 401);
+    let ok = with("s3cret-token").await.unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    assert!(ok.text().await.unwrap().contains("server_name _;"));
+    // A rotated token applies at once; the old one stops working.
+    std::fs::write(&token, "rotated").unwrap();
+    assert_eq!(with("s3cret-token").await.unwrap().status().as_u16(), 401);
+    assert_eq!(with("rotated").await.unwrap().status().as_u16(), 200);
+    // The socket needs no token.
+    assert_eq!(w.inspect("/model").await.status, 200);
 }

@@ -126,7 +126,7 @@ async fn hostile_values_in_every_field_are_refused_or_contained() {
                 .eventually("good.example.com", "/", "served", |a| a.who() == "web")
                 .await;
             assert_eq!(a.who(), "web", "payload {i} in {field}");
-            let config = w.admin_get("/config").await.text;
+            let config = w.inspect("/config").await.text;
             let structure = wicket::conf_syntax::structure(&config).unwrap_or_else(|e| {
                 panic!("payload {i} in {field}: the running config does not parse: {e}\n{config}")
             });
@@ -240,7 +240,8 @@ async fn snippets_are_refused_unless_allowed_and_a_bad_one_is_quarantined() {
         "yes"
     );
     assert!(
-        w.logs().contains("rejected ingress s/bogus: quarantined: nginx -t refused the config built with this Ingress"),
+        // The field the refused line belongs to is named.
+        w.logs().contains("rejected ingress s/bogus: quarantined: nginx -t refused the config built with this Ingress (spec.rules[0].http.paths[0]): "),
         "{}",
         w.logs()
     );
@@ -272,12 +273,12 @@ async fn snippets_are_refused_unless_allowed_and_a_bad_one_is_quarantined() {
         assert!(Instant::now() < deadline, "never rejected\n{}", w.logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!w.admin_get("/config").await.text.contains("9999"));
+    assert!(!w.inspect("/config").await.text.contains("9999"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_external_name_that_does_not_resolve_is_quarantined() {
-    let (_e, svc) = web("x").await;
+async fn external_names_are_resolved_by_wicket_and_one_that_does_not_resolve_answers_503() {
+    let (e, svc) = web("x").await;
     let good = ingress(
         "x",
         "good",
@@ -285,7 +286,10 @@ async fn an_external_name_that_does_not_resolve_is_quarantined() {
         "good.example.com",
         &[("/", "Prefix", "web", 80)],
     );
-    let ext = "apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: x}\nspec: {type: ExternalName, externalName: no-such-host.invalid, ports: [{port: 80}]}\n";
+    let port = e.addr.port();
+    let ext = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: ext, namespace: x}}\nspec: {{type: ExternalName, externalName: no-such-host.invalid, ports: [{{port: 80}}]}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: local, namespace: x}}\nspec: {{type: ExternalName, externalName: localhost, ports: [{{port: {port}}}]}}\n"
+    );
     let bad = ingress(
         "x",
         "bad",
@@ -293,19 +297,115 @@ async fn an_external_name_that_does_not_resolve_is_quarantined() {
         "bad.example.com",
         &[("/", "Prefix", "ext", 80)],
     );
+    let local = ingress(
+        "x",
+        "local",
+        "",
+        "local.example.com",
+        &[("/", "Prefix", "local", port)],
+    );
     let w = Wicket::start(&[
         ("svc.yaml", &svc),
         ("good.yaml", &good),
-        ("ext.yaml", ext),
+        ("ext.yaml", &ext),
         ("bad.yaml", &bad),
+        ("local.yaml", &local),
     ])
     .await;
     assert_eq!(w.get("good.example.com", "/").await.who(), "web");
-    assert_eq!(w.get("bad.example.com", "/").await.status, 404);
+    // Not quarantined: the name does not resolve, so its backend answers
+    // 503, and nginx -t never looked it up.
+    assert_eq!(w.get("bad.example.com", "/").await.status, 503);
+    assert_eq!(w.get("local.example.com", "/").await.who(), "web");
+    let logs = w.logs();
+    assert!(!logs.contains("quarantined"), "{logs}");
     assert!(
-        w.logs().contains("rejected ingress x/bad: quarantined"),
-        "{}",
-        w.logs()
+        logs.contains("externalName no-such-host.invalid does not resolve"),
+        "{logs}"
+    );
+    let config = w.inspect("/config").await.text;
+    assert!(!config.contains("server no-such-host"), "{config}");
+    assert!(
+        config.contains(&format!("server 127.0.0.1:{port};")),
+        "{config}"
+    );
+}
+
+/// Neither an ExternalName Service nor an EndpointSlice can point nginx at
+/// wicket's own ports: the admin endpoint (which nginx would reach from
+/// 127.0.0.1), or nginx's own listeners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_backend_reaches_wickets_own_ports() {
+    let (_e, svc) = web("o").await;
+    let good = ingress("o", "good", "", "good.test", &[("/", "Prefix", "web", 80)]);
+    // The ports are chosen when wicket starts: write the hostile objects
+    // after, with its admin and HTTP ports.
+    let w = Wicket::start(&[("svc.yaml", &svc), ("good.yaml", &good)]).await;
+    let mut hostile = String::new();
+    for (name, target) in [
+        ("byname", "localhost"),
+        ("byip", "127.0.0.1"),
+        ("any", "0.0.0.0"),
+    ] {
+        hostile.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: o}}\nspec: {{type: ExternalName, externalName: \"{target}\", ports: [{{port: {}}}]}}\n---\n",
+            w.admin
+        ));
+    }
+    hostile.push_str(&service(
+        "o",
+        "slice",
+        w.admin,
+        None,
+        w.admin,
+        &[(IpAddr::V4(LO), true)],
+    ));
+    hostile.push_str("---\n");
+    hostile.push_str(&service(
+        "o",
+        "loop",
+        w.http,
+        None,
+        w.http,
+        &[(IpAddr::V4(LO), true)],
+    ));
+    hostile.push_str("---\n");
+    let paths: Vec<(String, &str, &str, u16)> = [
+        ("byname", w.admin),
+        ("byip", w.admin),
+        ("any", w.admin),
+        ("slice", w.admin),
+        ("loop", w.http),
+    ]
+    .iter()
+    .map(|(n, p)| (format!("/{n}"), "Prefix", *n, *p))
+    .collect();
+    let paths: Vec<(&str, &str, &str, u16)> = paths
+        .iter()
+        .map(|(a, b, c, d)| (a.as_str(), *b, *c, *d))
+        .collect();
+    hostile.push_str(&ingress("o", "peek", "", "peek.test", &paths));
+    w.write("hostile.yaml", &hostile);
+    w.eventually("peek.test", "/byname/config", "answered 503", |a| {
+        a.status == 503
+    })
+    .await;
+    for n in ["byname", "byip", "any", "slice", "loop"] {
+        for page in ["config", "model", "metrics", "readyz"] {
+            let a = w.get("peek.test", &format!("/{n}/{page}")).await;
+            assert_eq!(a.status, 503, "/{n}/{page}: {a:?}");
+            assert!(!a.text.contains("server_name"), "{a:?}");
+        }
+    }
+    assert_eq!(w.get("good.test", "/").await.who(), "web");
+    let logs = w.logs();
+    assert!(
+        logs.contains(&format!("127.0.0.1:{} is wicket's own admin port", w.admin)),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(&format!("127.0.0.1:{} is wicket's own HTTP port", w.http)),
+        "{logs}"
     );
 }
 
@@ -481,4 +581,60 @@ async fn no_failed_request_and_no_dropped_websocket_across_reloads() {
         "{}",
         w.logs()
     );
+}
+
+/// Idle connections to the admin port (which the Helm chart opens to the
+/// cluster for probes and Prometheus) cannot exhaust wicket: a client gets
+/// a few at most, each closed when its headers do not come, and with a
+/// small file limit the config is still written and applied and the
+/// probes still answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_do_not_exhaust_the_admin_endpoint() {
+    let (_e, svc) = web("idle").await;
+    let w = Wicket::start_limited(&[("svc.yaml", &svc)], &[], Some(256)).await;
+    // 300 connections from 127.0.0.2 that never send a byte.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        idle.push(
+            sock.connect(format!("127.0.0.1:{}", w.admin).parse().unwrap())
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The probes answer, from another address, at once.
+    let started = Instant::now();
+    assert_eq!(w.admin_get("/readyz").await.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // A change is written, checked and served.
+    w.write(
+        "new.yaml",
+        &ingress("idle", "new", "", "new.test", &[("/", "Prefix", "web", 80)]),
+    );
+    w.eventually("new.test", "/", "served", |a| a.who() == "web")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut open = idle.len();
+    while open > 0 && Instant::now() < deadline {
+        open = 0;
+        for c in &mut idle {
+            let mut b = [0u8; 1];
+            match tokio::time::timeout(Duration::from_millis(1), c.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {}
+                _ => open += 1,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Past the cap for one address they were closed at once; the others
+    // when their headers were late.
+    assert_eq!(open, 0, "idle connections still open");
+    assert!(!w.logs().contains("Too many open files"), "{}", w.logs());
+    assert_eq!(w.admin_get("/readyz").await.status, 200);
 }

@@ -693,7 +693,7 @@ async fn a_rejected_ingress_leaves_the_others_served() {
         w.logs()
     );
     // The config does not hold the rejected object at all.
-    let config = w.admin_get("/config").await.text;
+    let config = w.inspect("/config").await.text;
     assert!(!config.contains("bad.example.com"), "{config}");
     assert!(config.contains("server_name good.example.com;"));
 }
@@ -711,7 +711,7 @@ async fn admin_endpoints_and_a_dead_nginx_is_restarted() {
     let mut w = Wicket::start(&[("svc.yaml", &svcs), ("ing.yaml", &ing)]).await;
     assert_eq!(w.admin_get("/healthz").await.status, 200);
     assert_eq!(w.admin_get("/readyz").await.status, 200);
-    let config = w.admin_get("/config").await;
+    let config = w.inspect("/config").await;
     assert_eq!(config.status, 200);
     assert!(
         config.text.contains("server_name adm.example.com;"),

@@ -263,4 +263,49 @@ async fn the_webhook_refuses_what_wicket_would_reject_and_admits_the_rest() {
         w.logs()
     );
     assert_eq!(w.get("t.example.com", "/api").await.who(), "web");
+
+    // 100 connections from another address that never start TLS: the API
+    // server's reviews go on meanwhile, and they are closed once the
+    // handshake deadline passes.
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        idle.push(
+            sock.connect(format!("127.0.0.1:{port}").parse().unwrap())
+                .await
+                .unwrap(),
+        );
+    }
+    let hostile3 = ing(
+        "hostile3",
+        "h3.example.com",
+        "/",
+        "  annotations: {nginx.ingress.kubernetes.io/use-regex: \"yes\"}\n",
+    );
+    let refused = create(&ingresses, &hostile3).await;
+    assert!(
+        matches!(&refused, Err(m) if m.contains("wicket refuses")),
+        "{refused:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut open = 0;
+        for c in &mut idle {
+            let mut b = [0u8; 1];
+            use tokio::io::AsyncReadExt;
+            match tokio::time::timeout(Duration::from_millis(1), c.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {}
+                _ => open += 1,
+            }
+        }
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} idle connections still open"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

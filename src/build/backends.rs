@@ -1,6 +1,10 @@
 //! Service backends to upstreams: Service port (by number or name) → the
 //! port's name → EndpointSlice ports of that name, over every slice labelled
 //! `kubernetes.io/service-name` → ready endpoints only.
+//!
+//! Every address nginx would connect to passes [`BackendPolicy`] first:
+//! none may be one of wicket's own listeners, and in controller mode none
+//! may be loopback, link-local or unspecified unless allowed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -12,10 +16,70 @@ use super::ingress::{PortRef, ServiceRef};
 use crate::cluster::{Cluster, ObjectKey};
 use crate::config::{Upstream, UpstreamServer};
 use crate::problem::Printable;
+use crate::resolve::{Answer as ResolvedAnswer, Resolved};
 use crate::values::DnsSubdomain;
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Which addresses a backend may have.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendPolicy {
+    /// Loopback, link-local (`169.254.0.0/16`, `fe80::/10`, where cloud
+    /// metadata services answer) and unspecified addresses are allowed:
+    /// `serve`, whose folder is the admin's, or `--allow-local-backends`.
+    pub allow_local: bool,
+    /// wicket's own listening ports (HTTP, HTTPS, admin, webhook), with
+    /// why each is wicket's.
+    pub own_ports: BTreeMap<u16, &'static str>,
+    /// This machine's addresses: an own port on one of them, or on a
+    /// loopback or unspecified address, is wicket itself.
+    pub own_addresses: BTreeSet<IpAddr>,
+}
+
+impl BackendPolicy {
+    /// Why nginx may not connect to this address, if it may not.
+    pub fn refuse(&self, addr: SocketAddr) -> Option<String> {
+        let ip = canonical(addr.ip());
+        if let Some(what) = self.own_ports.get(&addr.port())
+            && (ip.is_loopback() || ip.is_unspecified() || self.own_addresses.contains(&ip))
+        {
+            return Some(format!("{addr} is wicket's own {what} port"));
+        }
+        if !self.allow_local {
+            let kind = if ip.is_loopback() {
+                Some("loopback")
+            } else if ip.is_unspecified() {
+                Some("unspecified")
+            } else if link_local(ip) {
+                Some("link-local")
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                return Some(format!(
+                    "{addr} is a {kind} address, refused as a backend (--allow-local-backends allows it)"
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
 
 /// What a backend resolves to.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,15 +95,28 @@ pub enum Resolution {
 /// the backends asked about.
 pub struct Backends<'a, 'r> {
     cluster: &'a Cluster,
+    policy: &'a BackendPolicy,
+    /// The answers for `ExternalName` names; `None`: nginx resolves them.
+    resolved: Option<&'a Resolved>,
     slices: foldhash::HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
     /// Each backend's answer, and the upstream it names (recorded as used
     /// the first time a route takes the answer).
-    cache: foldhash::HashMap<&'r ServiceRef, (Resolution, Option<Upstream>)>,
+    cache: foldhash::HashMap<&'r ServiceRef, Answer>,
     upstreams: BTreeMap<String, Upstream>,
+    /// Addresses left out of upstreams, per Service: reported once each.
+    refused: BTreeMap<ObjectKey, BTreeSet<String>>,
 }
 
+/// A backend's resolution, the upstream it names (until recorded) and the
+/// addresses the policy left out of it.
+type Answer = (Resolution, Option<Upstream>, Vec<String>);
+
 impl<'a, 'r> Backends<'a, 'r> {
-    pub fn new(cluster: &'a Cluster) -> Self {
+    pub fn new(
+        cluster: &'a Cluster,
+        policy: &'a BackendPolicy,
+        resolved: Option<&'a Resolved>,
+    ) -> Self {
         let mut slices: foldhash::HashMap<(&str, &str), Vec<&EndpointSlice>> = Default::default();
         for (key, slice) in &cluster.endpoint_slices {
             let service = slice
@@ -56,9 +133,12 @@ impl<'a, 'r> Backends<'a, 'r> {
         }
         Backends {
             cluster,
+            policy,
+            resolved,
             slices,
             cache: Default::default(),
             upstreams: BTreeMap::new(),
+            refused: BTreeMap::new(),
         }
     }
 
@@ -83,19 +163,30 @@ impl<'a, 'r> Backends<'a, 'r> {
             let answer = self.resolve_uncached(backend);
             self.cache.insert(backend, answer);
         }
-        let (r, upstream) = self.cache.get_mut(backend).expect("inserted above");
+        let (r, upstream, refused) = self.cache.get_mut(backend).expect("inserted above");
         // Recorded once; the cache keeps the answer.
         if let Some(u) = upstream.take() {
             self.upstreams.insert(u.name.clone(), u);
+        }
+        if !refused.is_empty() {
+            let key = ObjectKey::new(backend.namespace.as_str(), backend.name.as_str());
+            self.refused
+                .entry(key)
+                .or_default()
+                .extend(std::mem::take(refused));
         }
         r.clone()
     }
 
     /// Resolves a backend that is asked about once, without caching it.
     pub fn resolve_once(&mut self, backend: &ServiceRef) -> Resolution {
-        let (r, upstream) = self.resolve_uncached(backend);
+        let (r, upstream, refused) = self.resolve_uncached(backend);
         if let Some(u) = upstream {
             self.upstreams.insert(u.name.clone(), u);
+        }
+        if !refused.is_empty() {
+            let key = ObjectKey::new(backend.namespace.as_str(), backend.name.as_str());
+            self.refused.entry(key).or_default().extend(refused);
         }
         r
     }
@@ -105,8 +196,33 @@ impl<'a, 'r> Backends<'a, 'r> {
         std::mem::take(&mut self.upstreams).into_values().collect()
     }
 
+    /// The addresses left out of the upstreams of used backends, per
+    /// Service, each with the reason.
+    pub fn take_refused(&mut self) -> BTreeMap<ObjectKey, BTreeSet<String>> {
+        std::mem::take(&mut self.refused)
+    }
+
+    /// The servers of an upstream among `candidates`: those the policy
+    /// allows; the others' reasons go into `refused`.
+    fn allowed(
+        &self,
+        candidates: impl IntoIterator<Item = SocketAddr>,
+        refused: &mut Vec<String>,
+    ) -> BTreeSet<UpstreamServer> {
+        let mut out = BTreeSet::new();
+        for a in candidates {
+            match self.policy.refuse(a) {
+                None => {
+                    out.insert(UpstreamServer::Addr(a));
+                }
+                Some(why) => refused.push(why),
+            }
+        }
+        out
+    }
+
     /// A backend's answer, and the upstream it names.
-    fn resolve_uncached(&self, b: &ServiceRef) -> (Resolution, Option<Upstream>) {
+    fn resolve_uncached(&self, b: &ServiceRef) -> Answer {
         let ns = b.namespace.as_str();
         let key = ObjectKey::new(ns, b.name.as_str());
         let Some(svc) = self.cluster.services.get(&key) else {
@@ -142,18 +258,69 @@ impl<'a, 'r> Backends<'a, 'r> {
             let Some(number) = number else {
                 return unavailable(format!("service {}: no such port", described()));
             };
-            return upstream(
-                &key,
-                number,
-                vec![UpstreamServer::Dns { host, port: number }],
+            // An address written as the name, and the names that always
+            // mean this machine, need no lookup.
+            let literal: Option<Vec<IpAddr>> = match host.as_str().parse::<IpAddr>() {
+                Ok(ip) => Some(vec![ip]),
+                Err(_) if host.as_str() == "localhost" || host.as_str().ends_with(".localhost") => {
+                    Some(vec![
+                        IpAddr::from([127, 0, 0, 1]),
+                        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+                    ])
+                }
+                Err(_) => None,
+            };
+            let addresses = match (literal, self.resolved) {
+                (Some(a), _) => a,
+                (None, Some(resolved)) => match resolved.get(host.as_str()) {
+                    Some(ResolvedAnswer::Addresses(a)) => a.clone(),
+                    Some(ResolvedAnswer::Failed(e)) => {
+                        return unavailable(format!(
+                            "service {key}: externalName {} does not resolve: {e}",
+                            host.as_str()
+                        ));
+                    }
+                    None => {
+                        return unavailable(format!(
+                            "service {key}: externalName {} was not looked up",
+                            host.as_str()
+                        ));
+                    }
+                },
+                // No answers given (tests, golden files): nginx resolves it.
+                (None, None) => {
+                    return upstream(
+                        &key,
+                        number,
+                        vec![UpstreamServer::Dns { host, port: number }],
+                        Vec::new(),
+                    );
+                }
+            };
+            let mut refused = Vec::new();
+            let servers = self.allowed(
+                addresses.into_iter().map(|ip| SocketAddr::new(ip, number)),
+                &mut refused,
             );
+            if servers.is_empty() {
+                return (
+                    Resolution::Unavailable(format!(
+                        "service {key}: externalName {}: {}",
+                        host.as_str(),
+                        refused.join("; ")
+                    )),
+                    None,
+                    Vec::new(),
+                );
+            }
+            return upstream(&key, number, servers.into_iter().collect(), refused);
         }
 
         let Some(port) = port else {
             return unavailable(format!("service {}: no such port", described()));
         };
         let port_name = port.name.as_deref().unwrap_or_default();
-        let mut servers = BTreeSet::new();
+        let mut candidates = BTreeSet::new();
         for slice in self
             .slices
             .get(&(ns, b.name.as_str()))
@@ -183,21 +350,32 @@ impl<'a, 'r> Backends<'a, 'r> {
                 }
                 for addr in &ep.addresses {
                     if let Ok(ip) = addr.parse::<IpAddr>() {
-                        servers.insert(UpstreamServer::Addr(SocketAddr::new(ip, number)));
+                        candidates.insert(SocketAddr::new(ip, number));
                     }
                 }
             }
         }
+        let mut refused = Vec::new();
+        let servers = self.allowed(candidates, &mut refused);
         if servers.is_empty() {
-            return unavailable(format!("service {} has no ready endpoints", described()));
+            let reason = if refused.is_empty() {
+                format!("service {} has no ready endpoints", described())
+            } else {
+                format!(
+                    "service {} has no usable endpoints: {}",
+                    described(),
+                    refused.join("; ")
+                )
+            };
+            return unavailable(reason);
         }
         let number = u16::try_from(port.port).unwrap_or(0);
-        upstream(&key, number, servers.into_iter().collect())
+        upstream(&key, number, servers.into_iter().collect(), refused)
     }
 }
 
-fn unavailable(reason: String) -> (Resolution, Option<Upstream>) {
-    (Resolution::Unavailable(reason), None)
+fn unavailable(reason: String) -> Answer {
+    (Resolution::Unavailable(reason), None, Vec::new())
 }
 
 /// The upstream of a Service port.
@@ -205,14 +383,15 @@ fn upstream(
     service: &ObjectKey,
     port: u16,
     servers: Vec<UpstreamServer>,
-) -> (Resolution, Option<Upstream>) {
+    refused: Vec<String>,
+) -> Answer {
     let name = upstream_name(&service.namespace, &service.name, port);
     let u = Upstream {
         name: name.clone(),
         service: format!("{service}:{port}"),
         servers,
     };
-    (Resolution::Upstream(name), Some(u))
+    (Resolution::Upstream(name), Some(u), refused)
 }
 
 fn find_port<'s>(svc: &'s Service, port: &PortRef) -> Option<&'s ServicePort> {

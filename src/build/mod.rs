@@ -46,6 +46,11 @@ pub struct Options {
     /// Ingresses left out because nginx refused the config built with them,
     /// with the reason.
     pub quarantine: BTreeMap<ObjectKey, String>,
+    /// Which addresses backends may have.
+    pub backend_policy: backends::BackendPolicy,
+    /// What the `ExternalName` names resolved to (see [`crate::resolve`]);
+    /// `None` leaves the names to nginx.
+    pub resolved: Option<Arc<crate::resolve::Resolved>>,
 }
 
 impl Options {
@@ -61,8 +66,56 @@ impl Options {
             default_backend_service: None,
             configmap: None,
             quarantine: BTreeMap::new(),
+            backend_policy: backends::BackendPolicy::default(),
+            resolved: None,
         }
     }
+}
+
+/// The DNS names of the `ExternalName` Services that the Ingresses wicket
+/// serves (and `--default-backend-service`) point at: what
+/// [`crate::resolve::Resolver`] looks up before a build. Names that are an
+/// address, or `localhost`, need no lookup and are left out.
+pub fn external_names(cluster: &Cluster, opts: &Options) -> BTreeSet<String> {
+    let mut services: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for (key, ing) in &cluster.ingresses {
+        if !class::is_ours(ing, cluster, &opts.class) {
+            continue;
+        }
+        let Some(spec) = &ing.spec else { continue };
+        let paths = spec.rules.iter().flatten().filter_map(|r| r.http.as_ref());
+        let backends = paths
+            .flat_map(|h| &h.paths)
+            .map(|p| &p.backend)
+            .chain(&spec.default_backend);
+        for b in backends {
+            if let Some(svc) = &b.service {
+                services.insert((key.namespace.as_str(), svc.name.as_str()));
+            }
+        }
+    }
+    if let Some(svc) = &opts.default_backend_service {
+        services.insert((svc.namespace.as_str(), svc.name.as_str()));
+    }
+    services
+        .into_iter()
+        .filter_map(|(ns, name)| {
+            let spec = cluster
+                .services
+                .get(&ObjectKey::new(ns, name))?
+                .spec
+                .as_ref()?;
+            if spec.type_.as_deref() != Some("ExternalName") {
+                return None;
+            }
+            let host = spec.external_name.as_deref()?.trim_end_matches('.');
+            let needs_lookup = DnsSubdomain::parse(host).is_ok()
+                && host.parse::<std::net::IpAddr>().is_err()
+                && host != "localhost"
+                && !host.ends_with(".localhost");
+            needs_lookup.then(|| host.to_string())
+        })
+        .collect()
 }
 
 /// The result of one build.
@@ -140,7 +193,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         (a.created.is_none(), &a.created, &a.key).cmp(&(b.created.is_none(), &b.created, &b.key))
     });
 
-    let mut backends = Backends::new(cluster);
+    let mut backends = Backends::new(cluster, &opts.backend_policy, opts.resolved.as_deref());
     backends.prefetch(parsed.iter().flat_map(|p| {
         let paths = p.rules.iter().flat_map(|r| &r.paths);
         paths.map(|path| &path.backend).chain(&p.default_backend)
@@ -222,6 +275,16 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     let default_server = b.server(None, &any, any.default.as_ref(), Some(default_cert));
     let default_server = Arc::unwrap_or_clone(b.add_server(default_server));
     let upstreams = b.backends.take_upstreams();
+    for (service, refused) in b.backends.take_refused() {
+        b.problems.push(Problem::warning(
+            &ObjectRef::new(Kind::Service, service),
+            None,
+            format!(
+                "left out of its upstream: {}",
+                refused.into_iter().collect::<Vec<_>>().join("; ")
+            ),
+        ));
+    }
 
     certs.used.remove(&default_certificate.name);
     let mut certificates = vec![default_certificate];

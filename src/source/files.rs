@@ -66,6 +66,9 @@ impl Stamp {
 
 struct FileState {
     stamp: Option<Stamp>,
+    /// The file is a symlink (its target is not watched; see
+    /// [`Folder::recheck_links`]).
+    link: bool,
     hash: [u8; 32],
     /// The objects of the last version that parsed.
     good: Manifests,
@@ -198,6 +201,36 @@ impl Folder {
         Ok(changed)
     }
 
+    /// Re-reads the files that are symlinks whose target changed. Watching
+    /// the folder sees a symlink replaced, not its target edited (the
+    /// target may be anywhere), so `serve` calls this on a timer; it costs
+    /// a `stat` per symlink. Returns whether anything changed.
+    pub fn recheck_links(&mut self) -> bool {
+        let changed: Vec<String> = self
+            .files
+            .iter()
+            .filter(|(name, st)| {
+                st.link
+                    && std::fs::metadata(self.dir.join(name))
+                        .ok()
+                        .map(|m| Stamp::of(&m))
+                        != st.stamp
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut any = false;
+        for name in changed {
+            let path = self.dir.join(&name);
+            any |= self.refresh(&path);
+        }
+        any
+    }
+
+    /// Whether any file of the folder is a symlink.
+    pub fn has_links(&self) -> bool {
+        self.files.values().any(|st| st.link)
+    }
+
     /// Re-reads one path of the folder (created, changed, renamed away or
     /// deleted). Returns whether anything changed.
     pub fn refresh(&mut self, path: &Path) -> bool {
@@ -211,6 +244,17 @@ impl Folder {
 
     /// Records what reading a file found. Returns whether anything changed.
     fn store(&mut self, name: String, r: Read) -> bool {
+        let link = std::fs::symlink_metadata(self.dir.join(&name))
+            .is_ok_and(|m| m.file_type().is_symlink());
+        let changed = self.store_read(&name, r);
+        if let Some(st) = self.files.get_mut(&name) {
+            st.link = link;
+        }
+        changed
+    }
+
+    fn store_read(&mut self, name: &str, r: Read) -> bool {
+        let name = name.to_string();
         match r {
             Read::Gone => self.files.remove(&name).is_some(),
             Read::Unchanged(stamp) => {
@@ -232,6 +276,7 @@ impl Folder {
                         name,
                         FileState {
                             stamp: None,
+                            link: false,
                             hash: [0; 32],
                             good: Manifests::default(),
                             error: Some(message),
@@ -249,12 +294,14 @@ impl Folder {
                 let state = match parsed {
                     Ok(good) => FileState {
                         stamp: Some(stamp),
+                        link: false,
                         hash,
                         good,
                         error: None,
                     },
                     Err(e) => FileState {
                         stamp: Some(stamp),
+                        link: false,
                         hash,
                         good: previous.map(|p| p.good).unwrap_or_default(),
                         error: Some(e),

@@ -40,6 +40,8 @@ pub struct KubeOptions {
     pub namespace: Option<String>,
     /// The global settings ConfigMap: the only ConfigMap watched.
     pub configmap: Option<NamespacedName>,
+    /// `--publish-service`: watched on its own, whatever namespaces are.
+    pub publish_service: Option<NamespacedName>,
 }
 
 /// The caches of every kind wicket reads.
@@ -50,6 +52,7 @@ pub struct KubeSource {
     slices: Store<EndpointSlice>,
     secrets: Store<Secret>,
     config_maps: Option<Store<ConfigMap>>,
+    publish: Option<Store<Service>>,
 }
 
 /// Secret keys wicket reads; the others are dropped from the cache, as are
@@ -136,6 +139,37 @@ fn ingress_fingerprint(i: &Ingress) -> u64 {
     h.finish()
 }
 
+/// What each object looked like at the last change signalled, so a change
+/// that leaves what wicket reads alone (a status write) signals nothing.
+/// A relist replaces it whole when it ends: objects deleted while the
+/// watch was away are forgotten, so one created again identically is
+/// still a change.
+#[derive(Default)]
+struct Fingerprints {
+    seen: std::collections::HashMap<ObjectKey, u64>,
+    /// What the relist under way has shown so far.
+    relisted: std::collections::HashMap<ObjectKey, u64>,
+}
+
+impl Fingerprints {
+    /// Records an object; whether it changed.
+    fn apply(&mut self, key: ObjectKey, fp: u64) -> bool {
+        self.seen.insert(key, fp) != Some(fp)
+    }
+    fn delete(&mut self, key: &ObjectKey) {
+        self.seen.remove(key);
+    }
+    fn relist(&mut self) {
+        self.relisted.clear();
+    }
+    fn relisted(&mut self, key: ObjectKey, fp: u64) {
+        self.relisted.insert(key, fp);
+    }
+    fn relist_done(&mut self) {
+        self.seen = std::mem::take(&mut self.relisted);
+    }
+}
+
 /// A reflector for one kind; every change is signalled on `tx`, except,
 /// with `fingerprint`, changes that leave the fingerprint the same.
 fn reflect<K>(
@@ -155,8 +189,7 @@ where
         reflector::reflector(writer, watcher::watcher(api, cfg).modify(modify)).default_backoff();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        // What each object looked like at the last change signalled.
-        let mut seen: std::collections::HashMap<ObjectKey, u64> = Default::default();
+        let mut seen = Fingerprints::default();
         while let Some(ev) = stream.next().await {
             let change = |o: &K| Change {
                 kind,
@@ -165,11 +198,10 @@ where
             match ev {
                 Ok(Event::Apply(o)) => {
                     let c = change(&o);
-                    if let Some(f) = fingerprint {
-                        let fp = f(&o);
-                        if seen.insert(c.key.clone(), fp) == Some(fp) {
-                            continue;
-                        }
+                    if let Some(f) = fingerprint
+                        && !seen.apply(c.key.clone(), f(&o))
+                    {
+                        continue;
                     }
                     if tx.send(c).is_err() {
                         return;
@@ -177,12 +209,20 @@ where
                 }
                 Ok(Event::Delete(o)) => {
                     let c = change(&o);
-                    seen.remove(&c.key);
+                    seen.delete(&c.key);
                     if tx.send(c).is_err() {
                         return;
                     }
                 }
+                Ok(Event::Init) => seen.relist(),
+                Ok(Event::InitApply(o)) => {
+                    if let Some(f) = fingerprint {
+                        seen.relisted(change(&o).key, f(&o));
+                    }
+                }
                 Ok(Event::InitDone) => {
+                    seen.relist_done();
+                    // The store was replaced whole: one change for it.
                     let c = Change {
                         kind,
                         key: ObjectKey::new("", ""),
@@ -191,7 +231,6 @@ where
                         return;
                     }
                 }
-                Ok(Event::Init | Event::InitApply(_)) => {}
                 Err(e) => warn!(kind = %kind, error = %e, "watch failed; retrying with backoff"),
             }
         }
@@ -229,7 +268,18 @@ impl KubeSource {
                 None,
             )
         });
+        let publish = opts.publish_service.as_ref().map(|svc| {
+            reflect(
+                Api::<Service>::namespaced(client.clone(), svc.namespace.as_str()),
+                cfg().fields(&format!("metadata.name={}", svc.name.as_str())),
+                Kind::Service,
+                changes.clone(),
+                slim_service,
+                None,
+            )
+        });
         KubeSource {
+            publish,
             ingresses: reflect(
                 api(&client, ns),
                 cfg(),
@@ -284,7 +334,15 @@ impl KubeSource {
         if let Some(cm) = &self.config_maps {
             cm.wait_until_ready().await?;
         }
+        if let Some(p) = &self.publish {
+            p.wait_until_ready().await?;
+        }
         Ok(())
+    }
+
+    /// The `--publish-service` Service, if it exists.
+    pub fn publish_service(&self) -> Option<Arc<Service>> {
+        self.publish.as_ref()?.state().into_iter().next()
     }
 
     /// The Ingress cache (for status).
@@ -420,6 +478,25 @@ spec:
     }
 
     #[test]
+    fn an_object_gone_during_a_relist_is_forgotten() {
+        let k = |n: &str| ObjectKey::new("ns", n);
+        let mut f = Fingerprints::default();
+        assert!(f.apply(k("a"), 1));
+        assert!(f.apply(k("b"), 2));
+        assert!(!f.apply(k("a"), 1), "the same again is no change");
+        // The watch was away; `b` was deleted meanwhile, `a` is relisted.
+        f.relist();
+        f.relisted(k("a"), 1);
+        f.relist_done();
+        assert!(!f.apply(k("a"), 1));
+        assert!(f.apply(k("b"), 2), "b created again, the same: a change");
+        f.delete(&k("b"));
+        assert!(f.apply(k("b"), 2));
+        assert_eq!(f.seen.len(), 2);
+        assert!(f.relisted.is_empty());
+    }
+
+    #[test]
     fn slimmed_objects_build_the_same_config_and_status() {
         let (full, slimmed) = (cluster(false), cluster(true));
         let svc = &slimmed.services[&ObjectKey::new("shop", "web")];
@@ -448,8 +525,14 @@ spec:
             publish_addresses: Vec::new(),
             update_on_shutdown: false,
         };
-        let published = crate::status::addresses(&status, &slimmed);
-        assert_eq!(published, crate::status::addresses(&status, &full));
+        let svc = |c: &Cluster| c.services.get(&ObjectKey::new("shop", "web")).cloned();
+        let published = crate::status::addresses(&status, svc(&slimmed).as_deref()).unwrap();
+        assert_eq!(
+            Some(&published),
+            crate::status::addresses(&status, svc(&full).as_deref()).as_ref()
+        );
         assert_eq!(published.len(), 3, "{published:?}");
+        // A publish Service that is missing: no addresses, not empty ones.
+        assert_eq!(crate::status::addresses(&status, None), None);
     }
 }

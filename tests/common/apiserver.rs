@@ -189,6 +189,27 @@ impl ApiServer {
 
     /// Stops the API server (etcd keeps running): SIGTERM, and SIGKILL if it
     /// still drains open watches after 3 seconds.
+    /// Freezes the API server (SIGSTOP): connections stay open and nothing
+    /// answers, as with a hung control plane.
+    pub fn pause_apiserver(&self) {
+        if let Some(c) = &self.apiserver {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGSTOP,
+            );
+        }
+    }
+
+    /// Lets a paused API server go on (SIGCONT).
+    pub fn resume_apiserver(&self) {
+        if let Some(c) = &self.apiserver {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+    }
+
     pub fn stop_apiserver(&mut self) {
         if let Some(mut c) = self.apiserver.take() {
             let _ = nix::sys::signal::kill(

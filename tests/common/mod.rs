@@ -178,6 +178,23 @@ async fn echo(
             .body(Body::empty())
             .unwrap();
     }
+    // `/bytes/N`: N bytes, for bodies larger than nginx buffers in memory.
+    if let Some(n) = req
+        .uri()
+        .path()
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        let chunk = axum::body::Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream = futures::stream::iter((0..n.div_ceil(chunk.len())).map(move |i| {
+            let len = (n - i * chunk.len()).min(chunk.len());
+            Ok::<_, std::io::Error>(chunk.slice(..len))
+        }));
+        return Response::builder()
+            .header(header::CONTENT_LENGTH, n)
+            .body(Body::from_stream(stream))
+            .unwrap();
+    }
     let mut headers = BTreeMap::new();
     for (k, v) in req.headers() {
         let v = String::from_utf8_lossy(v.as_bytes()).to_string();
@@ -427,6 +444,16 @@ impl Wicket {
     }
 
     pub async fn start_with(files: &[(&str, &str)], args: &[&str]) -> Wicket {
+        Self::start_limited(files, args, None).await
+    }
+
+    /// [`Wicket::start_with`], with at most `nofile` open files (wicket
+    /// and nginx alike) when given.
+    pub async fn start_limited(
+        files: &[(&str, &str)],
+        args: &[&str],
+        nofile: Option<u64>,
+    ) -> Wicket {
         let manifests = tempfile::tempdir().unwrap();
         for (name, text) in files {
             std::fs::write(manifests.path().join(name), text).unwrap();
@@ -437,7 +464,7 @@ impl Wicket {
             manifests.path().display().to_string(),
         ];
         cmd.extend(args.iter().map(|a| a.to_string()));
-        Self::launch(manifests, &cmd, &[]).await
+        Self::launch_limited(manifests, &cmd, &[], nofile).await
     }
 
     /// Starts `wicket controller` against an API server, with `args` added.
@@ -460,12 +487,40 @@ impl Wicket {
         cmd: &[String],
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Wicket {
+        Self::launch_limited(manifests, cmd, env, None).await
+    }
+
+    async fn launch_limited(
+        manifests: tempfile::TempDir,
+        cmd: &[String],
+        env: &[(&str, &std::ffi::OsStr)],
+        nofile: Option<u64>,
+    ) -> Wicket {
         let mut manifests = Some(manifests);
         for attempt in 1.. {
             let state = tempfile::tempdir().unwrap();
             let logs = tempfile::tempdir().unwrap();
             let (http, https, admin) = (free_port(), free_port(), free_port());
-            let child = Command::new(env!("CARGO_BIN_EXE_wicket"))
+            let mut command = Command::new(env!("CARGO_BIN_EXE_wicket"));
+            if let Some(n) = nofile {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: setrlimit is async-signal-safe; it only lowers the
+                // child's own limit before exec.
+                unsafe {
+                    command.pre_exec(move || {
+                        let lim = libc::rlimit {
+                            rlim_cur: n,
+                            rlim_max: n,
+                        };
+                        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::last_os_error())
+                        }
+                    });
+                }
+            }
+            let child = command
                 .args(cmd)
                 .args(["--http-port", &http.to_string()])
                 .args(["--https-port", &https.to_string()])
@@ -607,6 +662,14 @@ impl Wicket {
         }
     }
 
+    /// GET on the admin unix socket in the state folder, where the
+    /// inspection endpoints answer.
+    pub async fn inspect(&self, path: &str) -> Answer {
+        unix_get(&self.state_dir().join("admin.sock"), path)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} on admin.sock: {e}\n{}", self.logs()))
+    }
+
     pub async fn admin_get(&self, path: &str) -> Answer {
         fetch(
             &self.client,
@@ -671,6 +734,85 @@ pub async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
         head.push(byte[0]);
     }
     String::from_utf8(head).unwrap()
+}
+
+/// GET over a unix socket (HTTP/1.0, so the answer ends with the
+/// connection).
+pub async fn unix_get(socket: &Path, path: &str) -> Result<Answer, String> {
+    let mut s = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: wicket\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| "no answer within 10s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8(buf).map_err(|e| e.to_string())?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no end of headers")?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or("no status line")?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':')
+            && let (Ok(k), Ok(v)) = (
+                reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()),
+                reqwest::header::HeaderValue::from_str(v.trim()),
+            )
+        {
+            headers.append(k, v);
+        }
+    }
+    Ok(Answer {
+        status,
+        version: reqwest::Version::HTTP_10,
+        headers,
+        text: body.to_string(),
+    })
+}
+
+/// The processes of a process group that are still there (zombies
+/// excluded: they hold no port).
+pub fn processes_in_group(pgid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ...: comm may hold spaces, so split
+        // after its closing parenthesis.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 2 && fields[0] != "Z" && fields[2].parse::<i32>() == Ok(pgid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Total size of the files under a folder.
+pub fn folder_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        total += if m.is_dir() {
+            folder_size(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    total
 }
 
 /// Whether a file exists in a folder.
