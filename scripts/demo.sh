@@ -11,10 +11,12 @@ ADMIN_PORT=${DEMO_ADMIN_PORT:-10254}
 
 ensure_nginx
 cargo build --locked --quiet
+STATE=$(mktemp -d /tmp/wicket-demo.XXXXXX)
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    rm -rf "$STATE"
 }
 trap cleanup EXIT INT TERM
 
@@ -22,7 +24,7 @@ trap cleanup EXIT INT TERM
 python3 examples/demo-backend.py web 9001 api 9002 test 9003 &
 pids+=($!)
 
-./target/debug/wicket serve --manifests examples \
+./target/debug/wicket serve --manifests examples --state-dir "$STATE/state" \
     --http-port "$HTTP_PORT" --https-port "$HTTPS_PORT" --admin-port "$ADMIN_PORT" &
 pids+=($!)
 
@@ -43,7 +45,7 @@ Try:
   curl http://127.0.0.1:$HTTP_PORT/testpath/anything                        # legacy v1beta1 Ingress: test sees /
   curl -i http://127.0.0.1:$HTTP_PORT/nothing                               # 404
   curl -k --resolve shop.example.com:$HTTPS_PORT:127.0.0.1 https://shop.example.com:$HTTPS_PORT/api
-  curl http://127.0.0.1:$ADMIN_PORT/config                                  # the nginx.conf being served
+  curl --unix-socket $STATE/state/admin.sock http://wicket/config    # the nginx.conf being served
 
 Ctrl-C stops the demo.
 MSG
