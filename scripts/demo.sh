@@ -24,7 +24,7 @@ trap cleanup EXIT INT TERM
 python3 examples/demo-backend.py web 9001 api 9002 test 9003 &
 pids+=($!)
 
-./target/debug/wicket serve --manifests examples --state-dir "$STATE/state" \
+"${CARGO_TARGET_DIR:-target}/debug/wicket" serve --manifests examples --state-dir "$STATE/state" \
     --http-port "$HTTP_PORT" --https-port "$HTTPS_PORT" --admin-port "$ADMIN_PORT" &
 pids+=($!)
 
