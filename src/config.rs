@@ -4,10 +4,18 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::values::{DnsSubdomain, HostPattern, HttpPath, RegexPath, RewriteTarget};
+use crate::annotations::backend::Protocol;
+use crate::annotations::headers::Connection;
+use crate::annotations::proxy::Proxy;
+use crate::annotations::redirect::Redirect;
+use crate::values::{
+    Cidr, CipherList, DnsSubdomain, Expandable, HeaderName, HeaderValue, HostPattern, HostPort,
+    HttpPath, PlainPath, Protocols, RegexPath, RewriteTarget,
+};
 
 /// The whole configuration.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -32,6 +40,119 @@ pub struct Config {
     /// Snippets (with `allow-snippet-annotations`), referred to by index
     /// from servers and locations. The renderer puts them in raw.
     pub snippets: Vec<String>,
+    /// Servers that only redirect to their `www.`-less (or `www.`)
+    /// counterpart (`from-to-www-redirect`).
+    pub www_redirects: Vec<WwwRedirect>,
+    /// Response headers for every answer (`add-headers`), and request
+    /// headers for every backend (`proxy-set-headers`).
+    pub response_headers: Vec<ExpandableHeader>,
+    pub request_headers: Vec<ExpandableHeader>,
+    /// CA bundles that locations verify backends with, written to
+    /// `certs/NAME.ca.crt`.
+    pub trusted: Vec<Trusted>,
+    /// Named locations of the global `custom-http-errors`, in every server.
+    pub global_error_pages: Vec<ErrorPage>,
+    /// The optional nginx modules that are loaded.
+    pub modules: Modules,
+}
+
+/// Optional nginx modules (Debian's `libnginx-mod-*` packages), loaded
+/// when present: features that need a missing one are refused or left out
+/// with a reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Modules {
+    /// Where the `.so` files are (`--nginx-modules-dir`).
+    pub dir: String,
+    /// `ngx_http_headers_more_filter_module`: response headers that replace
+    /// the backend's and apply to every status (HSTS, `custom-headers`,
+    /// `add-headers`), `more_clear_headers Server`; what snippets written
+    /// for ingress-nginx use.
+    pub headers_more: bool,
+    /// `ngx_http_brotli_filter_module`.
+    pub brotli: bool,
+}
+
+/// The file of the headers-more module.
+pub const HEADERS_MORE_MODULE: &str = "ngx_http_headers_more_filter_module.so";
+/// The file of the brotli module.
+pub const BROTLI_MODULE: &str = "ngx_http_brotli_filter_module.so";
+
+impl Modules {
+    /// The modules installed in `dir`.
+    pub fn find(dir: &std::path::Path) -> Modules {
+        Modules {
+            dir: dir.display().to_string(),
+            headers_more: dir.join(HEADERS_MORE_MODULE).is_file(),
+            brotli: dir.join(BROTLI_MODULE).is_file(),
+        }
+    }
+}
+
+/// A server that redirects every request to another host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WwwRedirect {
+    pub server_name: String,
+    /// The host the requests go to.
+    pub to: String,
+    /// Its certificate, when it names this host too; else the default.
+    pub certificate: Option<String>,
+}
+
+/// A header whose value may name nginx variables (from the global
+/// ConfigMap, the admin's).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct ExpandableHeader {
+    pub name: HeaderName,
+    pub value: Expandable,
+}
+
+/// A literal header (from an Ingress author's ConfigMap).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct LiteralHeader {
+    pub name: HeaderName,
+    pub value: HeaderValue,
+}
+
+/// A CA bundle file.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct Trusted {
+    /// A hash of the content: the file is `certs/NAME.ca.crt`.
+    pub name: String,
+    #[serde(skip)]
+    pub pem: String,
+    /// `secret NAMESPACE/NAME`.
+    pub source: String,
+}
+
+impl fmt::Debug for Trusted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Trusted")
+            .field("name", &self.name)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A named location that answers an intercepted error from a default
+/// backend, with ingress-nginx's headers (`X-Code`, `X-Format`,
+/// `X-Original-URI`, `X-Namespace`, `X-Ingress-Name`, `X-Service-Name`,
+/// `X-Service-Port`, `X-Request-ID`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ErrorPage {
+    /// `@wicket_error_UPSTREAM_CODE`.
+    pub name: String,
+    pub code: u16,
+    pub upstream: String,
+}
+
+impl ErrorPage {
+    pub fn new(upstream: &str, code: u16) -> Self {
+        ErrorPage {
+            name: format!("@wicket_error_{upstream}_{code}"),
+            code,
+            upstream: upstream.to_string(),
+        }
+    }
 }
 
 /// Where a part of the config came from, for the comments beside it.
@@ -63,6 +184,21 @@ pub struct Server {
     pub locations: Vec<Location>,
     /// Index of this server's `server-snippet` in [`Config::snippets`].
     pub snippet: Option<usize>,
+    /// More names for this server (`server-alias`), as `server_name`
+    /// arguments.
+    pub aliases: Vec<String>,
+    /// Some Ingress lists this host under `spec.tls`: HTTP requests are
+    /// redirected to HTTPS (`ssl-redirect`) and HTTPS answers carry HSTS.
+    pub tls: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_ciphers: Option<CipherList>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_prefer_server_ciphers: Option<bool>,
+    /// `app-root`: `/` redirects here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_root: Option<PlainPath>,
+    /// The named locations its locations' `custom-http-errors` use.
+    pub error_pages: Vec<ErrorPage>,
 }
 
 /// How a location matches the request path.
@@ -73,6 +209,10 @@ pub enum Match {
     /// `location PATH/`: a prefix ending in `/`, always paired with an exact
     /// location for the path without it.
     PrefixDir(HttpPath),
+    /// An `Exact` path that ends in `/`, as `location ~ ^PATH$`: nginx
+    /// answers the path without its slash with a 301 for an exact location
+    /// ending in `/` that proxies; a regular expression never does.
+    ExactSlash(HttpPath),
     /// `location /`: everything no other location matches.
     Root,
     /// `location ~ RE` or `location ~* RE`, anchored with `^`.
@@ -88,6 +228,7 @@ impl Serialize for Match {
         let (modifier, path) = match self {
             Match::Exact(p) => ("=", p.as_str().to_string()),
             Match::PrefixDir(p) => ("", format!("{}/", p.as_str())),
+            Match::ExactSlash(p) => ("~", format!("^{}$", RegexPath::literal(p).as_str())),
             Match::Root => ("", "/".to_string()),
             Match::Regex {
                 regex,
@@ -114,6 +255,142 @@ pub struct Location {
     pub source: Option<Source>,
     /// Index of the Ingress's `configuration-snippet` in [`Config::snippets`].
     pub snippet: Option<usize>,
+    /// What its Ingress's annotations set; shared by the Ingress's
+    /// locations, `None` for one without such annotations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Arc<LocationPolicy>>,
+    /// Plain HTTP requests are redirected to HTTPS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https_redirect: Option<HttpsRedirect>,
+    /// ingress-nginx's per-location variables, for error pages and log
+    /// formats that name them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vars: Option<LocationVars>,
+}
+
+/// `return CODE https://HOST[:PORT]URI` for plain HTTP requests.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct HttpsRedirect {
+    pub code: u16,
+    /// Keep the trailing `/` (`preserve-trailing-slash`); ingress-nginx
+    /// drops one otherwise.
+    pub keep_slash: bool,
+    /// `use-port-in-redirects`: the HTTPS port.
+    pub port: Option<u16>,
+}
+
+/// `$namespace`, `$ingress_name`, `$service_name`, `$service_port`,
+/// `$location_path`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct LocationVars {
+    pub namespace: String,
+    pub ingress: String,
+    pub service: String,
+    pub port: String,
+    pub path: String,
+}
+
+/// What an Ingress's annotations set for each of its locations. Fields at
+/// their default render nothing (the global settings apply).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct LocationPolicy {
+    #[serde(skip_serializing_if = "Proxy::is_empty")]
+    pub proxy: Proxy,
+    pub protocol: Protocol,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fastcgi: Option<FastCgi>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_ssl: Option<ProxySslFiles>,
+    /// The `Host` header the backend sees (`upstream-vhost`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_host: Option<HostPort>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection: Option<Connection>,
+    /// `X-Forwarded-Prefix` (with `rewrite-target`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarded_prefix: Option<PlainPath>,
+    /// `custom-headers`: response headers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub response_headers: Vec<LiteralHeader>,
+    /// `allow`/`deny` rules, `deny all` last when `deny_rest`; `None`: the
+    /// global lists apply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessRules>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_access_log: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rewrite_log: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port_in_redirect: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relative_redirects: Option<bool>,
+    /// `custom-http-errors`: the codes and where they go.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub error_pages: Vec<ErrorPage>,
+    /// `proxy_intercept_errors`, when the location has error pages.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub intercept_errors: bool,
+    /// The location sets request headers of its own, so it repeats the
+    /// standard ones (nginx inherits `proxy_set_header` only into a level
+    /// that sets none).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub own_headers: bool,
+}
+
+impl LocationPolicy {
+    /// Sets [`LocationPolicy::own_headers`] from the fields.
+    pub fn with_own_headers(mut self) -> Self {
+        self.own_headers = self.upstream_host.is_some()
+            || self.connection.is_some()
+            || self.forwarded_prefix.is_some();
+        self
+    }
+}
+
+/// FastCGI: the index file and extra parameters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct FastCgi {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
+    pub params: Vec<FastCgiParam>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct FastCgiParam {
+    pub name: String,
+    pub value: Expandable,
+}
+
+/// TLS to a backend, with the files it reads.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct ProxySslFiles {
+    /// A client certificate (a [`Certificate`] name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// A [`Trusted`] name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trusted: Option<String>,
+    pub verify: bool,
+    pub verify_depth: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<DnsSubdomain>,
+    pub server_name: bool,
+    pub protocols: Protocols,
+    pub ciphers: CipherList,
+}
+
+/// Who may reach a location by address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct AccessRules {
+    /// In order: `allow` (true) or `deny` (false) of each network.
+    pub rules: Vec<AccessRule>,
+    pub deny_rest: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct AccessRule {
+    pub allow: bool,
+    pub network: Cidr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -127,6 +404,15 @@ pub enum Action {
     /// Answer with a status and no upstream: 404 for no route, 503 for a
     /// backend without ready endpoints.
     Status { code: u16, reason: String },
+    /// `permanent-redirect` / `temporal-redirect`.
+    Redirect(Redirect),
+    /// The backend has no endpoints: the Ingress's `default-backend`
+    /// answers, told why (`X-Code`).
+    Fallback {
+        upstream: String,
+        code: u16,
+        reason: String,
+    },
 }
 
 /// `rewrite "(?i)^REGEX" TARGET break;`

@@ -78,6 +78,14 @@ struct BuildArgs {
     /// A folder of templates overriding the embedded ones by file name.
     #[arg(long, env = "WICKET_TEMPLATES")]
     templates: Option<PathBuf>,
+    /// Where nginx's dynamic modules are (Debian's libnginx-mod-*
+    /// packages); those wicket uses are loaded when present.
+    #[arg(
+        long,
+        env = "WICKET_NGINX_MODULES_DIR",
+        default_value = "/usr/lib/nginx/modules"
+    )]
+    nginx_modules_dir: PathBuf,
 }
 
 /// How nginx runs: flags shared by serve and controller.
@@ -240,6 +248,7 @@ fn build_options(
             ..Default::default()
         },
         resolved: None,
+        modules: wicket::config::Modules::find(&b.nginx_modules_dir),
     })
 }
 

@@ -384,14 +384,27 @@ impl Nginx {
 
     fn write_certificates(&self, config: &Config) -> Result<(), ApplyError> {
         let certs = self.opts.state_dir.join("certs");
-        for c in &config.certificates {
-            for (ext, content) in [("crt", &c.cert_pem), ("key", &c.key_pem)] {
-                let path = certs.join(format!("{}.{ext}", c.name));
-                if std::fs::read(&path).is_ok_and(|old| old == content.as_bytes()) {
-                    continue;
-                }
-                write_atomic(&path, content.as_bytes(), 0o600)?;
+        let files = config
+            .certificates
+            .iter()
+            .flat_map(|c| {
+                [
+                    (format!("{}.crt", c.name), &c.cert_pem),
+                    (format!("{}.key", c.name), &c.key_pem),
+                ]
+            })
+            .chain(
+                config
+                    .trusted
+                    .iter()
+                    .map(|t| (format!("{}.ca.crt", t.name), &t.pem)),
+            );
+        for (name, content) in files {
+            let path = certs.join(name);
+            if std::fs::read(&path).is_ok_and(|old| old == content.as_bytes()) {
+                continue;
             }
+            write_atomic(&path, content.as_bytes(), 0o600)?;
         }
         Ok(())
     }
@@ -401,6 +414,7 @@ impl Nginx {
             .certificates
             .iter()
             .flat_map(|c| [format!("{}.crt", c.name), format!("{}.key", c.name)])
+            .chain(config.trusted.iter().map(|t| format!("{}.ca.crt", t.name)))
             .collect();
         let Ok(entries) = std::fs::read_dir(self.opts.state_dir.join("certs")) else {
             return;

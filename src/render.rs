@@ -23,6 +23,16 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     ("nginx.conf", include_str!("../templates/nginx.conf")),
     ("server.conf", include_str!("../templates/server.conf")),
     ("location.conf", include_str!("../templates/location.conf")),
+    ("proxy.conf", include_str!("../templates/proxy.conf")),
+    (
+        "proxy_headers.conf",
+        include_str!("../templates/proxy_headers.conf"),
+    ),
+    (
+        "proxy_ssl.conf",
+        include_str!("../templates/proxy_ssl.conf"),
+    ),
+    ("fastcgi.conf", include_str!("../templates/fastcgi.conf")),
     ("upstream.conf", include_str!("../templates/upstream.conf")),
 ];
 
@@ -265,6 +275,8 @@ impl Renderer {
             },
             ipv6: env.ipv6,
             settings: config.settings.clone(),
+            request_headers: config.request_headers.clone(),
+            modules: config.modules.clone(),
         };
         // Snippets are spliced in after rendering: a text with them is not
         // one the parts can be cut from again, so it is not kept.
@@ -299,6 +311,7 @@ impl Renderer {
             https: config.https_port,
         };
         let part_env = PartEnv { ipv6: env.ipv6 };
+        let globals = Globals::of(config);
         let servers: Vec<(&Server, bool)> = std::iter::once((&config.default_server, true))
             .chain(config.servers.iter().map(|s| (&**s, false)))
             .collect();
@@ -326,6 +339,7 @@ impl Renderer {
             ctx.insert("default", default);
             ctx.insert("ports", &ports);
             ctx.insert("env", &part_env);
+            ctx.insert("globals", &globals);
             ("server.conf", ctx)
         })?;
         let upstreams: Vec<&Upstream> = config.upstreams.iter().collect();
@@ -446,6 +460,39 @@ struct CacheKey {
     ports: Ports,
     ipv6: bool,
     settings: crate::settings::Settings,
+    request_headers: Vec<crate::config::ExpandableHeader>,
+    modules: crate::config::Modules,
+}
+
+/// The global settings servers and locations need (see
+/// `templates/server.conf`).
+#[derive(Serialize)]
+struct Globals<'a> {
+    http2: bool,
+    proxy_protocol: bool,
+    block_user_agents: bool,
+    block_referers: bool,
+    /// HSTS is on and can be sent (headers-more is loaded).
+    hsts: bool,
+    full_forwarded_for: bool,
+    proxy_buffer_size: &'a crate::values::Size,
+    request_headers: &'a [crate::config::ExpandableHeader],
+}
+
+impl<'a> Globals<'a> {
+    fn of(c: &'a Config) -> Self {
+        let s = &c.settings;
+        Globals {
+            http2: s.use_http2,
+            proxy_protocol: s.use_proxy_protocol,
+            block_user_agents: !s.block_user_agents.is_empty(),
+            block_referers: !s.block_referers.is_empty(),
+            hsts: s.hsts && c.modules.headers_more,
+            full_forwarded_for: s.compute_full_forwarded_for && s.use_forwarded_headers,
+            proxy_buffer_size: &s.proxy_buffer_size,
+            request_headers: &c.request_headers,
+        }
+    }
 }
 
 struct Last {
@@ -485,17 +532,55 @@ struct Head<'a> {
     server_names_hash_max_size: u32,
     settings: &'a crate::settings::Settings,
     certificates: &'a [crate::config::Certificate],
+    /// `load_module` arguments.
+    load_modules: Vec<String>,
+    modules: &'a crate::config::Modules,
+    /// The `Strict-Transport-Security` value, when HSTS is on and can be
+    /// sent.
+    hsts: Option<String>,
+    /// The global `allow`/`deny` rules (`block-cidrs`, the global source
+    /// lists), inherited by locations without their own.
+    global_access: crate::config::AccessRules,
+    www_redirects: &'a [crate::config::WwwRedirect],
+    response_headers: &'a [crate::config::ExpandableHeader],
+    request_headers: &'a [crate::config::ExpandableHeader],
+    global_error_pages: &'a [crate::config::ErrorPage],
 }
 
 impl<'a> Head<'a> {
     fn of(c: &'a Config) -> Self {
+        let s = &c.settings;
+        let dir = std::path::Path::new(&c.modules.dir);
+        let mut load_modules = Vec::new();
+        if c.modules.headers_more {
+            load_modules.push(
+                dir.join(crate::config::HEADERS_MORE_MODULE)
+                    .display()
+                    .to_string(),
+            );
+        }
+        if c.modules.brotli && s.enable_brotli {
+            load_modules.push(dir.join(crate::config::BROTLI_MODULE).display().to_string());
+        }
         Head {
             http_port: c.http_port,
             https_port: c.https_port,
             server_names_hash_bucket_size: c.server_names_hash_bucket_size,
             server_names_hash_max_size: c.server_names_hash_max_size,
-            settings: &c.settings,
+            settings: s,
             certificates: &c.certificates,
+            load_modules,
+            modules: &c.modules,
+            hsts: s.hsts_value().filter(|_| c.modules.headers_more),
+            global_access: crate::build::policy::rules(
+                &s.whitelist_source_range,
+                &s.denylist_source_range,
+                &s.block_cidrs,
+            ),
+            www_redirects: &c.www_redirects,
+            response_headers: &c.response_headers,
+            request_headers: &c.request_headers,
+            global_error_pages: &c.global_error_pages,
         }
     }
 }

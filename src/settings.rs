@@ -1,104 +1,457 @@
 //! Global settings from the ConfigMap named by `--configmap`, with
-//! ingress-nginx's key names. Each key is parsed into a typed value or
-//! reported; keys wicket does not support are reported once and ignored.
+//! ingress-nginx's key names and defaults (differences are in the
+//! registry's notes). Each key is parsed into a typed value; a bad value is
+//! reported and its default kept, so it never takes the running config
+//! down. Keys wicket does not act on are reported once with their registry
+//! note.
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde::Serialize;
 
+use crate::annotations::access::ranges;
+use crate::annotations::proxy::{
+    CookieRewrite, HttpVersion, NextUpstream, RedirectRewrite, buffers_number, redirect_part,
+    redirect_rewrite, tries,
+};
+use crate::annotations::registry;
 use crate::cluster::ObjectRef;
 use crate::problem::{Problem, Quoted};
-use crate::values::Invalid;
+use crate::values::{
+    Cidr, CipherList, Expandable, HeaderName, Invalid, MatchPattern, NamespacedName, NginxTime,
+    Protocols, Seconds, Size, parse_bool, parse_codes, parse_count, parse_list, parse_mime_types,
+};
 
-/// An nginx size: a number with an optional `k`, `m` or `g` suffix.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct Size(String);
+/// ingress-nginx's default access log format (`log-format-upstream`).
+pub const DEFAULT_LOG_FORMAT: &str = "$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent \"$http_referer\" \"$http_user_agent\" $request_length $request_time [$proxy_upstream_name] [$proxy_alternative_upstream_name] $upstream_addr $upstream_response_length $upstream_response_time $upstream_status $req_id";
 
-impl Size {
-    pub fn parse(s: &str) -> Result<Self, Invalid> {
-        let digits = s.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G']);
-        let suffixes = s.len() - digits.len();
-        if digits.is_empty()
-            || digits.len() > 9
-            || suffixes > 1
-            || !digits.bytes().all(|b| b.is_ascii_digit())
-        {
-            return Err(Invalid(
-                "must be a number with an optional k, m or g suffix, such as 8m".into(),
-            ));
-        }
-        Ok(Size(s.to_ascii_lowercase()))
+/// ingress-nginx's default `gzip-types`.
+pub const DEFAULT_GZIP_TYPES: &str = "application/atom+xml application/javascript application/x-javascript application/json application/rss+xml application/vnd.ms-fontobject application/x-font-ttf application/x-web-app-manifest+json application/xhtml+xml application/xml font/opentype image/svg+xml image/x-icon text/css text/javascript text/plain text/x-component";
+
+/// ingress-nginx's default `ssl-ciphers`.
+pub const DEFAULT_SSL_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES128-GCM-SHA256";
+
+/// `large_client_header_buffers NUMBER SIZE`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Buffers {
+    pub number: u32,
+    pub size: Size,
+}
+
+impl Buffers {
+    fn parse(s: &str) -> Result<Self, Invalid> {
+        let parts: Vec<&str> = s.split_whitespace().collect();
+        let [n, size] = parts[..] else {
+            return Err(Invalid("must be NUMBER SIZE, such as 4 8k".into()));
+        };
+        Ok(Buffers {
+            number: parse_count(n, 1, 1024)?,
+            size: Size::parse(size)?,
+        })
     }
 }
 
-/// A duration in whole seconds: `60` or `60s`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct Seconds(pub u32);
+/// `worker_processes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(untagged)]
+pub enum Workers {
+    #[serde(serialize_with = "auto")]
+    Auto,
+    Count(u32),
+}
 
-impl Seconds {
-    pub fn parse(s: &str) -> Result<Self, Invalid> {
-        let n = s.strip_suffix('s').unwrap_or(s);
-        match n.parse::<u32>() {
-            Ok(v) if v <= 86_400 && !n.starts_with('+') => Ok(Seconds(v)),
-            _ => Err(Invalid(
-                "must be a whole number of seconds up to 86400, such as 60 or 60s".into(),
-            )),
+fn auto<S: serde::Serializer>(s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("auto")
+}
+
+/// How the access log escapes variable values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Escape {
+    Default,
+    Json,
+    None,
+}
+
+/// `error_log`'s level.
+fn log_level(s: &str) -> Result<String, Invalid> {
+    match s {
+        "debug" | "info" | "notice" | "warn" | "error" | "crit" | "alert" | "emerg" => {
+            Ok(s.to_string())
         }
+        _ => Err(Invalid(
+            "must be debug, info, notice, warn, error, crit, alert or emerg".into(),
+        )),
     }
 }
 
-/// A count from 0 to 100000.
-fn count(s: &str) -> Result<u32, Invalid> {
-    match s.parse::<u32>() {
-        Ok(v) if v <= 100_000 && !s.starts_with('+') => Ok(v),
-        _ => Err(Invalid("must be a whole number up to 100000".into())),
-    }
+/// A path prefix of `no-tls-redirect-locations`.
+fn path_prefix(s: &str) -> Result<String, Invalid> {
+    crate::values::PlainPath::parse(s).map(|p| p.as_str().to_string())
 }
 
 /// The settings the templates use.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Settings {
-    /// `proxy-body-size`: largest request body (`client_max_body_size`).
-    pub proxy_body_size: Size,
-    /// `proxy-connect-timeout`, `proxy-read-timeout`, `proxy-send-timeout`.
-    pub proxy_connect_timeout: Seconds,
-    pub proxy_read_timeout: Seconds,
-    pub proxy_send_timeout: Seconds,
-    /// `keep-alive`: how long an idle client connection stays open.
-    pub keep_alive: Seconds,
-    /// `upstream-keepalive-connections`: idle connections kept per upstream
-    /// and worker.
-    pub upstream_keepalive_connections: u32,
-    /// `worker-shutdown-timeout`: how long old workers may finish requests
-    /// after a reload.
-    pub worker_shutdown_timeout: Seconds,
-    /// `proxy-max-temp-file-size`: the most of one response nginx buffers
-    /// on disk while the client reads slowly (past it, nginx reads from the
-    /// upstream only as fast as the client does).
-    pub proxy_max_temp_file_size: Size,
     /// `allow-snippet-annotations`: whether Ingress authors may put raw nginx
     /// configuration in (`server-snippet`, `configuration-snippet`).
     pub allow_snippet_annotations: bool,
+    /// `allow-cross-namespace-resources`: annotations may name Secrets and
+    /// ConfigMaps of other namespaces.
+    pub allow_cross_namespace_resources: bool,
+
+    pub proxy_body_size: Size,
+    pub client_body_buffer_size: Size,
+    pub client_header_buffer_size: Size,
+    pub large_client_header_buffers: Buffers,
+    pub proxy_connect_timeout: Seconds,
+    pub proxy_read_timeout: Seconds,
+    pub proxy_send_timeout: Seconds,
+    pub proxy_buffering: bool,
+    pub proxy_buffer_size: Size,
+    pub proxy_buffers_number: u32,
+    pub proxy_busy_buffers_size: Option<Size>,
+    pub proxy_request_buffering: bool,
+    pub proxy_next_upstream: NextUpstream,
+    pub proxy_next_upstream_tries: u32,
+    pub proxy_next_upstream_timeout: Seconds,
+    pub proxy_http_version: HttpVersion,
+    /// The most of one response nginx buffers on disk while the client
+    /// reads slowly (past it, nginx reads from the upstream only as fast as
+    /// the client does).
+    pub proxy_max_temp_file_size: Size,
+    pub proxy_cookie_domain: CookieRewrite,
+    pub proxy_cookie_path: CookieRewrite,
+    pub proxy_redirect: RedirectRewrite,
+
+    pub ssl_redirect: bool,
+    pub force_ssl_redirect: bool,
+    pub preserve_trailing_slash: bool,
+    pub use_port_in_redirects: bool,
+    pub relative_redirects: bool,
+    pub http_redirect_code: u16,
+    /// Path prefixes never redirected to HTTPS (ACME challenges).
+    pub no_tls_redirect_locations: Vec<String>,
+
+    pub ssl_protocols: Protocols,
+    pub ssl_ciphers: CipherList,
+    pub ssl_prefer_server_ciphers: bool,
+    pub hsts: bool,
+    pub hsts_max_age: u32,
+    pub hsts_include_subdomains: bool,
+    pub hsts_preload: bool,
+    pub use_http2: bool,
+
+    pub worker_processes: Workers,
+    /// `worker-shutdown-timeout`: how long old workers may finish requests
+    /// after a reload.
+    pub worker_shutdown_timeout: Seconds,
+    pub max_worker_connections: u32,
+    /// `keep-alive`: how long an idle client connection stays open.
+    pub keep_alive: Seconds,
+    pub keep_alive_requests: u32,
+    /// `upstream-keepalive-connections`: idle connections kept per upstream
+    /// and worker.
+    pub upstream_keepalive_connections: u32,
+    pub upstream_keepalive_requests: u32,
+    pub upstream_keepalive_timeout: Seconds,
+    pub upstream_keepalive_time: NginxTime,
+
+    pub use_forwarded_headers: bool,
+    pub compute_full_forwarded_for: bool,
+    pub forwarded_for_header: HeaderName,
+    pub enable_real_ip: bool,
+    pub proxy_real_ip_cidr: Vec<Cidr>,
+    pub use_proxy_protocol: bool,
+
+    pub log_format_upstream: Expandable,
+    pub log_escape: Escape,
+    pub error_log_level: String,
+    pub disable_access_log: bool,
+
+    pub custom_http_errors: Vec<u16>,
+    /// ConfigMaps of response headers for every answer, and of request
+    /// headers for every backend (`add-headers`, `proxy-set-headers`).
+    pub add_headers: Option<NamespacedName>,
+    pub proxy_set_headers: Option<NamespacedName>,
+    /// Header names `custom-headers` may set (lowercase).
+    pub global_allowed_response_headers: Vec<String>,
+
+    pub use_gzip: bool,
+    pub gzip_level: u32,
+    pub gzip_min_length: u32,
+    pub gzip_types: Vec<String>,
+    pub enable_brotli: bool,
+    pub brotli_level: u32,
+    pub brotli_min_length: u32,
+    pub brotli_types: Vec<String>,
+    pub server_tokens: bool,
+    pub server_name_hash_bucket_size: Option<u32>,
+
+    pub block_cidrs: Vec<Cidr>,
+    pub block_user_agents: Vec<MatchPattern>,
+    pub block_referers: Vec<MatchPattern>,
+    pub whitelist_source_range: Vec<Cidr>,
+    pub denylist_source_range: Vec<Cidr>,
+    pub service_upstream: bool,
+
+    /// Protection keys that are set but not supported: every Ingress they
+    /// apply to is refused, with these reasons (key, why).
+    pub refused: Vec<(String, String)>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            proxy_body_size: Size("1m".into()),
+            allow_snippet_annotations: false,
+            allow_cross_namespace_resources: false,
+            proxy_body_size: Size::of("1m"),
+            client_body_buffer_size: Size::of("8k"),
+            client_header_buffer_size: Size::of("1k"),
+            large_client_header_buffers: Buffers {
+                number: 4,
+                size: Size::of("8k"),
+            },
             proxy_connect_timeout: Seconds(5),
             proxy_read_timeout: Seconds(60),
             proxy_send_timeout: Seconds(60),
-            keep_alive: Seconds(75),
-            upstream_keepalive_connections: 32,
+            proxy_buffering: false,
+            proxy_buffer_size: Size::of("4k"),
+            proxy_buffers_number: 4,
+            proxy_busy_buffers_size: None,
+            proxy_request_buffering: true,
+            proxy_next_upstream: NextUpstream::of("error timeout"),
+            proxy_next_upstream_tries: 3,
+            proxy_next_upstream_timeout: Seconds(0),
+            proxy_http_version: HttpVersion::V11,
+            proxy_max_temp_file_size: Size::of("128m"),
+            proxy_cookie_domain: CookieRewrite::Off,
+            proxy_cookie_path: CookieRewrite::Off,
+            proxy_redirect: RedirectRewrite::Off,
+            ssl_redirect: true,
+            force_ssl_redirect: false,
+            preserve_trailing_slash: false,
+            use_port_in_redirects: false,
+            relative_redirects: false,
+            http_redirect_code: 308,
+            no_tls_redirect_locations: vec!["/.well-known/acme-challenge".into()],
+            ssl_protocols: Protocols::of("TLSv1.2 TLSv1.3"),
+            ssl_ciphers: CipherList::of(DEFAULT_SSL_CIPHERS),
+            ssl_prefer_server_ciphers: true,
+            hsts: true,
+            hsts_max_age: 31_536_000,
+            hsts_include_subdomains: true,
+            hsts_preload: false,
+            use_http2: true,
+            worker_processes: Workers::Auto,
             worker_shutdown_timeout: Seconds(10),
-            proxy_max_temp_file_size: Size("128m".into()),
-            allow_snippet_annotations: false,
+            max_worker_connections: 16_384,
+            keep_alive: Seconds(75),
+            keep_alive_requests: 1000,
+            upstream_keepalive_connections: 32,
+            upstream_keepalive_requests: 10_000,
+            upstream_keepalive_timeout: Seconds(60),
+            upstream_keepalive_time: NginxTime::of("1h"),
+            use_forwarded_headers: false,
+            compute_full_forwarded_for: false,
+            forwarded_for_header: HeaderName::parse("X-Forwarded-For").expect("valid"),
+            enable_real_ip: false,
+            proxy_real_ip_cidr: vec![Cidr::parse("0.0.0.0/0").expect("valid")],
+            use_proxy_protocol: false,
+            log_format_upstream: Expandable::parse(DEFAULT_LOG_FORMAT, 4096).expect("valid"),
+            log_escape: Escape::Default,
+            error_log_level: "notice".into(),
+            disable_access_log: false,
+            custom_http_errors: Vec::new(),
+            add_headers: None,
+            proxy_set_headers: None,
+            global_allowed_response_headers: Vec::new(),
+            use_gzip: false,
+            gzip_level: 1,
+            gzip_min_length: 256,
+            gzip_types: DEFAULT_GZIP_TYPES.split(' ').map(String::from).collect(),
+            enable_brotli: false,
+            brotli_level: 4,
+            brotli_min_length: 20,
+            brotli_types: std::iter::once("application/xml+rss")
+                .chain(DEFAULT_GZIP_TYPES.split(' '))
+                .map(String::from)
+                .collect(),
+            server_tokens: false,
+            server_name_hash_bucket_size: None,
+            block_cidrs: Vec::new(),
+            block_user_agents: Vec::new(),
+            block_referers: Vec::new(),
+            whitelist_source_range: Vec::new(),
+            denylist_source_range: Vec::new(),
+            service_upstream: false,
+            refused: Vec::new(),
         }
     }
 }
 
+fn seconds(s: &str) -> Result<Seconds, Invalid> {
+    Seconds::parse(s)
+}
+
+fn on_off_or_bool(s: &str) -> Result<bool, Invalid> {
+    crate::values::parse_on_off(s).or_else(|_| parse_bool(s))
+}
+
 impl Settings {
+    /// Applies one key. `Ok(false)`: wicket does not act on this key.
+    pub fn apply(&mut self, key: &str, value: &str) -> Result<bool, Invalid> {
+        let s = self;
+        match key {
+            "allow-snippet-annotations" => s.allow_snippet_annotations = parse_bool(value)?,
+            "allow-cross-namespace-resources" => {
+                s.allow_cross_namespace_resources = parse_bool(value)?
+            }
+            "proxy-body-size" => s.proxy_body_size = Size::parse(value)?,
+            "client-body-buffer-size" => s.client_body_buffer_size = Size::parse(value)?,
+            "client-header-buffer-size" => s.client_header_buffer_size = Size::parse(value)?,
+            "large-client-header-buffers" => s.large_client_header_buffers = Buffers::parse(value)?,
+            "proxy-connect-timeout" => s.proxy_connect_timeout = seconds(value)?,
+            "proxy-read-timeout" => s.proxy_read_timeout = seconds(value)?,
+            "proxy-send-timeout" => s.proxy_send_timeout = seconds(value)?,
+            "proxy-buffering" => s.proxy_buffering = on_off_or_bool(value)?,
+            "proxy-buffer-size" => s.proxy_buffer_size = Size::parse(value)?,
+            "proxy-buffers-number" => s.proxy_buffers_number = buffers_number(value)?,
+            "proxy-busy-buffers-size" => {
+                s.proxy_busy_buffers_size = (!value.is_empty())
+                    .then(|| Size::parse(value))
+                    .transpose()?
+            }
+            "proxy-request-buffering" => s.proxy_request_buffering = on_off_or_bool(value)?,
+            "proxy-next-upstream" => s.proxy_next_upstream = NextUpstream::parse(value)?,
+            "proxy-next-upstream-tries" => s.proxy_next_upstream_tries = tries(value)?,
+            "proxy-next-upstream-timeout" => s.proxy_next_upstream_timeout = seconds(value)?,
+            "proxy-http-version" => s.proxy_http_version = HttpVersion::parse(value)?,
+            "proxy-max-temp-file-size" => s.proxy_max_temp_file_size = Size::parse(value)?,
+            "proxy-cookie-domain" => s.proxy_cookie_domain = CookieRewrite::parse_domain(value)?,
+            "proxy-cookie-path" => s.proxy_cookie_path = CookieRewrite::parse_path(value)?,
+            // Combined with the other key by `apply_redirect`; checked here.
+            "proxy-redirect-from" | "proxy-redirect-to" => {
+                if !matches!(value, "off" | "default") {
+                    redirect_part(value)?;
+                }
+            }
+            "ssl-redirect" => s.ssl_redirect = parse_bool(value)?,
+            "force-ssl-redirect" => s.force_ssl_redirect = parse_bool(value)?,
+            "preserve-trailing-slash" => s.preserve_trailing_slash = parse_bool(value)?,
+            "use-port-in-redirects" => s.use_port_in_redirects = parse_bool(value)?,
+            "relative-redirects" => s.relative_redirects = parse_bool(value)?,
+            "http-redirect-code" => {
+                s.http_redirect_code = match value {
+                    "301" | "302" | "307" | "308" => value.parse().expect("digits"),
+                    _ => return Err(Invalid("must be 301, 302, 307 or 308".into())),
+                }
+            }
+            "no-tls-redirect-locations" => {
+                s.no_tls_redirect_locations = parse_list(value, 64, path_prefix)?
+            }
+            "ssl-protocols" => s.ssl_protocols = Protocols::parse(value)?,
+            "ssl-ciphers" => s.ssl_ciphers = CipherList::parse(value)?,
+            "ssl-prefer-server-ciphers" => s.ssl_prefer_server_ciphers = on_off_or_bool(value)?,
+            "hsts" => s.hsts = parse_bool(value)?,
+            "hsts-max-age" => s.hsts_max_age = parse_count(value, 0, 1_000_000_000)?,
+            "hsts-include-subdomains" => s.hsts_include_subdomains = parse_bool(value)?,
+            "hsts-preload" => s.hsts_preload = parse_bool(value)?,
+            "use-http2" => s.use_http2 = parse_bool(value)?,
+            "worker-processes" => {
+                s.worker_processes = match value {
+                    "auto" => Workers::Auto,
+                    n => Workers::Count(parse_count(n, 1, 1024)?),
+                }
+            }
+            "worker-shutdown-timeout" => s.worker_shutdown_timeout = seconds(value)?,
+            "max-worker-connections" => {
+                s.max_worker_connections = match parse_count(value, 0, 1_048_576)? {
+                    0 => 16_384,
+                    n => n.max(64),
+                }
+            }
+            "keep-alive" => s.keep_alive = seconds(value)?,
+            "keep-alive-requests" => s.keep_alive_requests = parse_count(value, 1, 1_000_000)?,
+            "upstream-keepalive-connections" => {
+                s.upstream_keepalive_connections = parse_count(value, 0, 100_000)?
+            }
+            "upstream-keepalive-requests" => {
+                s.upstream_keepalive_requests = parse_count(value, 1, 10_000_000)?
+            }
+            "upstream-keepalive-timeout" => s.upstream_keepalive_timeout = seconds(value)?,
+            "upstream-keepalive-time" => s.upstream_keepalive_time = NginxTime::parse(value)?,
+            "use-forwarded-headers" => s.use_forwarded_headers = parse_bool(value)?,
+            "compute-full-forwarded-for" => s.compute_full_forwarded_for = parse_bool(value)?,
+            "forwarded-for-header" => s.forwarded_for_header = HeaderName::parse(value)?,
+            "enable-real-ip" => s.enable_real_ip = parse_bool(value)?,
+            "proxy-real-ip-cidr" => s.proxy_real_ip_cidr = ranges(value)?,
+            "use-proxy-protocol" => s.use_proxy_protocol = parse_bool(value)?,
+            "log-format-upstream" => s.log_format_upstream = Expandable::parse(value, 4096)?,
+            "log-format-escape-json" => {
+                if parse_bool(value)? {
+                    if s.log_escape != Escape::None {
+                        s.log_escape = Escape::Json;
+                    }
+                } else if s.log_escape == Escape::Json {
+                    s.log_escape = Escape::Default;
+                }
+            }
+            "log-format-escape-none" => {
+                if parse_bool(value)? {
+                    s.log_escape = Escape::None;
+                } else if s.log_escape == Escape::None {
+                    s.log_escape = Escape::Default;
+                }
+            }
+            "error-log-level" => s.error_log_level = log_level(value)?,
+            "disable-access-log" => s.disable_access_log = parse_bool(value)?,
+            "custom-http-errors" => s.custom_http_errors = parse_codes(value, 300, 599)?,
+            "add-headers" => s.add_headers = Some(NamespacedName::parse(value)?),
+            "proxy-set-headers" => s.proxy_set_headers = Some(NamespacedName::parse(value)?),
+            "global-allowed-response-headers" => {
+                s.global_allowed_response_headers = parse_list(value, 256, |h| {
+                    HeaderName::parse(h).map(|n| n.as_str().to_ascii_lowercase())
+                })?
+            }
+            "use-gzip" => s.use_gzip = parse_bool(value)?,
+            "gzip-level" => s.gzip_level = parse_count(value, 1, 9)?,
+            "gzip-min-length" => s.gzip_min_length = parse_count(value, 0, 1 << 30)?,
+            "gzip-types" => s.gzip_types = parse_mime_types(value)?,
+            "enable-brotli" => s.enable_brotli = parse_bool(value)?,
+            "brotli-level" => s.brotli_level = parse_count(value, 0, 11)?,
+            "brotli-min-length" => s.brotli_min_length = parse_count(value, 0, 1 << 30)?,
+            "brotli-types" => s.brotli_types = parse_mime_types(value)?,
+            "server-tokens" => s.server_tokens = parse_bool(value)?,
+            "server-name-hash-bucket-size" => {
+                let n = parse_count(value, 32, 65_536)?;
+                if !n.is_power_of_two() {
+                    return Err(Invalid("must be a power of two".into()));
+                }
+                s.server_name_hash_bucket_size = Some(n);
+            }
+            "block-cidrs" => s.block_cidrs = ranges(value)?,
+            "block-user-agents" => {
+                s.block_user_agents = parse_list(value, 1024, MatchPattern::parse)?
+            }
+            "block-referers" => s.block_referers = parse_list(value, 1024, MatchPattern::parse)?,
+            "whitelist-source-range" => s.whitelist_source_range = ranges(value)?,
+            "denylist-source-range" => s.denylist_source_range = ranges(value)?,
+            "service-upstream" => s.service_upstream = parse_bool(value)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// `proxy-redirect-from` and `proxy-redirect-to`, once both are known.
+    fn apply_redirect(&mut self, from: Option<&str>, to: Option<&str>) {
+        if from.is_none() && to.is_none() {
+            return;
+        }
+        if let Ok(Some(r)) = redirect_rewrite(from.unwrap_or("off"), to.unwrap_or("off")) {
+            self.proxy_redirect = r;
+        }
+    }
+
     /// Reads a ConfigMap's `data`.
     pub fn from_config_map(
         cm: &ConfigMap,
@@ -106,50 +459,78 @@ impl Settings {
         problems: &mut Vec<Problem>,
     ) -> Settings {
         let mut s = Settings::default();
-        for (key, value) in cm.data.iter().flatten() {
+        let data = cm.data.as_ref();
+        // The escape keys depend on each other: none wins over json.
+        let mut keys: Vec<(&String, &String)> = data.into_iter().flatten().collect();
+        keys.sort_by_key(|(k, _)| (k.as_str() == "log-format-escape-none", k.as_str()));
+        for (key, value) in keys {
             let field = Some(format!("data[{}]", Quoted(key)));
-            let result = match key.as_str() {
-                "proxy-body-size" => Size::parse(value).map(|v| s.proxy_body_size = v),
-                "proxy-connect-timeout" => {
-                    Seconds::parse(value).map(|v| s.proxy_connect_timeout = v)
-                }
-                "proxy-read-timeout" => Seconds::parse(value).map(|v| s.proxy_read_timeout = v),
-                "proxy-send-timeout" => Seconds::parse(value).map(|v| s.proxy_send_timeout = v),
-                "keep-alive" => Seconds::parse(value).map(|v| s.keep_alive = v),
-                "upstream-keepalive-connections" => {
-                    count(value).map(|v| s.upstream_keepalive_connections = v)
-                }
-                "worker-shutdown-timeout" => {
-                    Seconds::parse(value).map(|v| s.worker_shutdown_timeout = v)
-                }
-                "proxy-max-temp-file-size" => {
-                    Size::parse(value).map(|v| s.proxy_max_temp_file_size = v)
-                }
-                "allow-snippet-annotations" => match value.as_str() {
-                    "true" | "false" => {
-                        s.allow_snippet_annotations = value == "true";
-                        Ok(())
+            match s.apply(key, value) {
+                Ok(true) => {}
+                Ok(false) => match registry::key_row(key) {
+                    Some(row) if row.protection => {
+                        let on = !value.is_empty() && value != "false";
+                        if on {
+                            s.refused
+                                .push((key.clone(), row.support.note().to_string()));
+                            problems.push(Problem::warning(
+                                object,
+                                field,
+                                format!(
+                                    "{}: Ingresses are refused while it is set",
+                                    row.support.note()
+                                ),
+                            ));
+                        }
                     }
-                    _ => Err(Invalid("must be \"true\" or \"false\"".into())),
-                },
-                _ => {
-                    problems.push(Problem::ignored(
+                    Some(row) => problems.push(Problem::ignored(
                         object,
                         field,
-                        "setting not supported by wicket yet; ignored",
-                    ));
-                    continue;
-                }
-            };
-            if let Err(e) = result {
-                problems.push(Problem::warning(
+                        format!("{}; ignored", row.support.note()),
+                    )),
+                    None => problems.push(Problem::ignored(
+                        object,
+                        field,
+                        "not an ingress-nginx key; ignored",
+                    )),
+                },
+                Err(e) => problems.push(Problem::warning(
                     object,
                     field,
                     format!("{}: {e}; the default is used", Quoted(value)),
-                ));
+                )),
             }
         }
+        let get = |k: &str| data.and_then(|d| d.get(k)).map(String::as_str);
+        s.apply_redirect(get("proxy-redirect-from"), get("proxy-redirect-to"));
         s
+    }
+
+    /// Whether a protection key that is set but not supported refuses
+    /// this Ingress, and why (`enable-global-auth: "false"` opts an Ingress
+    /// out of the global auth keys, as in ingress-nginx).
+    pub fn refuses(&self, global_auth_opt_out: bool) -> Option<String> {
+        let reasons: Vec<String> = self
+            .refused
+            .iter()
+            .filter(|(k, _)| !(global_auth_opt_out && k.starts_with("global-auth-")))
+            .map(|(k, why)| format!("the global setting {k} is set: {why}"))
+            .collect();
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
+    /// The `Strict-Transport-Security` value.
+    pub fn hsts_value(&self) -> Option<String> {
+        self.hsts.then(|| {
+            let mut v = format!("max-age={}", self.hsts_max_age);
+            if self.hsts_include_subdomains {
+                v.push_str("; includeSubDomains");
+            }
+            if self.hsts_preload {
+                v.push_str("; preload");
+            }
+            v
+        })
     }
 }
 
@@ -161,13 +542,13 @@ mod tests {
     #[test]
     fn parses_known_keys_and_reports_the_rest() {
         let cm: ConfigMap = serde_yaml::from_str(
-            "metadata: {name: c}\ndata: {proxy-body-size: 8M, proxy-read-timeout: '120', worker-shutdown-timeout: 30s, keep-alive: x;, use-gzip: 'true'}",
+            "metadata: {name: c}\ndata: {proxy-body-size: 8M, proxy-read-timeout: '120', worker-shutdown-timeout: 30s, keep-alive: x;, use-geoip2: 'true', no-such-key: x}",
         )
         .unwrap();
         let r = ObjectRef::new(Kind::ConfigMap, ObjectKey::new("ns", "c"));
         let mut problems = Vec::new();
         let s = Settings::from_config_map(&cm, &r, &mut problems);
-        assert_eq!(s.proxy_body_size, Size("8m".into()));
+        assert_eq!(s.proxy_body_size, Size::of("8m"));
         assert_eq!(s.proxy_read_timeout, Seconds(120));
         assert_eq!(s.worker_shutdown_timeout, Seconds(30));
         assert_eq!(s.keep_alive, Seconds(75));
@@ -176,21 +557,67 @@ mod tests {
             lines,
             vec![
                 "warning configmap ns/c: data[\"keep-alive\"]: \"x;\": must be a whole number of seconds up to 86400, such as 60 or 60s; the default is used",
-                "ignored configmap ns/c: data[\"use-gzip\"]: setting not supported by wicket yet; ignored",
+                "ignored configmap ns/c: data[\"no-such-key\"]: not an ingress-nginx key; ignored",
+                "ignored configmap ns/c: data[\"use-geoip2\"]: not supported yet; ignored",
             ]
         );
     }
 
     #[test]
-    fn sizes_and_seconds() {
-        for ok in ["0", "1m", "512k", "2G", "100"] {
-            assert!(Size::parse(ok).is_ok(), "{ok}");
+    fn every_key_wicket_acts_on_has_a_row_and_its_example_applies() {
+        for row in registry::KEYS {
+            let mut s = Settings::default();
+            let applied = s.apply(row.name, row.example);
+            if row.support.acted_on() {
+                assert_eq!(applied, Ok(true), "{}: {:?}", row.name, row.example);
+                if !matches!(row.name, "proxy-redirect-from" | "proxy-redirect-to")
+                    && !row.name.starts_with("log-format-escape")
+                {
+                    assert_ne!(s, Settings::default(), "{} changed nothing", row.name);
+                }
+            } else {
+                assert_eq!(
+                    applied,
+                    Ok(false),
+                    "{} is unsupported but applied",
+                    row.name
+                );
+            }
         }
-        for bad in ["", "m", "1mm", "1.5m", "-1", "1 m", "1m;", "9999999999"] {
-            assert!(Size::parse(bad).is_err(), "{bad}");
+    }
+
+    #[test]
+    fn hostile_values_keep_the_default() {
+        for (k, v) in [
+            ("proxy-body-size", "1m; root /"),
+            ("ssl-ciphers", "HIGH\"; ssl_protocols SSLv3"),
+            ("log-format-upstream", "$remote_addr $nope"),
+            ("log-format-upstream", "a\nb"),
+            ("block-cidrs", "10.0.0.0/8 allow all"),
+            ("block-user-agents", "~*(unclosed"),
+            ("http-redirect-code", "200"),
+            ("error-log-level", "debug;"),
+            ("forwarded-for-header", "X Forwarded"),
+            ("gzip-types", "text/html; gzip off"),
+            ("no-tls-redirect-locations", "/.well-known/$x"),
+            ("worker-processes", "0"),
+        ] {
+            let mut s = Settings::default();
+            assert!(s.apply(k, v).is_err(), "{k}={v:?} accepted");
         }
-        assert_eq!(Seconds::parse("60s"), Ok(Seconds(60)));
-        assert!(Seconds::parse("1h").is_err());
-        assert!(Seconds::parse("+5").is_err());
+    }
+
+    #[test]
+    fn an_unsupported_protection_key_refuses() {
+        let cm: ConfigMap = serde_yaml::from_str(
+            "metadata: {name: c}\ndata: {global-auth-url: 'https://auth.example.com', enable-modsecurity: 'false'}",
+        )
+        .unwrap();
+        let r = ObjectRef::new(Kind::ConfigMap, ObjectKey::new("ns", "c"));
+        let mut problems = Vec::new();
+        let s = Settings::from_config_map(&cm, &r, &mut problems);
+        assert!(s.refuses(false).unwrap().contains("global-auth-url"));
+        assert_eq!(s.refuses(true), None, "enable-global-auth: false opts out");
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 }

@@ -37,8 +37,16 @@ fn opts() -> Options {
         default_backend_service: None,
         configmap: None,
         quarantine: Default::default(),
-        backend_policy: Default::default(),
+        backend_policy: wicket::build::backends::BackendPolicy {
+            allow_local: true,
+            ..Default::default()
+        },
         resolved: None,
+        modules: wicket::config::Modules {
+            dir: "/usr/lib/nginx/modules".into(),
+            headers_more: true,
+            brotli: true,
+        },
     }
 }
 
@@ -246,7 +254,7 @@ fn ingress_classes_decide_what_is_served() {
 
 #[test]
 fn unsupported_annotations_are_reported_and_ignored() {
-    let meta = "  annotations:\n    nginx.ingress.kubernetes.io/proxy-body-size: 8m\n    example.com/unrelated: x\n";
+    let meta = "  annotations:\n    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/grpc-backend: \"true\"\n    nginx.ingress.kubernetes.io/proxy-bodysize: 8m\n    nginx.ingress.kubernetes.io/proxy-body-size: 8m\n    example.com/unrelated: x\n";
     let b = run(&format!(
         "{BACKENDS}{}",
         ingress("a", meta, &simple_rule("a.example.com", "/", "Prefix"))
@@ -256,9 +264,37 @@ fn unsupported_annotations_are_reported_and_ignored() {
     assert_eq!(
         lines,
         vec![
-            "ignored ingress shop/a: metadata.annotations[\"nginx.ingress.kubernetes.io/proxy-body-size\"]: annotation not supported by wicket yet; ignored"
+            "ignored ingress shop/a: metadata.annotations[\"nginx.ingress.kubernetes.io/enable-cors\"]: not supported yet (part 2: traffic policy); ignored",
+            "ignored ingress shop/a: metadata.annotations[\"nginx.ingress.kubernetes.io/grpc-backend\"]: removed in ingress-nginx 0.21; use backend-protocol: GRPC; ignored",
+            "ignored ingress shop/a: metadata.annotations[\"nginx.ingress.kubernetes.io/proxy-bodysize\"]: not an ingress-nginx annotation; ignored",
         ]
     );
+}
+
+#[test]
+fn a_protection_annotation_wicket_cannot_honour_rejects_the_ingress() {
+    for meta in [
+        "  annotations:\n    nginx.ingress.kubernetes.io/auth-type: basic\n    nginx.ingress.kubernetes.io/auth-secret: basic-auth\n",
+        "  annotations:\n    nginx.ingress.kubernetes.io/auth-url: https://auth.example.com/check\n",
+        "  annotations:\n    nginx.ingress.kubernetes.io/whitelist-source-range: 10.0.0.0/8;\n",
+        "  annotations:\n    nginx.ingress.kubernetes.io/enable-modsecurity: \"true\"\n",
+        "  annotations:\n    nginx.ingress.kubernetes.io/auth-tls-secret: shop/ca\n",
+    ] {
+        let b = run(&format!(
+            "{BACKENDS}{}",
+            ingress("a", meta, &simple_rule("a.example.com", "/", "Prefix"))
+        ));
+        assert!(b.served.is_empty(), "{meta}: served");
+        assert!(
+            b.problems
+                .iter()
+                .any(|p| p.severity == wicket::problem::Severity::Rejected),
+            "{meta}: {:?}",
+            b.problems
+        );
+        // Nothing of it is served: every request gets the catch-all 404.
+        assert!(b.config.servers.is_empty(), "{meta}");
+    }
 }
 
 #[test]

@@ -43,6 +43,7 @@ fn render(dir: &str) -> (String, Vec<String>, std::sync::Arc<wicket::config::Con
             ..Default::default()
         },
         resolved: None,
+        modules: common::modules(),
     };
     let b = build::build(&cluster, &opts);
     let env = RenderEnv {

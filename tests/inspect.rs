@@ -255,10 +255,7 @@ async fn a_config_nginx_refuses_is_shown_with_its_error() {
             .unwrap();
     std::fs::write(
         templates.path().join("nginx.conf"),
-        root.replace(
-            "server_tokens off;",
-            "server_tokens off;\n    no_such_directive on;",
-        ),
+        root.replace("sendfile on;", "sendfile on;\n    no_such_directive on;"),
     )
     .unwrap();
     let manifests = tempfile::tempdir().unwrap();

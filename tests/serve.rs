@@ -325,8 +325,25 @@ async fn tls_is_chosen_by_sni_and_verified_against_the_secret() {
             .is_err()
     );
 
-    // Plain HTTP still reaches the TLS host.
-    assert_eq!(w.get("secure.example.com", "/").await.who(), "web");
+    // HTTPS answers of a TLS host carry HSTS, ingress-nginx's default;
+    // those of a host without TLS do not.
+    assert_eq!(
+        a.headers["strict-transport-security"],
+        "max-age=31536000; includeSubDomains"
+    );
+    // Plain HTTP to the TLS host is redirected to HTTPS with 308, path and
+    // query kept (ingress-nginx drops one trailing slash).
+    for (path, location) in [
+        ("/x?a=1", "https://secure.example.com/x?a=1"),
+        ("/dir/", "https://secure.example.com/dir"),
+        ("/", "https://secure.example.com"),
+    ] {
+        let r = w.get("secure.example.com", path).await;
+        assert_eq!(r.status, 308, "{path}");
+        assert_eq!(r.headers["location"], location, "{path}");
+    }
+    // The host without TLS is served on plain HTTP.
+    assert_eq!(w.get("plain.example.com", "/").await.who(), "web");
 
     // A rotated certificate is served after the Secret changes.
     let (cert2, key2) = cert_for(&["secure.example.com"]);
@@ -802,9 +819,4 @@ async fn global_settings_default_backend_and_default_certificate_flags() {
         .await
         .unwrap();
     assert_eq!(a.who(), "fallback");
-    assert!(
-        w.logs().contains("ignored configmap d/settings: data[\"use-gzip\"]: setting not supported by wicket yet; ignored"),
-        "{}",
-        w.logs()
-    );
 }

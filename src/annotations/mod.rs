@@ -1,9 +1,19 @@
-//! Annotations, one module per family. Each parses its keys into typed values
-//! or reports the field as invalid; keys under the prefix that no module
-//! knows are reported as not supported and otherwise ignored.
+//! Annotations, one module per family. Each parses its keys into typed
+//! values or reports the field as invalid. Every key is one of the
+//! registry's rows ([`registry`]); keys under the prefix that no module
+//! read are reported with the registry's note, and a protection key that
+//! was not read (not supported yet) rejects the Ingress.
 
+pub mod access;
+pub mod backend;
+pub mod headers;
+pub mod proxy;
+pub mod redirect;
+pub mod registry;
 pub mod rewrite;
+pub mod server;
 pub mod snippets;
+pub mod tls;
 
 use std::collections::BTreeMap;
 
@@ -19,6 +29,13 @@ pub const MAX_VALUE_LEN: usize = 4096;
 pub struct Annotations {
     pub rewrite: rewrite::Rewrite,
     pub snippets: snippets::Snippets,
+    pub redirect: redirect::Redirects,
+    pub proxy: proxy::Proxy,
+    pub backend: backend::Backend,
+    pub headers: headers::Headers,
+    pub access: access::Access,
+    pub tls: tls::Tls,
+    pub server: server::ServerAnnotations,
 }
 
 /// Global settings that decide how annotations are read.
@@ -42,7 +59,7 @@ pub struct FieldError {
 pub struct Reader<'a> {
     annotations: Option<&'a BTreeMap<String, String>>,
     prefix: &'a str,
-    used: Vec<&'a str>,
+    used: Vec<&'static str>,
 }
 
 impl<'a> Reader<'a> {
@@ -59,28 +76,49 @@ impl<'a> Reader<'a> {
         format!("metadata.annotations[\"{}/{name}\"]", self.prefix)
     }
 
-    /// The raw value of `PREFIX/name`, marking the key as known.
+    /// The raw value of `PREFIX/name`, marking the key as read. `name` must
+    /// be a row of the registry.
     pub fn get(&mut self, name: &'static str) -> Option<&'a str> {
+        debug_assert!(
+            registry::annotation(name).is_some(),
+            "{name} has no registry row"
+        );
         self.used.push(name);
         let key = format!("{}/{name}", self.prefix);
         self.annotations?.get(&key).map(String::as_str)
     }
 
-    /// A boolean annotation: exactly `true` or `false`.
-    pub fn bool(&mut self, name: &'static str, errors: &mut Vec<FieldError>) -> Option<bool> {
-        let v = self.get(name)?;
-        match v {
-            "true" => Some(true),
-            "false" => Some(false),
-            _ => {
-                errors.push(FieldError {
-                    field: self.field(name),
-                    value: v.to_string(),
-                    error: Invalid("must be \"true\" or \"false\"".into()),
-                });
-                None
+    /// The value of `name`, or of its aliases (ingress-nginx's rule: the
+    /// canonical name wins when both are set and not empty), with the name
+    /// it was found under.
+    pub fn get_aliased(&mut self, name: &'static str) -> Option<(&'static str, &'a str)> {
+        let aliases: Vec<&'static str> = registry::ANNOTATIONS
+            .iter()
+            .filter(|a| a.alias_of == Some(name))
+            .map(|a| a.name)
+            .collect();
+        let mut found = self.get(name).filter(|v| !v.is_empty()).map(|v| (name, v));
+        for a in aliases {
+            let v = self.get(a);
+            if found.is_none() {
+                found = v.filter(|v| !v.is_empty()).map(|v| (a, v));
             }
         }
+        found
+    }
+
+    /// Whether any of these keys is set.
+    pub fn any(&self, names: &[&str]) -> bool {
+        names.iter().any(|n| {
+            self.annotations
+                .is_some_and(|a| a.contains_key(&format!("{}/{n}", self.prefix)))
+        })
+    }
+
+    /// A boolean annotation, as ingress-nginx reads one (`true`, `false`,
+    /// `1`, `0`, `True`...).
+    pub fn bool(&mut self, name: &'static str, errors: &mut Vec<FieldError>) -> Option<bool> {
+        self.parse(name, errors, crate::values::parse_bool)
     }
 
     /// A typed annotation, parsed with `parse`.
@@ -91,12 +129,23 @@ impl<'a> Reader<'a> {
         parse: impl FnOnce(&str) -> Result<T, Invalid>,
     ) -> Option<T> {
         let v = self.get(name)?;
-        match parse(v) {
+        self.check(name, v, errors, parse)
+    }
+
+    /// [`Reader::parse`] on a value already read.
+    pub fn check<T>(
+        &self,
+        name: &str,
+        value: &str,
+        errors: &mut Vec<FieldError>,
+        parse: impl FnOnce(&str) -> Result<T, Invalid>,
+    ) -> Option<T> {
+        match parse(value) {
             Ok(t) => Some(t),
             Err(error) => {
                 errors.push(FieldError {
                     field: self.field(name),
-                    value: v.to_string(),
+                    value: value.to_string(),
                     error,
                 });
                 None
@@ -132,28 +181,56 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Keys under the prefix that no module read: reported once each.
-    pub fn unsupported(&self, object: &ObjectRef) -> Vec<Problem> {
+    /// The keys under the prefix, each with its registry row (`None`: not
+    /// an ingress-nginx annotation) and whether a parser read it.
+    pub fn keys(&self) -> Vec<(&'a str, Option<&'static registry::Annotation>, bool)> {
         let Some(all) = self.annotations else {
             return Vec::new();
         };
+        all.keys()
+            .filter_map(|key| {
+                let name = key
+                    .strip_prefix(self.prefix)
+                    .and_then(|k| k.strip_prefix('/'))?;
+                let row = registry::annotation(name);
+                let read = row.is_some_and(|r| self.used.contains(&r.name));
+                Some((name, row, read))
+            })
+            .collect()
+    }
+
+    /// Keys under the prefix that no parser read: unsupported protection
+    /// keys are errors (the Ingress is rejected); the others are reported
+    /// once each and ignored.
+    pub fn unsupported(&self, object: &ObjectRef, errors: &mut Vec<FieldError>) -> Vec<Problem> {
         let mut out = Vec::new();
-        for key in all.keys() {
-            let Some(name) = key
-                .strip_prefix(self.prefix)
-                .and_then(|k| k.strip_prefix('/'))
-            else {
+        for (name, row, read) in self.keys() {
+            if read {
                 continue;
-            };
-            if !self.used.contains(&name) {
-                out.push(Problem::ignored(
-                    object,
-                    Some(format!(
-                        "metadata.annotations[{}]",
-                        crate::problem::Quoted(key)
+            }
+            let field = format!(
+                "metadata.annotations[{}]",
+                crate::problem::Quoted(&format!("{}/{name}", self.prefix))
+            );
+            match row {
+                Some(r) if r.protection => errors.push(FieldError {
+                    field,
+                    value: String::new(),
+                    error: Invalid(format!(
+                        "{}: it protects the backends, so the Ingress is not served without it",
+                        r.support.note()
                     )),
-                    "annotation not supported by wicket yet; ignored",
-                ));
+                }),
+                Some(r) => out.push(Problem::ignored(
+                    object,
+                    Some(field),
+                    format!("{}; ignored", r.support.note()),
+                )),
+                None => out.push(Problem::ignored(
+                    object,
+                    Some(field),
+                    "not an ingress-nginx annotation; ignored",
+                )),
             }
         }
         out
@@ -170,5 +247,12 @@ pub fn parse_ingress(
     Annotations {
         rewrite: rewrite::parse(reader, errors),
         snippets: snippets::parse(reader, errors, policy.allow_snippets),
+        redirect: redirect::parse(reader, errors),
+        proxy: proxy::parse(reader, errors),
+        backend: backend::parse(reader, errors),
+        headers: headers::parse(reader, errors),
+        access: access::parse(reader, errors),
+        tls: tls::parse(reader, errors),
+        server: server::parse(reader, errors),
     }
 }

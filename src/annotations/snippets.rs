@@ -45,18 +45,21 @@ impl Snippet {
 pub struct Snippets {
     pub server: Option<Snippet>,
     pub configuration: Option<Snippet>,
-    /// Snippet annotations present but not supported (with snippets allowed).
-    pub unsupported: Vec<&'static str>,
 }
+
+/// Snippet annotations wicket does not put anywhere yet: refused unless
+/// snippets are allowed, and then reported with their registry note (the
+/// auth snippet, a protection key, then rejects the Ingress).
+const OTHERS: &[&str] = &["stream-snippet", "auth-snippet", "modsecurity-snippet"];
 
 pub fn parse(reader: &mut Reader<'_>, errors: &mut Vec<FieldError>, allowed: bool) -> Snippets {
     let mut out = Snippets::default();
-    for name in [
-        "server-snippet",
-        "configuration-snippet",
-        "stream-snippet",
-        "auth-snippet",
-    ] {
+    let refused = || {
+        Invalid(
+            "snippet annotations are refused: the global setting allow-snippet-annotations is not \"true\"".into(),
+        )
+    };
+    for name in ["server-snippet", "configuration-snippet"] {
         let Some(value) = reader.get(name) else {
             continue;
         };
@@ -64,23 +67,31 @@ pub fn parse(reader: &mut Reader<'_>, errors: &mut Vec<FieldError>, allowed: boo
             errors.push(FieldError {
                 field: reader.field(name),
                 value: String::new(),
-                error: Invalid(
-                    "snippet annotations are refused: the global setting allow-snippet-annotations is not \"true\"".into(),
-                ),
+                error: refused(),
             });
             continue;
         }
-        match name {
-            "server-snippet" | "configuration-snippet" => match Snippet::parse(value) {
-                Ok(s) if name == "server-snippet" => out.server = Some(s),
-                Ok(s) => out.configuration = Some(s),
-                Err(error) => errors.push(FieldError {
+        match Snippet::parse(value) {
+            Ok(s) if name == "server-snippet" => out.server = Some(s),
+            Ok(s) => out.configuration = Some(s),
+            Err(error) => errors.push(FieldError {
+                field: reader.field(name),
+                value: String::new(),
+                error,
+            }),
+        }
+    }
+    if !allowed {
+        for name in OTHERS {
+            if reader.any(&[name]) {
+                errors.push(FieldError {
                     field: reader.field(name),
                     value: String::new(),
-                    error,
-                }),
-            },
-            _ => out.unsupported.push(name),
+                    error: refused(),
+                });
+                // Read: the refusal says all there is to say.
+                let _ = reader.get(name);
+            }
         }
     }
     out

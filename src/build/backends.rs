@@ -319,6 +319,34 @@ impl<'a, 'r> Backends<'a, 'r> {
         let Some(port) = port else {
             return unavailable(format!("service {}: no such port", described()));
         };
+        if b.cluster_ip {
+            // service-upstream: the Service's cluster IP and port.
+            let ip = spec
+                .and_then(|s| s.cluster_ip.as_deref())
+                .and_then(|ip| ip.parse::<IpAddr>().ok());
+            let number = u16::try_from(port.port).unwrap_or(0);
+            let Some(ip) = ip.filter(|_| number > 0) else {
+                return unavailable(format!(
+                    "service {} has no cluster IP (service-upstream)",
+                    described()
+                ));
+            };
+            let mut refused = Vec::new();
+            let servers = self.allowed([SocketAddr::new(ip, number)], &mut refused);
+            if servers.is_empty() {
+                return unavailable(format!("service {}: {}", described(), refused.join("; ")));
+            }
+            let (r, u, refused) = upstream(&key, number, servers.into_iter().collect(), refused);
+            // Named apart from the endpoints' upstream of the same port.
+            let rename = |n: String| format!("{n}_clusterip");
+            return match (r, u) {
+                (Resolution::Upstream(n), Some(mut u)) => {
+                    u.name = rename(u.name);
+                    (Resolution::Upstream(rename(n)), Some(u), refused)
+                }
+                other => (other.0, other.1, refused),
+            };
+        }
         let port_name = port.name.as_deref().unwrap_or_default();
         let mut candidates = BTreeSet::new();
         for slice in self

@@ -25,6 +25,9 @@ pub struct ServiceRef {
     pub namespace: DnsLabel,
     pub name: Dns1035Label,
     pub port: PortRef,
+    /// `service-upstream`: proxy to the Service's cluster IP rather than
+    /// its endpoints.
+    pub cluster_ip: bool,
 }
 
 /// How a path matches.
@@ -135,14 +138,7 @@ pub fn parse(
 
     let mut reader = Reader::new(ing.metadata.annotations.as_ref(), annotations_prefix);
     let annotations = annotations::parse_ingress(&mut reader, &mut errors.0, policy);
-    problems.extend(reader.unsupported(&object));
-    for name in &annotations.snippets.unsupported {
-        problems.push(Problem::ignored(
-            &object,
-            Some(reader.field(name)),
-            "annotation not supported by wicket yet; ignored",
-        ));
-    }
+    problems.extend(reader.unsupported(&object, &mut errors.0));
     let regex = annotations.rewrite.regex();
 
     let ns = namespace
@@ -328,5 +324,6 @@ fn backend(
         namespace: ns.clone(),
         name: name?,
         port: port?,
+        cluster_ip: false,
     })
 }

@@ -7,6 +7,7 @@
 pub mod backends;
 pub mod class;
 pub mod ingress;
+pub mod policy;
 pub mod tls;
 
 use std::cmp::Reverse;
@@ -15,7 +16,10 @@ use std::sync::Arc;
 
 use crate::cluster::{Cluster, ObjectKey};
 use crate::cluster::{Kind, ObjectRef};
-use crate::config::{Action, Certificate, Config, Location, Match, Rewrite, Server, Source};
+use crate::config::{
+    Action, Certificate, Config, ErrorPage, Location, LocationPolicy, Match, Rewrite, Server,
+    Source,
+};
 use crate::problem::Problem;
 use crate::settings::Settings;
 use crate::values::{Dns1035Label, DnsSubdomain, HostPattern, HttpPath, NamespacedName, RegexPath};
@@ -51,6 +55,8 @@ pub struct Options {
     /// What the `ExternalName` names resolved to (see [`crate::resolve`]);
     /// `None` leaves the names to nginx.
     pub resolved: Option<Arc<crate::resolve::Resolved>>,
+    /// The optional nginx modules that are installed.
+    pub modules: crate::config::Modules,
 }
 
 impl Options {
@@ -68,6 +74,7 @@ impl Options {
             quarantine: BTreeMap::new(),
             backend_policy: backends::BackendPolicy::default(),
             resolved: None,
+            modules: crate::config::Modules::default(),
         }
     }
 }
@@ -169,14 +176,42 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     // Each Ingress alone, on every core; its problems in order.
     let results = crate::parallel::map(&ours, |(key, ing)| {
         let mut problems = Vec::new();
+        let object = ObjectRef::new(Kind::Ingress, (*key).clone());
         let parsed = match opts.quarantine.get(*key) {
             Some(reason) => Err(Problem::rejected(
-                &ObjectRef::new(Kind::Ingress, (*key).clone()),
+                &object,
                 None,
                 format!("quarantined: {reason}"),
             )),
             None => ingress::parse(key, ing, &opts.annotations_prefix, policy, &mut problems),
         };
+        // A protection key of the ConfigMap wicket cannot honour refuses
+        // what it applies to.
+        let parsed =
+            parsed.and_then(
+                |mut p| match settings.refuses(!p.annotations.access.global_auth) {
+                    Some(why) => Err(Problem::rejected(&object, None, why)),
+                    None => {
+                        let via_ip = p
+                            .annotations
+                            .backend
+                            .service_upstream
+                            .unwrap_or(settings.service_upstream);
+                        if via_ip {
+                            for b in p
+                                .rules
+                                .iter_mut()
+                                .flat_map(|r| &mut r.paths)
+                                .map(|x| &mut x.backend)
+                                .chain(&mut p.default_backend)
+                            {
+                                b.cluster_ip = true;
+                            }
+                        }
+                        Ok(p)
+                    }
+                },
+            );
         (parsed, problems)
     });
     let mut parsed: Vec<ParsedIngress> = Vec::with_capacity(results.len());
@@ -193,11 +228,81 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         (a.created.is_none(), &a.created, &a.key).cmp(&(b.created.is_none(), &b.created, &b.key))
     });
 
+    // What each Ingress's annotations mean once the objects they name are
+    // looked up, on every core.
+    let policies = crate::parallel::map(&parsed, |p| {
+        let mut found = Vec::new();
+        let pol = policy::of(
+            p,
+            cluster,
+            &settings,
+            &opts.modules,
+            &opts.annotations_prefix,
+            &mut found,
+        );
+        (pol, found)
+    });
+    let mut interner = policy::Interner::default();
+    let mut ingress_policies = Vec::with_capacity(policies.len());
+    let mut policy_certs: BTreeMap<String, Certificate> = BTreeMap::new();
+    let mut trusted: BTreeMap<String, crate::config::Trusted> = BTreeMap::new();
+    for (pol, found) in policies {
+        problems.extend(found);
+        for c in &pol.certificates {
+            policy_certs.insert(c.name.clone(), c.clone());
+        }
+        for t in &pol.trusted {
+            trusted.insert(t.name.clone(), t.clone());
+        }
+        ingress_policies.push(pol);
+    }
+    // The default-backend annotations' Services: their first port.
+    let fallbacks: Vec<Option<ServiceRef>> = parsed
+        .iter()
+        .map(|p| {
+            let name = p.annotations.backend.default_backend.as_ref()?;
+            let port = cluster
+                .services
+                .get(&ObjectKey::new(p.namespace.as_str(), name.as_str()))
+                .and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port))
+                .and_then(|n| crate::values::port_number(n).ok());
+            Some(ServiceRef {
+                namespace: p.namespace.clone(),
+                name: name.clone(),
+                port: match port {
+                    Some(n) => PortRef::Number(n),
+                    // Resolves to "no such port", with the reason.
+                    None => PortRef::Number(0),
+                },
+                cluster_ip: false,
+            })
+        })
+        .collect();
+
     let mut backends = Backends::new(cluster, &opts.backend_policy, opts.resolved.as_deref());
-    backends.prefetch(parsed.iter().flat_map(|p| {
-        let paths = p.rules.iter().flat_map(|r| &r.paths);
-        paths.map(|path| &path.backend).chain(&p.default_backend)
-    }));
+    backends.prefetch(
+        parsed
+            .iter()
+            .flat_map(|p| {
+                let paths = p.rules.iter().flat_map(|r| &r.paths);
+                paths.map(|path| &path.backend).chain(&p.default_backend)
+            })
+            .chain(fallbacks.iter().flatten()),
+    );
+    let log_vars = [
+        "$namespace",
+        "$ingress_name",
+        "$service_name",
+        "$service_port",
+        "$location_path",
+        "${namespace}",
+        "${ingress_name}",
+        "${service_name}",
+        "${service_port}",
+        "${location_path}",
+    ]
+    .iter()
+    .any(|v| settings.log_format_upstream.as_str().contains(v));
     let mut b = Builder {
         parsed: &parsed,
         backends,
@@ -207,6 +312,14 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         flag_source: None,
         snippets: Vec::new(),
         prefix: &opts.annotations_prefix,
+        policies: &ingress_policies,
+        fallbacks: &fallbacks,
+        settings: &settings,
+        location_policies: Vec::new(),
+        flag_upstream: None,
+        log_vars,
+        https_port: opts.https_port,
+        tls_hosts: BTreeSet::new(),
     };
     b.collect_routes();
     if b.any.default.is_none()
@@ -214,12 +327,15 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     {
         b.default_backend_flag(cluster, svc);
     }
+    b.finish_policies(&mut interner);
+    let global_error_pages = b.global_error_pages(opts.configmap.as_ref());
     let default_certificate = match &opts.default_ssl_certificate {
         None => opts.default_certificate.clone(),
         Some(nn) => default_ssl_certificate(cluster, nn, b.problems)
             .unwrap_or_else(|| opts.default_certificate.clone()),
     };
     let tls = b.collect_tls();
+    b.tls_hosts = tls.keys().cloned().collect();
     let mut certs = CertificateCache {
         cluster,
         loaded: HashMap::new(),
@@ -229,6 +345,8 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     let default_cert = default_certificate.name.clone();
     let hosts = std::mem::take(&mut b.hosts);
     let any = std::mem::take(&mut b.any);
+    // Server-wide annotations: the oldest Ingress of each host decides.
+    let server_wide = b.server_annotations(&hosts);
     let jobs: Vec<_> = hosts
         .iter()
         .map(|(host, hr)| {
@@ -236,13 +354,21 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
                 Some(t) => certs.for_host(&parsed[t.ingress], t, host, b.problems),
                 None => None,
             };
-            (host, hr, certificate)
+            let wide = server_wide.get(host).cloned().unwrap_or_default();
+            (host, hr, certificate, wide)
         })
         .collect();
     let old = OldServers::of(previous);
-    let built = crate::parallel::map(&jobs, |(host, hr, certificate)| {
+    let built = crate::parallel::map(&jobs, |(host, hr, certificate, wide)| {
         let default = hr.default.as_ref().or(any.default.as_ref());
-        let mut built = b.server(Some(host), hr, default, certificate.clone());
+        let mut built = b.server(
+            Some(host),
+            hr,
+            default,
+            certificate.clone(),
+            wide.clone(),
+            &global_error_pages,
+        );
         // A server without snippets is final here: share it now, so that
         // the copies of unchanged servers never pile up.
         if built.snippets.is_empty() {
@@ -272,7 +398,15 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
             ));
         }
     }
-    let default_server = b.server(None, &any, any.default.as_ref(), Some(default_cert));
+    let www_redirects = b.www_redirects(&servers, &server_wide, &mut certs);
+    let default_server = b.server(
+        None,
+        &any,
+        any.default.as_ref(),
+        Some(default_cert),
+        ServerWide::default(),
+        &global_error_pages,
+    );
     let default_server = Arc::unwrap_or_clone(b.add_server(default_server));
     let upstreams = b.backends.take_upstreams();
     for (service, refused) in b.backends.take_refused() {
@@ -285,31 +419,56 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
             ),
         ));
     }
+    let (response_headers, request_headers) =
+        global_headers(cluster, &settings, &opts.modules, b.problems);
+    if !opts.modules.headers_more {
+        let object = ObjectRef::cluster_scoped(Kind::ConfigMap, "--configmap");
+        if settings.hsts && !b.tls_hosts.is_empty() {
+            b.problems.push(Problem::warning(&object, Some("data[\"hsts\"]".into()), "nginx's headers-more module (Debian's libnginx-mod-http-headers-more-filter) is not installed: no Strict-Transport-Security header is sent"));
+        }
+    }
 
     certs.used.remove(&default_certificate.name);
     let mut certificates = vec![default_certificate];
     certificates.extend(certs.used.into_values());
+    // Client certificates of proxy-ssl-secret, once each.
+    for (name, c) in policy_certs {
+        if !certificates.iter().any(|x| x.name == name) {
+            certificates.push(c);
+        }
+    }
 
     let longest = servers
         .iter()
-        .map(|s| s.server_name.len())
+        .flat_map(|s| std::iter::once(s.server_name.len()).chain(s.aliases.iter().map(String::len)))
+        .chain(www_redirects.iter().map(|w| w.server_name.len()))
         .max()
         .unwrap_or(1);
     let exact = servers
         .iter()
         .filter(|s| !s.server_name.starts_with('~'))
-        .count();
+        .count()
+        + www_redirects.len();
     let config = Config {
         http_port: opts.http_port,
         https_port: opts.https_port,
-        server_names_hash_bucket_size: hash_bucket_size(longest),
+        server_names_hash_bucket_size: settings
+            .server_name_hash_bucket_size
+            .unwrap_or(0)
+            .max(hash_bucket_size(longest)),
         server_names_hash_max_size: (exact.next_power_of_two() as u32 * 4).max(1024),
         default_server,
         servers,
         upstreams,
         certificates,
-        settings,
         snippets: std::mem::take(&mut b.snippets),
+        www_redirects,
+        response_headers,
+        request_headers,
+        trusted: trusted.into_values().collect(),
+        global_error_pages,
+        modules: opts.modules.clone(),
+        settings,
     };
     problems.sort();
     problems.dedup();
@@ -318,6 +477,60 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         problems,
         served: parsed.into_iter().map(|p| p.key).collect(),
     }
+}
+
+/// The headers of the `add-headers` (response) and `proxy-set-headers`
+/// (request) ConfigMaps.
+fn global_headers(
+    cluster: &Cluster,
+    settings: &Settings,
+    modules: &crate::config::Modules,
+    problems: &mut Vec<Problem>,
+) -> (
+    Vec<crate::config::ExpandableHeader>,
+    Vec<crate::config::ExpandableHeader>,
+) {
+    let read = |nn: &Option<NamespacedName>, key: &str, problems: &mut Vec<Problem>| {
+        let Some(nn) = nn else { return Vec::new() };
+        let object = ObjectRef::new(Kind::ConfigMap, nn.key());
+        let Some(cm) = cluster.config_maps.get(&nn.key()) else {
+            problems.push(Problem::warning(
+                &object,
+                None,
+                format!("named by the global setting {key}, but not found; no headers are added"),
+            ));
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (k, v) in cm.data.iter().flatten() {
+            let header = crate::values::HeaderName::parse(k).and_then(|name| {
+                crate::values::Expandable::parse(v, 4096)
+                    .map(|value| crate::config::ExpandableHeader { name, value })
+            });
+            match header {
+                Ok(h) => out.push(h),
+                Err(e) => problems.push(Problem::warning(
+                    &object,
+                    Some(format!("data[{}]", crate::problem::Quoted(k))),
+                    format!("{e}; this header is not added"),
+                )),
+            }
+        }
+        out
+    };
+    let mut response = read(&settings.add_headers, "add-headers", problems);
+    if !response.is_empty() && !modules.headers_more {
+        problems.push(Problem::warning(
+            &ObjectRef::cluster_scoped(Kind::ConfigMap, "--configmap"),
+            Some("data[\"add-headers\"]".into()),
+            "nginx's headers-more module (Debian's libnginx-mod-http-headers-more-filter) is not installed; the headers are not added",
+        ));
+        response.clear();
+    }
+    (
+        response,
+        read(&settings.proxy_set_headers, "proxy-set-headers", problems),
+    )
 }
 
 /// nginx stores each name in a bucket slot of a pointer plus the name
@@ -425,24 +638,317 @@ struct Builder<'p, 'c> {
     snippets: Vec<String>,
     /// The annotations prefix, for field names in problems.
     prefix: &'p str,
+    /// Each Ingress's annotations, with the objects they name looked up
+    /// (in precedence order, as `parsed`).
+    policies: &'p [policy::IngressPolicy],
+    /// Each Ingress's `default-backend` Service.
+    fallbacks: &'p [Option<ServiceRef>],
+    settings: &'p Settings,
+    /// Each Ingress's final location policy, shared by its locations.
+    location_policies: Vec<Option<Arc<LocationPolicy>>>,
+    /// The upstream of `--default-backend-service`, for error pages.
+    flag_upstream: Option<String>,
+    /// The log format names ingress-nginx's per-location variables.
+    log_vars: bool,
+    https_port: u16,
+    /// Hosts some Ingress lists under `spec.tls`.
+    tls_hosts: BTreeSet<HostPattern>,
+}
+
+/// What the oldest Ingress of a host sets for the whole host.
+#[derive(Clone, Debug, Default)]
+struct ServerWide {
+    aliases: Vec<HostPattern>,
+    from_to_www: bool,
+    app_root: Option<crate::values::PlainPath>,
+    ssl_ciphers: Option<crate::values::CipherList>,
+    prefer_server_ciphers: Option<bool>,
 }
 
 impl<'p> Builder<'p, '_> {
     fn action(&mut self, ing: usize, backend: &'p ServiceRef, field: &str) -> Action {
+        let p = &self.parsed[ing];
+        if let Some(r) = &p.annotations.redirect.redirect {
+            return Action::Redirect(r.clone());
+        }
+        if let Some(reason) = &self.policies[ing].denied {
+            return Action::Status {
+                code: 503,
+                reason: reason.clone(),
+            };
+        }
         match self.backends.resolve(backend) {
             Resolution::Upstream(upstream) => Action::Proxy {
                 upstream,
                 rewrite: None,
             },
             Resolution::Unavailable(reason) => {
+                // The Ingress's default-backend answers, told why.
+                if let Some(fb) = &self.fallbacks[ing] {
+                    match self.backends.resolve(fb) {
+                        Resolution::Upstream(upstream) => {
+                            self.problems.push(Problem::warning(
+                                &p.object,
+                                Some(field.to_string()),
+                                format!(
+                                    "{reason}; its default-backend {} answers",
+                                    fb.name.as_str()
+                                ),
+                            ));
+                            return Action::Fallback {
+                                upstream,
+                                code: 503,
+                                reason,
+                            };
+                        }
+                        Resolution::Unavailable(why) => self.problems.push(Problem::warning(
+                            &p.object,
+                            Some(format!(
+                                "metadata.annotations[\"{}/default-backend\"]",
+                                self.prefix
+                            )),
+                            format!("{why}; it cannot answer for the backends without endpoints"),
+                        )),
+                    }
+                }
                 self.problems.push(Problem::warning(
-                    &self.parsed[ing].object,
+                    &p.object,
                     Some(field.to_string()),
                     format!("{reason}; answering 503"),
                 ));
                 Action::Status { code: 503, reason }
             }
         }
+    }
+
+    /// Each Ingress's location policy, with the error pages of its
+    /// `custom-http-errors` (to its default-backend, else to
+    /// `--default-backend-service`), shared through `interner`.
+    fn finish_policies(&mut self, interner: &mut policy::Interner) {
+        let mut out = Vec::with_capacity(self.parsed.len());
+        for (i, p) in self.parsed.iter().enumerate() {
+            let mut pol = self.policies[i].location.clone();
+            let b = &p.annotations.backend;
+            if let Some(codes) = &b.custom_http_errors {
+                let target = match self.fallbacks[i]
+                    .as_ref()
+                    .map(|fb| self.backends.resolve(fb))
+                {
+                    Some(Resolution::Upstream(u)) => Some(u),
+                    _ => self.flag_upstream.clone(),
+                };
+                match target {
+                    Some(upstream) => {
+                        let pol = pol.get_or_insert_with(LocationPolicy::default);
+                        pol.error_pages = codes.iter().map(|c| ErrorPage::new(&upstream, *c)).collect();
+                        pol.intercept_errors = !b.disable_intercept_errors;
+                    }
+                    None => self.problems.push(Problem::warning(
+                        &p.object,
+                        Some(format!("metadata.annotations[\"{}/custom-http-errors\"]", self.prefix)),
+                        "needs a default-backend annotation or --default-backend-service to send the errors to; not intercepted",
+                    )),
+                }
+            }
+            out.push(pol.map(|x| interner.get(x)));
+        }
+        self.location_policies = out;
+    }
+
+    /// The named locations of the global `custom-http-errors`.
+    fn global_error_pages(&mut self, configmap: Option<&NamespacedName>) -> Vec<ErrorPage> {
+        let codes = &self.settings.custom_http_errors;
+        if codes.is_empty() {
+            return Vec::new();
+        }
+        match &self.flag_upstream {
+            Some(u) => codes.iter().map(|c| ErrorPage::new(u, *c)).collect(),
+            None => {
+                if let Some(nn) = configmap {
+                    self.problems.push(Problem::warning(
+                        &ObjectRef::new(Kind::ConfigMap, nn.key()),
+                        Some("data[\"custom-http-errors\"]".into()),
+                        "needs --default-backend-service to send the errors to; not intercepted",
+                    ));
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// The server-wide annotations of each host, from the oldest Ingress
+    /// of the host that sets each; the others are told.
+    fn server_annotations(
+        &mut self,
+        hosts: &BTreeMap<HostPattern, HostRoutes<'p>>,
+    ) -> BTreeMap<HostPattern, ServerWide> {
+        let mut out = BTreeMap::new();
+        // An alias no host owns, and that no other host took first.
+        let mut taken: BTreeMap<HostPattern, HostPattern> = BTreeMap::new();
+        for (host, hr) in hosts {
+            let mut ings: Vec<usize> = hr.routes.values().map(|r| r.ing).collect();
+            if let Some((DefaultFrom::Ingress(i), _)) = hr.default {
+                ings.push(i);
+            }
+            ings.sort();
+            ings.dedup();
+            let mut wide = ServerWide::default();
+            let mut from: BTreeMap<&str, usize> = BTreeMap::new();
+            for &i in &ings {
+                let p = &self.parsed[i];
+                let a = &p.annotations;
+                let mut claim = |name: &'static str,
+                                 set: bool,
+                                 problems: &mut Vec<Problem>|
+                 -> bool {
+                    if !set {
+                        return false;
+                    }
+                    match from.get(name) {
+                        None => {
+                            from.insert(name, i);
+                            true
+                        }
+                        Some(&w) if w != i => {
+                            problems.push(Problem::warning(
+                                &p.object,
+                                Some(format!("metadata.annotations[\"{}/{name}\"]", self.prefix)),
+                                format!("host {host} takes it from ingress {}, which is older or sorts first; this one is not used there", self.parsed[w].key),
+                            ));
+                            false
+                        }
+                        Some(_) => false,
+                    }
+                };
+                if claim("server-alias", a.server.aliases.is_some(), self.problems) {
+                    wide.aliases = a.server.aliases.clone().unwrap_or_default();
+                }
+                if claim("from-to-www-redirect", a.server.from_to_www, self.problems) {
+                    wide.from_to_www = true;
+                }
+                if claim("app-root", a.server.app_root.is_some(), self.problems) {
+                    wide.app_root = a.server.app_root.clone();
+                }
+                if claim("ssl-ciphers", a.tls.ssl_ciphers.is_some(), self.problems) {
+                    wide.ssl_ciphers = a.tls.ssl_ciphers.clone();
+                }
+                if claim(
+                    "ssl-prefer-server-ciphers",
+                    a.tls.prefer_server_ciphers.is_some(),
+                    self.problems,
+                ) {
+                    wide.prefer_server_ciphers = a.tls.prefer_server_ciphers;
+                }
+            }
+            if let Some(&i) = from.get("server-alias") {
+                let p = &self.parsed[i];
+                let field = format!("metadata.annotations[\"{}/server-alias\"]", self.prefix);
+                wide.aliases.retain(|alias| {
+                    let why = if alias == host {
+                        Some("it is the host itself".to_string())
+                    } else if hosts.contains_key(alias) {
+                        Some("a rule serves that host".to_string())
+                    } else {
+                        taken
+                            .get(alias)
+                            .map(|other| format!("host {other} took it first"))
+                    };
+                    match why {
+                        Some(why) => {
+                            self.problems.push(Problem::warning(
+                                &p.object,
+                                Some(field.clone()),
+                                format!("alias {alias} is not used: {why}"),
+                            ));
+                            false
+                        }
+                        None => {
+                            taken.insert(alias.clone(), host.clone());
+                            true
+                        }
+                    }
+                });
+            }
+            out.insert(host.clone(), wide);
+        }
+        out
+    }
+
+    /// The servers of `from-to-www-redirect`: `www.HOST` (or `HOST` without
+    /// `www.`) redirecting to HOST, unless a server has that name.
+    fn www_redirects(
+        &mut self,
+        servers: &[Arc<Server>],
+        wide: &BTreeMap<HostPattern, ServerWide>,
+        certs: &mut CertificateCache<'_>,
+    ) -> Vec<crate::config::WwwRedirect> {
+        let names: BTreeSet<&str> = servers
+            .iter()
+            .flat_map(|s| {
+                std::iter::once(s.server_name.as_str()).chain(s.aliases.iter().map(String::as_str))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for s in servers {
+            let Some(HostPattern::Exact(host)) = &s.host else {
+                continue;
+            };
+            if !wide
+                .get(s.host.as_ref().expect("a host"))
+                .is_some_and(|w| w.from_to_www)
+            {
+                continue;
+            }
+            let from = match host.strip_prefix("www.") {
+                Some(bare) => bare.to_string(),
+                None => format!("www.{host}"),
+            };
+            if names.contains(from.as_str()) || HostPattern::parse(&from).is_err() {
+                continue;
+            }
+            // The host's certificate, when it names the other host too.
+            let certificate = s.certificate.as_ref().and_then(|name| {
+                let from_host = HostPattern::Exact(from.clone());
+                certs.covering(name, &from_host).then(|| name.clone())
+            });
+            out.push(crate::config::WwwRedirect {
+                server_name: from,
+                to: host.clone(),
+                certificate,
+            });
+        }
+        out
+    }
+
+    /// How plain HTTP requests to a location of an Ingress are redirected
+    /// to HTTPS, if they are: `force-ssl-redirect`, or `ssl-redirect` on a
+    /// host with TLS; never under `no-tls-redirect-locations`.
+    fn https_redirect(
+        &self,
+        ing: usize,
+        tls: bool,
+        path: &str,
+    ) -> Option<crate::config::HttpsRedirect> {
+        let r = &self.parsed[ing].annotations.redirect;
+        let s = self.settings;
+        if s.no_tls_redirect_locations
+            .iter()
+            .any(|p| path.starts_with(p.as_str()))
+        {
+            return None;
+        }
+        let force = r.force_ssl_redirect.unwrap_or(s.force_ssl_redirect);
+        let ssl = r.ssl_redirect.unwrap_or(s.ssl_redirect);
+        (force || (ssl && tls)).then(|| crate::config::HttpsRedirect {
+            code: s.http_redirect_code,
+            keep_slash: r
+                .preserve_trailing_slash
+                .unwrap_or(s.preserve_trailing_slash),
+            port: r
+                .use_port_in_redirects
+                .unwrap_or(s.use_port_in_redirects)
+                .then_some(self.https_port),
+        })
     }
 
     /// `--default-backend-service`: the Service's first port.
@@ -462,6 +968,7 @@ impl<'p> Builder<'p, '_> {
                     namespace: svc.namespace.clone(),
                     name,
                     port: PortRef::Number(port),
+                    cluster_ip: false,
                 };
                 match self.backends.resolve_once(&backend) {
                     Resolution::Upstream(upstream) => Action::Proxy {
@@ -515,6 +1022,9 @@ impl<'p> Builder<'p, '_> {
             name: svc.name.as_str().to_string(),
             field: flag.to_string(),
         });
+        if let Action::Proxy { upstream, .. } = &action {
+            self.flag_upstream = Some(upstream.clone());
+        }
         self.any.default = Some((DefaultFrom::Flag, action));
     }
 
@@ -700,6 +1210,8 @@ impl<'p> Builder<'p, '_> {
         own: &HostRoutes<'p>,
         default: Option<&(DefaultFrom, Action)>,
         certificate: Option<String>,
+        wide: ServerWide,
+        global_error_pages: &[ErrorPage],
     ) -> BuiltServer {
         let mut problems = Vec::new();
         let mut snippets: Vec<String> = Vec::new();
@@ -714,17 +1226,37 @@ impl<'p> Builder<'p, '_> {
                 }
             })
         };
+        let tls = host.is_some_and(|h| self.tls_hosts.contains(h));
         let regex_mode = own.routes.values().any(|r| self.parsed[r.ing].regex());
+        let mut error_pages: BTreeSet<ErrorPage> = global_error_pages.iter().cloned().collect();
         let fallback = match default {
-            Some((from, action)) => Location {
-                matcher: Match::Root,
-                action: action.clone(),
-                source: Some(match from {
-                    DefaultFrom::Ingress(ing) => self.source(*ing, "spec.defaultBackend"),
-                    DefaultFrom::Flag => self.flag_source.clone().expect("set with the flag"),
-                }),
-                snippet: None,
-            },
+            Some((from, action)) => {
+                let (source, ing) = match from {
+                    DefaultFrom::Ingress(ing) => {
+                        (self.source(*ing, "spec.defaultBackend"), Some(*ing))
+                    }
+                    DefaultFrom::Flag => {
+                        (self.flag_source.clone().expect("set with the flag"), None)
+                    }
+                };
+                let mut l = self.location(
+                    Match::Root,
+                    action.clone(),
+                    Some(source),
+                    None,
+                    ing,
+                    tls,
+                    "/",
+                    &global_error_pages.is_empty(),
+                );
+                if let Some(p) = &l.policy {
+                    error_pages.extend(p.error_pages.iter().cloned());
+                }
+                if ing.is_none() {
+                    l.vars = None;
+                }
+                l
+            }
             None => Location {
                 matcher: Match::Root,
                 action: Action::Status {
@@ -733,12 +1265,16 @@ impl<'p> Builder<'p, '_> {
                 },
                 source: None,
                 snippet: None,
+                policy: None,
+                https_redirect: None,
+                vars: None,
             },
         };
 
         let mut exact: BTreeMap<HttpPath, Location> = BTreeMap::new();
         let mut dirs: Vec<Location> = Vec::new();
         let mut root: Option<Location> = None;
+        let mut exact_regexes: Vec<Location> = Vec::new();
         let mut regexes: Vec<(usize, Location)> = Vec::new();
         let mut ingresses = BTreeSet::new();
         let mut rules = BTreeSet::new();
@@ -751,23 +1287,56 @@ impl<'p> Builder<'p, '_> {
             let source = Some(self.source(route.ing, &route.path.field));
             let action = with_rewrite(&route.action, ing, &route.path.matcher);
             let snippet = snippet(ing.annotations.snippets.configuration.as_ref());
-            let loc = |matcher| Location {
-                matcher,
-                action: action.clone(),
-                source: source.clone(),
-                snippet,
+            let path = match &route.path.matcher {
+                PathMatch::Exact(p) | PathMatch::Prefix(p) => p.as_str(),
+                PathMatch::Regex(r) => r.as_str(),
             };
+            let loc = |matcher| {
+                self.location(
+                    matcher,
+                    action.clone(),
+                    source.clone(),
+                    snippet,
+                    Some(route.ing),
+                    tls,
+                    path,
+                    &global_error_pages.is_empty(),
+                )
+            };
+            let first = loc(Match::Root);
+            if let Some(p) = &first.policy {
+                error_pages.extend(p.error_pages.iter().cloned());
+            }
             match key {
-                RouteKey::Exact(p) => {
-                    exact.insert(p.clone(), loc(Match::Exact(p.clone())));
+                // An exact location ending in `/` that proxies would answer
+                // the path without its `/` with nginx's 301; as a regular
+                // expression it never does. Exact matches go before every
+                // other regular expression: they are the most specific.
+                RouteKey::Exact(p) if p.as_str().len() > 1 && p.as_str().ends_with('/') => {
+                    exact_regexes.push(Location {
+                        matcher: Match::ExactSlash(p.clone()),
+                        ..first
+                    });
                 }
-                RouteKey::Prefix(p) if p.as_str() == "/" => root = Some(loc(Match::Root)),
+                RouteKey::Exact(p) => {
+                    exact.insert(
+                        p.clone(),
+                        Location {
+                            matcher: Match::Exact(p.clone()),
+                            ..first
+                        },
+                    );
+                }
+                RouteKey::Prefix(p) if p.as_str() == "/" => root = Some(first),
                 RouteKey::Prefix(p) if regex_mode => regexes.push((
                     p.as_str().len(),
-                    loc(Match::Regex {
-                        regex: RegexPath::literal_prefix(p),
-                        case_insensitive: false,
-                    }),
+                    Location {
+                        matcher: Match::Regex {
+                            regex: RegexPath::literal_prefix(p),
+                            case_insensitive: false,
+                        },
+                        ..first
+                    },
                 )),
                 RouteKey::Prefix(p) => {
                     // `location /p/` alone would answer `/p` with a redirect;
@@ -776,14 +1345,20 @@ impl<'p> Builder<'p, '_> {
                     exact
                         .entry(p.clone())
                         .or_insert_with(|| loc(Match::Exact(p.clone())));
-                    dirs.push(loc(Match::PrefixDir(p.clone())));
+                    dirs.push(Location {
+                        matcher: Match::PrefixDir(p.clone()),
+                        ..first
+                    });
                 }
                 RouteKey::Regex(r) => regexes.push((
                     r.as_str().len(),
-                    loc(Match::Regex {
-                        regex: r.clone(),
-                        case_insensitive: true,
-                    }),
+                    Location {
+                        matcher: Match::Regex {
+                            regex: r.clone(),
+                            case_insensitive: true,
+                        },
+                        ..first
+                    },
                 )),
             }
         }
@@ -793,6 +1368,7 @@ impl<'p> Builder<'p, '_> {
         }
         // nginx tries regular expressions in order: longest path first.
         regexes.sort_by(|a, b| (Reverse(a.0), &a.1.matcher).cmp(&(Reverse(b.0), &b.1.matcher)));
+        exact_regexes.sort_by(|a, b| a.matcher.cmp(&b.matcher));
         // The server-snippet of the oldest Ingress on this host that has one.
         let mut server_snippet = None;
         let mut with_snippet: Vec<usize> = own.routes.values().map(|r| r.ing).collect();
@@ -816,6 +1392,7 @@ impl<'p> Builder<'p, '_> {
         let mut locations: Vec<Location> = exact.into_values().collect();
         locations.extend(dirs);
         locations.push(root.unwrap_or(fallback));
+        locations.extend(exact_regexes);
         locations.extend(regexes.into_iter().map(|(_, l)| l));
 
         let server = Arc::new(Server {
@@ -829,12 +1406,84 @@ impl<'p> Builder<'p, '_> {
                 .collect(),
             locations,
             snippet: server_snippet,
+            aliases: wide.aliases.iter().map(HostPattern::server_name).collect(),
+            tls,
+            ssl_ciphers: wide.ssl_ciphers,
+            ssl_prefer_server_ciphers: wide.prefer_server_ciphers,
+            app_root: wide.app_root,
+            error_pages: error_pages.into_iter().collect(),
         });
         BuiltServer {
             server,
             problems,
             snippets,
         }
+    }
+
+    /// One location of an Ingress (`ing`), or of the flag's default backend
+    /// (`None`), with what its annotations and the host's TLS mean for it.
+    #[allow(clippy::too_many_arguments)]
+    fn location(
+        &self,
+        matcher: Match,
+        action: Action,
+        source: Option<Source>,
+        snippet: Option<usize>,
+        ing: Option<usize>,
+        tls: bool,
+        path: &str,
+        no_global_errors: &bool,
+    ) -> Location {
+        let policy = ing.and_then(|i| self.location_policies.get(i).cloned().flatten());
+        let https_redirect = ing.and_then(|i| self.https_redirect(i, tls, path));
+        let proxies = matches!(action, Action::Proxy { .. } | Action::Fallback { .. });
+        let errors =
+            !*no_global_errors || policy.as_ref().is_some_and(|p| !p.error_pages.is_empty());
+        let wants_vars =
+            proxies && (self.log_vars || errors || matches!(action, Action::Fallback { .. }));
+        let vars = match (&source, wants_vars) {
+            (Some(src), true) => {
+                let (service, port) = ing
+                    .and_then(|i| self.backend_of(i, &src.field))
+                    .unwrap_or_default();
+                Some(crate::config::LocationVars {
+                    namespace: src.namespace.clone(),
+                    ingress: src.name.clone(),
+                    service,
+                    port,
+                    path: path.to_string(),
+                })
+            }
+            _ => None,
+        };
+        Location {
+            matcher,
+            action,
+            source,
+            snippet,
+            policy,
+            https_redirect,
+            vars,
+        }
+    }
+
+    /// The Service name and port a field of an Ingress names.
+    fn backend_of(&self, ing: usize, field: &str) -> Option<(String, String)> {
+        let p = &self.parsed[ing];
+        let b = if field == "spec.defaultBackend" {
+            p.default_backend.as_ref()?
+        } else {
+            &p.rules
+                .iter()
+                .flat_map(|r| &r.paths)
+                .find(|x| x.field == field)?
+                .backend
+        };
+        let port = match &b.port {
+            PortRef::Number(n) => n.to_string(),
+            PortRef::Name(n) => n.as_str().to_string(),
+        };
+        Some((b.name.as_str().to_string(), port))
     }
 }
 
@@ -926,6 +1575,13 @@ struct CertificateCache<'c> {
 }
 
 impl CertificateCache<'_> {
+    /// Whether the certificate of this name names `host` too.
+    fn covering(&self, name: &str, host: &HostPattern) -> bool {
+        self.loaded
+            .values()
+            .any(|l| matches!(l, Ok((pair, cert)) if cert.name == name && pair.covers(host)))
+    }
+
     /// The certificate name for a host, or `None` for the default one (with a
     /// warning saying why, where there is a reason).
     fn for_host(

@@ -148,6 +148,48 @@ pub fn from_secret(secret: &Secret) -> Result<TlsPair, String> {
     parse_pair(cert, key)
 }
 
+/// Parses PEM CA certificates: each must be an X.509 certificate. Returns
+/// them re-encoded.
+pub fn parse_ca(pem_data: &[u8]) -> Result<String, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem_data)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("ca.crt is not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("ca.crt holds no certificate".into());
+    }
+    let mut out = String::new();
+    for c in &certs {
+        x509_parser::parse_x509_certificate(c.as_ref())
+            .map_err(|e| format!("ca.crt holds something that is not a certificate: {e}"))?;
+        out.push_str(&pem("CERTIFICATE", c.as_ref()));
+    }
+    Ok(out)
+}
+
+/// The files a Secret names for TLS to a backend: a client certificate
+/// (`tls.crt` and `tls.key`) and CAs (`ca.crt`), at least one of them.
+pub fn client_files(secret: &Secret) -> Result<(Option<TlsPair>, Option<String>), String> {
+    let pair = match (
+        secret_value(secret, "tls.crt"),
+        secret_value(secret, "tls.key"),
+    ) {
+        (Some(c), Some(k)) => Some(parse_pair(c, k)?),
+        (None, None) => None,
+        _ => return Err("the secret has one of tls.crt and tls.key without the other".into()),
+    };
+    let ca = secret_value(secret, "ca.crt").map(parse_ca).transpose()?;
+    if pair.is_none() && ca.is_none() {
+        return Err("the secret has neither tls.crt/tls.key nor ca.crt".into());
+    }
+    Ok((pair, ca))
+}
+
+/// A CA bundle as the config holds it, named by a hash of its content.
+pub fn trusted(pem: String, source: String) -> crate::config::Trusted {
+    let name = hex::encode(&Sha256::digest(pem.as_bytes())[..12]);
+    crate::config::Trusted { name, pem, source }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -88,6 +88,21 @@ pub fn nginx_binary() -> PathBuf {
         .expect("nginx is not installed: run `make test`, which installs it from Debian's packages")
 }
 
+/// The nginx modules wicket uses, from Debian's packages (`make test`
+/// installs them); the tests fail without them.
+pub fn modules() -> wicket::config::Modules {
+    let dir = std::env::var_os("WICKET_NGINX_MODULES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/nginx/modules"));
+    let m = wicket::config::Modules::find(&dir);
+    assert!(
+        m.headers_more && m.brotli,
+        "nginx's headers-more and brotli modules are not in {}: run `make test`, which installs them from Debian's packages",
+        dir.display()
+    );
+    m
+}
+
 /// Runs `nginx -t` on a rendered config with its certificates in a
 /// temporary state folder; panics with nginx's message if it refuses.
 pub fn nginx_test(text: &str, config: &Config) {
@@ -101,6 +116,9 @@ pub fn nginx_test(text: &str, config: &Config) {
         )
         .unwrap();
         std::fs::write(dir.path().join(format!("certs/{}.key", c.name)), &c.key_pem).unwrap();
+    }
+    for t in &config.trusted {
+        std::fs::write(dir.path().join(format!("certs/{}.ca.crt", t.name)), &t.pem).unwrap();
     }
     std::fs::write(dir.path().join("nginx.conf"), text).unwrap();
     let out = Command::new(nginx_binary())
@@ -799,6 +817,29 @@ pub fn processes_in_group(pgid: i32) -> Vec<i32> {
         }
     }
     out
+}
+
+/// Bytes of the files under `dir` that the processes of a process group
+/// hold open, deleted ones included (nginx unlinks its temporary files
+/// right after creating them).
+pub fn open_bytes_under(pgid: i32, dir: &Path) -> u64 {
+    let mut total = 0;
+    for pid in processes_in_group(pgid) {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if target.starts_with(dir)
+                && let Ok(m) = std::fs::metadata(fd.path())
+            {
+                total += m.len();
+            }
+        }
+    }
+    total
 }
 
 /// Total size of the files under a folder.

@@ -10,6 +10,13 @@ use std::fmt;
 
 use serde::Serialize;
 
+pub mod nginx;
+pub use nginx::{
+    Cidr, CipherList, Expandable, HeaderName, HeaderValue, HostPort, MatchPattern, NginxTime,
+    PlainPath, Protocols, RedirectUrl, Seconds, Size, parse_bool, parse_codes, parse_count,
+    parse_list, parse_mime_types, parse_on_off,
+};
+
 /// Why a string is not a valid value of its type. The message does not repeat
 /// the value; the caller names the field and prints the value safely.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -371,6 +378,18 @@ impl RegexPath {
         Ok(RegexPath(s.to_string()))
     }
 
+    /// A literal path as a regular expression (without anchors).
+    pub fn literal(path: &HttpPath) -> RegexPath {
+        let mut out = String::with_capacity(path.as_str().len() + 8);
+        for c in path.as_str().chars() {
+            if "\\.+*?()|[]{}^$".contains(c) {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        RegexPath(out)
+    }
+
     /// A regular expression matching a literal path exactly at the start of
     /// the URI, followed by the end or a `/` (Prefix semantics).
     pub fn literal_prefix(path: &HttpPath) -> RegexPath {
@@ -378,13 +397,7 @@ impl RegexPath {
         if p.as_str() == "/" {
             return RegexPath("/".to_string());
         }
-        let mut out = String::with_capacity(p.as_str().len() + 8);
-        for c in p.as_str().chars() {
-            if "\\.+*?()|[]{}^$".contains(c) {
-                out.push('\\');
-            }
-            out.push(c);
-        }
+        let mut out = Self::literal(&p).0;
         out.push_str("(/|$)");
         RegexPath(out)
     }

@@ -1,0 +1,319 @@
+//! What one Ingress's annotations mean for its locations, once the objects
+//! they name are looked up: the ConfigMaps of `custom-headers` and
+//! `fastcgi-params-configmap`, the Secret of `proxy-ssl-secret`. A named
+//! object that is missing, in another namespace without
+//! `allow-cross-namespace-resources`, or unusable makes the Ingress's
+//! locations answer 503 (as ingress-nginx's denied locations did), with a
+//! reason on the Ingress.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use super::ingress::ParsedIngress;
+use super::tls;
+use crate::annotations::backend::{ObjectName, Protocol};
+use crate::cluster::{Cluster, ObjectKey};
+use crate::config::{
+    AccessRule, AccessRules, Certificate, FastCgi, FastCgiParam, LiteralHeader, LocationPolicy,
+    Modules, ProxySslFiles, Trusted,
+};
+use crate::problem::{Printable, Problem};
+use crate::settings::Settings;
+use crate::values::{Cidr, Expandable, HeaderName, HeaderValue, Invalid};
+
+/// What build needs of one Ingress's annotations besides its paths.
+#[derive(Clone, Debug, Default)]
+pub struct IngressPolicy {
+    /// Shared by its locations; `None` when nothing is set.
+    pub location: Option<LocationPolicy>,
+    /// Every location answers 503, for this reason.
+    pub denied: Option<String>,
+    /// Files its locations read.
+    pub certificates: Vec<Certificate>,
+    pub trusted: Vec<Trusted>,
+}
+
+/// The effective `allow`/`deny` rules of a location: `block-cidrs` first,
+/// then the deny list, then the allow list with everything else denied. An
+/// Ingress's lists replace the global ones of the same kind. `None` when
+/// the Ingress sets neither: the global rules (rendered once at the http
+/// level) apply.
+pub fn access_rules(
+    allow: Option<&[Cidr]>,
+    deny: Option<&[Cidr]>,
+    settings: &Settings,
+) -> Option<AccessRules> {
+    if allow.is_none() && deny.is_none() {
+        return None;
+    }
+    Some(rules(
+        allow.unwrap_or(&settings.whitelist_source_range),
+        deny.unwrap_or(&settings.denylist_source_range),
+        &settings.block_cidrs,
+    ))
+}
+
+/// `block` and `deny` denied, then `allow` allowed and the rest denied.
+pub fn rules(allow: &[Cidr], deny: &[Cidr], block: &[Cidr]) -> AccessRules {
+    let mut out: Vec<AccessRule> = block
+        .iter()
+        .chain(deny)
+        .map(|c| AccessRule {
+            allow: false,
+            network: c.clone(),
+        })
+        .collect();
+    out.extend(allow.iter().map(|c| AccessRule {
+        allow: true,
+        network: c.clone(),
+    }));
+    AccessRules {
+        rules: out,
+        deny_rest: !allow.is_empty(),
+    }
+}
+
+/// The namespace an annotation's object is in, if the Ingress may name it.
+fn namespace_of<'a>(
+    name: &'a ObjectName,
+    ing: &'a ParsedIngress,
+    settings: &Settings,
+) -> Result<&'a str, String> {
+    let ns = name
+        .namespace
+        .as_ref()
+        .map_or(ing.namespace.as_str(), |n| n.as_str());
+    if ns != ing.namespace.as_str() && !settings.allow_cross_namespace_resources {
+        return Err(format!(
+            "{ns}/{} is in another namespace, and allow-cross-namespace-resources is not \"true\"",
+            name.name.as_str()
+        ));
+    }
+    Ok(ns)
+}
+
+fn config_map<'c>(
+    cluster: &'c Cluster,
+    name: &ObjectName,
+    ing: &ParsedIngress,
+    settings: &Settings,
+) -> Result<&'c ConfigMap, String> {
+    let ns = namespace_of(name, ing, settings)?;
+    let key = ObjectKey::new(ns, name.name.as_str());
+    cluster
+        .config_maps
+        .get(&key)
+        .map(|c| &**c)
+        .ok_or_else(|| format!("configmap {key} not found"))
+}
+
+/// The response headers of a `custom-headers` ConfigMap: each name must be
+/// one `global-allowed-response-headers` lists, as in ingress-nginx.
+fn custom_headers(cm: &ConfigMap, settings: &Settings) -> Result<Vec<LiteralHeader>, String> {
+    let mut out = Vec::new();
+    for (k, v) in cm.data.iter().flatten() {
+        let name = HeaderName::parse(k).map_err(|e| format!("header {}: {e}", Printable(k)))?;
+        if !settings
+            .global_allowed_response_headers
+            .contains(&k.to_ascii_lowercase())
+        {
+            return Err(format!(
+                "header {} is not in the global setting global-allowed-response-headers",
+                Printable(k)
+            ));
+        }
+        let value = HeaderValue::parse(v).map_err(|e| format!("header {}: {e}", Printable(k)))?;
+        out.push(LiteralHeader { name, value });
+    }
+    if out.is_empty() {
+        return Err("the ConfigMap has no headers".into());
+    }
+    Ok(out)
+}
+
+/// A FastCGI parameter name and value, as ingress-nginx allowed them.
+fn fastcgi_param(k: &str, v: &str) -> Result<FastCgiParam, Invalid> {
+    if k.is_empty()
+        || k.len() > 128
+        || !k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err(Invalid(
+            "a parameter name may only contain letters, digits, '.', '-' and '_'".into(),
+        ));
+    }
+    if !v.bytes().all(|b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'$' | b'{' | b'}' | b'/' | b'.')
+    }) {
+        return Err(Invalid(
+            "a parameter value may only contain letters, digits and - _ $ { } / .".into(),
+        ));
+    }
+    let value = if v.is_empty() {
+        Expandable::empty()
+    } else {
+        Expandable::parse(v, 1024)?
+    };
+    Ok(FastCgiParam {
+        name: k.to_string(),
+        value,
+    })
+}
+
+/// The policy of one Ingress. `problems` gets a warning for each object it
+/// names that is not usable.
+pub fn of(
+    ing: &ParsedIngress,
+    cluster: &Cluster,
+    settings: &Settings,
+    modules: &Modules,
+    prefix: &str,
+    problems: &mut Vec<Problem>,
+) -> IngressPolicy {
+    let a = &ing.annotations;
+    let field = |name: &str| format!("metadata.annotations[\"{prefix}/{name}\"]");
+    let mut out = IngressPolicy::default();
+    let mut deny = |reason: String, name: &str, problems: &mut Vec<Problem>| {
+        problems.push(Problem::warning(
+            &ing.object,
+            Some(field(name)),
+            format!("{reason}; its locations answer 503"),
+        ));
+        if out.denied.is_none() {
+            out.denied = Some(reason);
+        }
+    };
+    let mut p = LocationPolicy {
+        proxy: a.proxy.clone(),
+        protocol: a.backend.protocol,
+        upstream_host: a.headers.upstream_vhost.clone(),
+        connection: a.headers.connection,
+        // As in ingress-nginx: only together with a rewrite.
+        forwarded_prefix: a
+            .rewrite
+            .target
+            .as_ref()
+            .and(a.redirect.x_forwarded_prefix.clone()),
+        access: access_rules(
+            a.access.allow.as_deref(),
+            a.access.deny.as_deref(),
+            settings,
+        ),
+        no_access_log: !a.redirect.access_log,
+        rewrite_log: a.redirect.rewrite_log,
+        port_in_redirect: a.redirect.use_port_in_redirects,
+        relative_redirects: a.redirect.relative_redirects,
+        ..LocationPolicy::default()
+    };
+    if let Some(name) = &a.headers.custom_headers {
+        let found = config_map(cluster, name, ing, settings).and_then(|cm| {
+            if !modules.headers_more {
+                return Err("custom-headers needs nginx's headers-more module (Debian's libnginx-mod-http-headers-more-filter), which is not installed".into());
+            }
+            custom_headers(cm, settings)
+        });
+        match found {
+            Ok(h) => p.response_headers = h,
+            Err(e) => deny(e, "custom-headers", problems),
+        }
+    }
+    if a.backend.protocol == Protocol::Fcgi {
+        let mut fcgi = FastCgi {
+            index: a.backend.fastcgi_index.clone(),
+            params: Vec::new(),
+        };
+        if let Some(name) = &a.backend.fastcgi_params {
+            let found = config_map(cluster, name, ing, settings).and_then(|cm| {
+                cm.data
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| {
+                        fastcgi_param(k, v).map_err(|e| format!("parameter {}: {e}", Printable(k)))
+                    })
+                    .collect::<Result<Vec<_>, String>>()
+            });
+            match found {
+                Ok(params) => fcgi.params = params,
+                Err(e) => deny(e, "fastcgi-params-configmap", problems),
+            }
+        }
+        p.fastcgi = Some(fcgi);
+    }
+    if let Some(ssl) = &a.tls.proxy {
+        let mut files = ProxySslFiles {
+            certificate: None,
+            trusted: None,
+            verify: ssl.verify,
+            verify_depth: ssl.verify_depth,
+            name: ssl.name.clone(),
+            server_name: ssl.server_name,
+            protocols: ssl.protocols.clone(),
+            ciphers: ssl.ciphers.clone(),
+        };
+        let mut ok = true;
+        if let Some(name) = &ssl.secret {
+            let found = namespace_of(name, ing, settings).and_then(|ns| {
+                let key = ObjectKey::new(ns, name.name.as_str());
+                let s = cluster
+                    .secrets
+                    .get(&key)
+                    .ok_or_else(|| format!("secret {key} not found"))?;
+                tls::client_files(s).map(|f| (key, f))
+            });
+            match found {
+                Ok((key, (pair, ca))) => {
+                    if let Some(pair) = pair {
+                        let c = pair.to_certificate(format!("secret {key}"));
+                        files.certificate = Some(c.name.clone());
+                        out.certificates.push(c);
+                    }
+                    if let Some(pem) = ca {
+                        let t = tls::trusted(pem, format!("secret {key}"));
+                        files.trusted = Some(t.name.clone());
+                        out.trusted.push(t);
+                    }
+                }
+                Err(e) => {
+                    deny(e, "proxy-ssl-secret", problems);
+                    ok = false;
+                }
+            }
+        }
+        if ok && files.verify && files.trusted.is_none() {
+            deny(
+                "proxy-ssl-verify is on, but no proxy-ssl-secret with a ca.crt names the CAs to verify with".into(),
+                "proxy-ssl-verify",
+                problems,
+            );
+        }
+        p.proxy_ssl = Some(files);
+    }
+    let p = p.with_own_headers();
+    if p != LocationPolicy::default() {
+        out.location = Some(p);
+    }
+    out
+}
+
+/// Makes one `Arc` of each distinct policy, so locations (and servers)
+/// that are the same compare equal by pointer or value and share memory.
+#[derive(Default)]
+pub struct Interner(BTreeMap<u64, Vec<Arc<LocationPolicy>>>);
+
+impl Interner {
+    pub fn get(&mut self, p: LocationPolicy) -> Arc<LocationPolicy> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        p.hash(&mut h);
+        let same = self.0.entry(h.finish()).or_default();
+        if let Some(found) = same.iter().find(|x| ***x == p) {
+            return found.clone();
+        }
+        let a = Arc::new(p);
+        same.push(a.clone());
+        a
+    }
+}
