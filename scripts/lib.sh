@@ -17,13 +17,20 @@ find_nginx() {
     command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || return 1
 }
 
-# Installs nginx from Debian's packages when it is missing.
+# The nginx modules wicket loads, from Debian's packages.
+NGINX_MODULE_PACKAGES=(libnginx-mod-http-headers-more-filter libnginx-mod-http-brotli-filter)
+
+# Installs nginx and the modules wicket loads from Debian's packages when
+# they are missing.
 ensure_nginx() {
-    if find_nginx >/dev/null; then
-        return 0
-    fi
-    echo "installing nginx-light from Debian's packages" >&2
+    local missing=()
+    find_nginx >/dev/null || missing+=(nginx-light)
+    for p in "${NGINX_MODULE_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "installing ${missing[*]} from Debian's packages" >&2
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
     find_nginx >/dev/null || { echo "error: nginx is still missing after apt-get" >&2; return 1; }
 }

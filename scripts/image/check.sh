@@ -7,7 +7,7 @@
 #
 # - `wicket --version` runs;
 # - `nginx -V` runs and has the modules the templates use (TLS, HTTP/2,
-#   PCRE, stub_status);
+#   PCRE, stub_status), and the dynamic modules wicket loads are there;
 # - /usr/sbin/nginx has no file capability, its copy
 #   /usr/local/lib/wicket/nginx-low-ports has cap_net_bind_service, and, when
 #   run as root where ports below 1024 are privileged: as the wicket user
@@ -35,6 +35,11 @@ for m in --with-http_ssl_module --with-http_v2_module --with-http_stub_status_mo
     grep -q -- "$m" <<<"$nginx_v" || fail "nginx lacks $m"
 done
 ok "$(head -n1 <<<"$nginx_v")"
+# The dynamic modules wicket loads (Debian's libnginx-mod-* packages).
+for m in ngx_http_headers_more_filter_module.so ngx_http_brotli_filter_module.so; do
+    [ -f "/usr/lib/nginx/modules/$m" ] || fail "/usr/lib/nginx/modules/$m is missing (run install-runtime.sh again)"
+done
+ok "headers-more and brotli modules"
 
 # /usr/sbin/nginx runs where no capability is left at all (so it has no
 # file capability); the copy for ports below 1024 has cap_net_bind_service.

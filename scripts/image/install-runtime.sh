@@ -4,6 +4,10 @@
 # capability that lets a non-root nginx master bind ports below 1024.
 #
 # - nginx-light: the nginx wicket runs as its child process (/usr/sbin/nginx);
+# - libnginx-mod-http-headers-more-filter: response headers that replace the
+#   backend's and apply to every status (HSTS, custom-headers, add-headers),
+#   and what snippets written for ingress-nginx use (more_set_headers);
+# - libnginx-mod-http-brotli-filter: enable-brotli;
 # - tini: PID 1, forwards signals to wicket and reaps orphaned nginx workers;
 # - curl, openssl, ca-certificates: the webhook certificate hook Jobs
 #   (wicket-webhook-cert);
@@ -19,7 +23,7 @@ set -euo pipefail
 
 [ "$(id -u)" -eq 0 ] || { echo "install-runtime.sh: run as root" >&2; exit 1; }
 
-packages=(nginx-light tini curl openssl ca-certificates libcap2-bin)
+packages=(nginx-light libnginx-mod-http-headers-more-filter libnginx-mod-http-brotli-filter tini curl openssl ca-certificates libcap2-bin)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
