@@ -38,7 +38,8 @@ pub struct Change {
 pub struct KubeOptions {
     /// Watch namespaced kinds in this namespace only (`--watch-namespace`).
     pub namespace: Option<String>,
-    /// The global settings ConfigMap: the only ConfigMap watched.
+    /// The global settings ConfigMap (watched on its own when
+    /// `--watch-namespace` leaves it out).
     pub configmap: Option<NamespacedName>,
     /// `--publish-service`: watched on its own, whatever namespaces are.
     pub publish_service: Option<NamespacedName>,
@@ -51,8 +52,22 @@ pub struct KubeSource {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     secrets: Store<Secret>,
-    config_maps: Option<Store<ConfigMap>>,
+    /// Every ConfigMap of the watched namespaces (annotations name them:
+    /// custom-headers, fastcgi-params-configmap), and the `--configmap`
+    /// one on its own when it is elsewhere.
+    config_maps: Store<ConfigMap>,
+    settings: Option<Store<ConfigMap>>,
     publish: Option<Store<Service>>,
+}
+
+/// A ConfigMap as wicket reads it: its `data`; no binary data, labels or
+/// annotations (kubectl's last-applied-configuration is a whole copy).
+fn slim_config_map(c: &mut ConfigMap) {
+    slim(c);
+    c.binary_data = None;
+    c.metadata.annotations = None;
+    c.metadata.labels = None;
+    c.metadata.owner_references = None;
 }
 
 /// Secret keys wicket reads; the others are dropped from the cache, as are
@@ -258,16 +273,29 @@ impl KubeSource {
     ) -> KubeSource {
         let ns = opts.namespace.as_deref();
         let cfg = watcher::Config::default;
-        let config_maps = opts.configmap.as_ref().map(|cm| {
-            reflect(
-                Api::<ConfigMap>::namespaced(client.clone(), cm.namespace.as_str()),
-                cfg().fields(&format!("metadata.name={}", cm.name.as_str())),
-                Kind::ConfigMap,
-                changes.clone(),
-                slim,
-                None,
-            )
-        });
+        let config_maps = reflect(
+            api(&client, ns),
+            cfg(),
+            Kind::ConfigMap,
+            changes.clone(),
+            slim_config_map,
+            None,
+        );
+        // The settings ConfigMap, when the namespaces watched leave it out.
+        let settings = opts
+            .configmap
+            .as_ref()
+            .filter(|cm| ns.is_some_and(|ns| ns != cm.namespace.as_str()))
+            .map(|cm| {
+                reflect(
+                    Api::<ConfigMap>::namespaced(client.clone(), cm.namespace.as_str()),
+                    cfg().fields(&format!("metadata.name={}", cm.name.as_str())),
+                    Kind::ConfigMap,
+                    changes.clone(),
+                    slim_config_map,
+                    None,
+                )
+            });
         let publish = opts.publish_service.as_ref().map(|svc| {
             reflect(
                 Api::<Service>::namespaced(client.clone(), svc.namespace.as_str()),
@@ -321,6 +349,7 @@ impl KubeSource {
                 None,
             ),
             config_maps,
+            settings,
         }
     }
 
@@ -331,7 +360,8 @@ impl KubeSource {
         self.services.wait_until_ready().await?;
         self.slices.wait_until_ready().await?;
         self.secrets.wait_until_ready().await?;
-        if let Some(cm) = &self.config_maps {
+        self.config_maps.wait_until_ready().await?;
+        if let Some(cm) = &self.settings {
             cm.wait_until_ready().await?;
         }
         if let Some(p) = &self.publish {
@@ -382,7 +412,13 @@ impl KubeSource {
             services: keyed(&self.services),
             endpoint_slices: keyed(&self.slices),
             secrets: keyed(&self.secrets),
-            config_maps: self.config_maps.as_ref().map(keyed).unwrap_or_default(),
+            config_maps: {
+                let mut all = keyed(&self.config_maps);
+                if let Some(s) = &self.settings {
+                    all.extend(keyed(s));
+                }
+                all
+            },
         }
     }
 }
