@@ -221,8 +221,24 @@ impl<'a, 'r> Backends<'a, 'r> {
         out
     }
 
-    /// A backend's answer, and the upstream it names.
+    /// A backend's answer, and the upstream it names (with the backend's
+    /// variant, if it has one).
     fn resolve_uncached(&self, b: &ServiceRef) -> Answer {
+        let (r, u, refused) = self.resolve_plain(b);
+        let Some(v) = &b.variant else {
+            return (r, u, refused);
+        };
+        let rename = |n: String| format!("{n}_{v}");
+        match (r, u) {
+            (Resolution::Upstream(n), Some(mut u)) => {
+                u.name = rename(u.name);
+                (Resolution::Upstream(rename(n)), Some(u), refused)
+            }
+            (r, u) => (r, u, refused),
+        }
+    }
+
+    fn resolve_plain(&self, b: &ServiceRef) -> Answer {
         let ns = b.namespace.as_str();
         let key = ObjectKey::new(ns, b.name.as_str());
         let Some(svc) = self.cluster.services.get(&key) else {

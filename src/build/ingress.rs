@@ -28,6 +28,12 @@ pub struct ServiceRef {
     /// `service-upstream`: proxy to the Service's cluster IP rather than
     /// its endpoints.
     pub cluster_ip: bool,
+    /// Locations that talk to the backend in another way (TLS, gRPC,
+    /// FastCGI, their own TLS checks) get an upstream of their own, named
+    /// with this: nginx's keepalive connections of an upstream go to
+    /// whichever location asks, so a connection one location's TLS checks
+    /// made would otherwise serve another's without its checks.
+    pub variant: Option<String>,
 }
 
 /// How a path matches.
@@ -325,5 +331,6 @@ fn backend(
         name: name?,
         port: port?,
         cluster_ip: false,
+        variant: None,
     })
 }

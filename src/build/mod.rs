@@ -197,16 +197,16 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
                             .backend
                             .service_upstream
                             .unwrap_or(settings.service_upstream);
-                        if via_ip {
-                            for b in p
-                                .rules
-                                .iter_mut()
-                                .flat_map(|r| &mut r.paths)
-                                .map(|x| &mut x.backend)
-                                .chain(&mut p.default_backend)
-                            {
-                                b.cluster_ip = true;
-                            }
+                        let variant = upstream_variant(&p.annotations);
+                        for b in p
+                            .rules
+                            .iter_mut()
+                            .flat_map(|r| &mut r.paths)
+                            .map(|x| &mut x.backend)
+                            .chain(&mut p.default_backend)
+                        {
+                            b.cluster_ip = via_ip;
+                            b.variant = variant.clone();
                         }
                         Ok(p)
                     }
@@ -275,6 +275,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
                     None => PortRef::Number(0),
                 },
                 cluster_ip: false,
+                variant: None,
             })
         })
         .collect();
@@ -477,6 +478,33 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         problems,
         served: parsed.into_iter().map(|p| p.key).collect(),
     }
+}
+
+/// The suffix of the upstreams of an Ingress that talks to its backends in
+/// its own way (see [`ServiceRef::variant`]): the protocol and a hash of
+/// its TLS settings.
+fn upstream_variant(a: &crate::annotations::Annotations) -> Option<String> {
+    use crate::annotations::backend::Protocol;
+    use std::hash::{Hash, Hasher};
+    let proto = a.backend.protocol;
+    if matches!(proto, Protocol::Http | Protocol::AutoHttp) && a.tls.proxy.is_none() {
+        return None;
+    }
+    let name = match proto {
+        Protocol::Http | Protocol::AutoHttp => "http",
+        Protocol::Https => "https",
+        Protocol::Grpc => "grpc",
+        Protocol::Grpcs => "grpcs",
+        Protocol::Fcgi => "fcgi",
+    };
+    Some(match &a.tls.proxy {
+        Some(tls) => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            tls.hash(&mut h);
+            format!("{name}_{:08x}", h.finish() as u32)
+        }
+        None => name.to_string(),
+    })
 }
 
 /// The headers of the `add-headers` (response) and `proxy-set-headers`
@@ -969,6 +997,7 @@ impl<'p> Builder<'p, '_> {
                     name,
                     port: PortRef::Number(port),
                     cluster_ip: false,
+                    variant: None,
                 };
                 match self.backends.resolve_once(&backend) {
                     Resolution::Upstream(upstream) => Action::Proxy {

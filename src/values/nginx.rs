@@ -863,6 +863,9 @@ const KNOWN_VARIABLES: &[&str] = &[
     "pass_server_port",
     "best_http_host",
     "the_real_ip",
+    // ngx_http_fastcgi_module
+    "fastcgi_script_name",
+    "fastcgi_path_info",
 ];
 
 /// Families of variables named after a header, cookie or argument.
