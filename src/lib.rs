@@ -10,6 +10,7 @@ pub mod admin;
 pub mod annotations;
 pub mod build;
 pub mod certs;
+pub mod check;
 pub mod cluster;
 pub mod conf_syntax;
 pub mod config;

@@ -42,6 +42,34 @@ enum Command {
     /// Serve the Ingresses of a Kubernetes cluster (in-cluster service
     /// account, or KUBECONFIG).
     Controller(Box<ControllerArgs>),
+    /// The migration report: for every Ingress, whether wicket serves it
+    /// and what it does with each annotation. Exit 0: all accepted, no
+    /// unsupported annotation; 1: not; 2: it could not run.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Folder of manifests (*.yaml, *.yml, *.json). Without it, the objects
+    /// of the cluster KUBECONFIG (or the service account) points at.
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+    /// With no --manifests: read namespaced objects from this namespace only.
+    #[arg(long, env = "WICKET_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// human, or json.
+    #[arg(long, default_value = "human", value_parser = ["human", "json"])]
+    output: String,
+    /// An annotation whose behaviour differs from ingress-nginx's fails the
+    /// check too.
+    #[arg(long, default_value_t = false)]
+    strict: bool,
+    #[arg(long, default_value_t = 80)]
+    http_port: u16,
+    #[arg(long, default_value_t = 443)]
+    https_port: u16,
+    #[command(flatten)]
+    build: BuildArgs,
 }
 
 /// What decides the config: flags shared by every command.
@@ -373,6 +401,49 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let (cluster, reports) = match &args.manifests {
+        Some(dir) => {
+            let mut folder = Folder::new(dir);
+            folder
+                .rescan()
+                .with_context(|| format!("reading {}", dir.display()))?;
+            folder.cluster()
+        }
+        None => {
+            let opts = KubeOptions {
+                namespace: args.watch_namespace.clone(),
+                configmap: args.build.configmap.clone(),
+                publish_service: None,
+            };
+            let cluster = tokio::runtime::Runtime::new()
+                .context("starting the runtime")?
+                .block_on(snapshot_from_cluster(&opts))?;
+            (cluster, Vec::new())
+        }
+    };
+    let opts = build_options(
+        &args.build,
+        args.manifests.is_some(),
+        args.http_port,
+        args.https_port,
+        args.manifests.is_some(),
+    )?;
+    let report = wicket::check::check(&cluster, &opts);
+    let mut out = std::io::stdout().lock();
+    if args.output == "json" {
+        serde_json::to_writer_pretty(&mut out, &report).context("writing the report")?;
+        writeln!(out).context("writing the report")?;
+    } else {
+        for r in &reports {
+            writeln!(out, "{r}").context("writing the report")?;
+        }
+        out.write_all(report.human().as_bytes())
+            .context("writing the report")?;
+    }
+    Ok(ExitCode::from(report.exit_code(args.strict)))
+}
+
 /// Lists every object the controller would watch, once.
 async fn snapshot_from_cluster(opts: &KubeOptions) -> anyhow::Result<wicket::cluster::Cluster> {
     let client = kube::Client::try_default()
@@ -499,8 +570,10 @@ fn main() -> ExitCode {
         wicket::engine::tune_allocator();
         tokio::runtime::Runtime::new().context("starting the runtime")
     };
+    let checking = matches!(cli.command, Command::Check(_));
     let result = match cli.command {
         Command::Render(a) => render(a),
+        Command::Check(a) => check(a),
         Command::Serve(a) => runtime().and_then(|rt| rt.block_on(serve(a))),
         Command::Controller(a) => runtime().and_then(|rt| rt.block_on(controller(*a))),
     };
@@ -516,7 +589,13 @@ fn main() -> ExitCode {
                 }
             }
             eprintln!("wicket: {line}");
-            ExitCode::FAILURE
+            // check: 1 is a verdict about the Ingresses; 2 says it could
+            // not run.
+            if checking {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -568,6 +568,69 @@ async fn render_against_the_cluster_prints_what_the_controller_would_serve() {
         "{stdout}"
     );
     assert!(!stdout.contains("theirs.example.com"), "{stdout}");
+
+    // `wicket check` reads the same objects with the same access.
+    apply(
+        &s.admin,
+        &ingress_yaml("rn", "cors", "wicket", "cors.example.com", &[("/", "web")]).replace(
+            "metadata:",
+            "metadata:\n  annotations: {nginx.ingress.kubernetes.io/enable-cors: \"true\"}",
+        ),
+    )
+    .await;
+    let kubeconfig = s.kubeconfig.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wicket"))
+            .args(["check", "--output", "json"])
+            .env("KUBECONFIG", kubeconfig)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unsupported annotation: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let verdicts: Vec<(String, bool, Vec<String>)> = report["ingresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_string(),
+                i["accepted"].as_bool().unwrap(),
+                i["annotations"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "{} {}",
+                            a["key"].as_str().unwrap(),
+                            a["support"].as_str().unwrap()
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        vec![
+            (
+                "cors".to_string(),
+                true,
+                vec!["nginx.ingress.kubernetes.io/enable-cors unsupported".to_string()]
+            ),
+            ("site".to_string(), true, vec![]),
+            ("theirs".to_string(), false, vec![]),
+        ]
+    );
 }
 
 /// `wicket_leader` as the replica's metrics say it.

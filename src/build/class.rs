@@ -83,3 +83,28 @@ pub fn is_ours(ing: &Ingress, cluster: &Cluster, opts: &ClassOptions) -> bool {
         }
     }
 }
+
+/// Why wicket does not serve an Ingress that [`is_ours`] turns down, for
+/// `wicket check` and the debug log.
+pub fn why_not_ours(ing: &Ingress, cluster: &Cluster, opts: &ClassOptions) -> String {
+    match requested_class(ing) {
+        Some(name) if name != opts.ingress_class => format!(
+            "it names class {}; wicket serves class {} (--ingress-class)",
+            crate::problem::Printable(name),
+            opts.ingress_class
+        ),
+        Some(name) => match our_class(cluster, opts).and_then(|c| c.spec.as_ref()?.controller.clone()) {
+            Some(other) => format!(
+                "its IngressClass {} belongs to controller {}, not {} (--controller-class)",
+                crate::problem::Printable(name),
+                crate::problem::Printable(&other),
+                opts.controller_class
+            ),
+            None => format!(
+                "its IngressClass {} names no controller",
+                crate::problem::Printable(name)
+            ),
+        },
+        None => "it names no class, and wicket serves class-less Ingresses only with --watch-ingress-without-class or a default IngressClass of its own".to_string(),
+    }
+}
