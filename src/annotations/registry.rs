@@ -3075,6 +3075,59 @@ pub fn key_row(name: &str) -> Option<&'static Key> {
         .map(|i| &KEYS[i])
 }
 
+/// A table cell: `|` and line breaks would break the table.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+/// The README's annotation table: one row per annotation.
+pub fn annotations_markdown() -> String {
+    let mut out = String::from("| annotation | wicket | scope | note |\n|---|---|---|---|\n");
+    for a in ANNOTATIONS {
+        let mut note = String::new();
+        if let Some(of) = a.alias_of {
+            note.push_str(&format!("another name for `{of}`. "));
+        }
+        if a.protection {
+            note.push_str("**Protects backends**: refused when wicket cannot honour it. ");
+        }
+        note.push_str(a.support.note());
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            a.name,
+            a.support.as_str(),
+            a.scope.as_str(),
+            cell(note.trim_end())
+        ));
+    }
+    out
+}
+
+/// The README's ConfigMap table: one row per key.
+pub fn keys_markdown() -> String {
+    let mut out = String::from("| key | wicket | default | note |\n|---|---|---|---|\n");
+    for k in KEYS {
+        let default = if k.default.is_empty() {
+            String::new()
+        } else {
+            format!("`{}`", cell(k.default))
+        };
+        let mut note = String::new();
+        if k.protection {
+            note.push_str("**Protects backends**. ");
+        }
+        note.push_str(k.support.note());
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            k.name,
+            k.support.as_str(),
+            default,
+            cell(note.trim_end())
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
