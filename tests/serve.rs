@@ -95,6 +95,8 @@ async fn path_types_longest_match_and_never_a_redirect() {
             "both-exact",
             "both-prefix",
             "root-exact",
+            "slash-exact",
+            "slash-prefix",
         ],
     )
     .await;
@@ -112,6 +114,11 @@ async fn path_types_longest_match_and_never_a_redirect() {
             ("/both", "Prefix", "both-prefix", 80),
             ("/", "Exact", "root-exact", 80),
             ("/impl", "ImplementationSpecific", "foo", 80),
+            // An Exact path ending in `/`: nginx would answer the path
+            // without it with a 301 for an exact location that proxies.
+            ("/ends/", "Exact", "slash-exact", 80),
+            ("/dir/sub/", "Exact", "slash-exact", 80),
+            ("/dir", "Prefix", "slash-prefix", 80),
         ],
     );
     let w = Wicket::start(&[("svc.yaml", &svcs), ("ing.yaml", &ing)]).await;
@@ -145,6 +152,13 @@ async fn path_types_longest_match_and_never_a_redirect() {
         ("/implx", "status 404"),
         ("/nothing", "status 404"),
         ("/nothing/", "status 404"),
+        ("/ends/", "slash-exact"),
+        ("/ends", "status 404"),
+        ("/ends/x", "status 404"),
+        ("/dir/sub/", "slash-exact"),
+        ("/dir/sub", "slash-prefix"),
+        ("/dir/sub/x", "slash-prefix"),
+        ("/dir/", "slash-prefix"),
     ] {
         let a = w.get("p.example.com", path).await;
         assert_eq!(a.who(), want, "path {path}: {a:?}");

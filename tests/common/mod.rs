@@ -156,6 +156,8 @@ pub fn free_port() -> u16 {
 /// sent is echoed back.
 pub struct Echo {
     pub addr: SocketAddr,
+    /// How many requests reached it.
+    pub requests: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -169,6 +171,7 @@ impl Drop for Echo {
 struct EchoState {
     service: Arc<str>,
     endpoint: Arc<str>,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 async fn echo(
@@ -176,6 +179,8 @@ async fn echo(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut req: Request,
 ) -> Response {
+    st.requests
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     if let Some(proto) = req.headers().get(header::UPGRADE).cloned() {
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -213,6 +218,20 @@ async fn echo(
             .body(Body::from_stream(stream))
             .unwrap();
     }
+    let path = req.uri().path().to_string();
+    // `/delay/MS`: answer after a while (for timeouts).
+    if let Some(ms) = path
+        .strip_prefix("/delay/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    // `/status/N`: answer N (with the echo body).
+    let status = path
+        .strip_prefix("/status/")
+        .and_then(|n| n.parse::<u16>().ok())
+        .and_then(|n| StatusCode::from_u16(n).ok())
+        .unwrap_or(StatusCode::OK);
     let mut headers = BTreeMap::new();
     for (k, v) in req.headers() {
         let v = String::from_utf8_lossy(v.as_bytes()).to_string();
@@ -224,23 +243,54 @@ async fn echo(
             })
             .or_insert(v);
     }
+    let method = req.method().as_str().to_string();
+    let uri = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let version = format!("{:?}", req.version());
+    // Read the whole request body: an answer before it is read would race
+    // nginx still sending it.
+    let got = axum::body::to_bytes(req.into_body(), 64 << 20)
+        .await
+        .map(|b| b.len())
+        .unwrap_or(0);
     let body = serde_json::json!({
         "service": &*st.service,
         "endpoint": &*st.endpoint,
         "peer": peer.ip().to_string(),
-        "method": req.method().as_str(),
-        "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""),
-        "version": format!("{:?}", req.version()),
+        "method": method,
+        "path": uri,
+        "version": version,
         "headers": headers,
+        "body_bytes": got,
     });
-    (
+    let mut r = (
+        status,
         [
             (header::CONTENT_TYPE, "application/json"),
             (header::HeaderName::from_static("x-echo-response"), "kept"),
         ],
         body.to_string(),
     )
-        .into_response()
+        .into_response();
+    // `/set-cookie`: a cookie for the backend's own domain and path.
+    if path == "/set-cookie" {
+        r.headers_mut().insert(
+            header::SET_COOKIE,
+            "s=1; Domain=backend.internal; Path=/app/".parse().unwrap(),
+        );
+    }
+    // `/location`: a redirect naming the backend's own address.
+    if path == "/location" {
+        *r.status_mut() = StatusCode::FOUND;
+        r.headers_mut().insert(
+            header::LOCATION,
+            "http://backend.internal/next".parse().unwrap(),
+        );
+    }
+    r
 }
 
 impl Echo {
@@ -248,9 +298,11 @@ impl Echo {
     pub async fn start(service: &str, ip: Ipv4Addr, port: u16) -> Echo {
         let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let app = axum::Router::new().fallback(echo).with_state(EchoState {
             service: service.into(),
             endpoint: addr.to_string().into(),
+            requests: requests.clone(),
         });
         let task = tokio::spawn(async move {
             let _ = axum::serve(
@@ -259,7 +311,292 @@ impl Echo {
             )
             .await;
         });
-        Echo { addr, task }
+        Echo {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    /// An echo backend over TLS, with this certificate and key (PEM).
+    pub async fn start_tls(service: &str, ip: Ipv4Addr, cert: &str, key: &str) -> Echo {
+        use rustls::pki_types::pem::PemObject;
+        install_crypto();
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+            .map(|c| c.unwrap())
+            .collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let mut tls = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let app = axum::Router::new().fallback(echo).with_state(EchoState {
+            service: service.into(),
+            endpoint: addr.to_string().into(),
+            requests: requests.clone(),
+        });
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let app = app.layer(axum::Extension(ConnectInfo(peer)));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(
+                            TokioIo::new(stream),
+                            hyper_util::service::TowerToHyperService::new(app),
+                        )
+                        .await;
+                });
+            }
+        });
+        Echo {
+            addr,
+            requests,
+            task,
+        }
+    }
+}
+
+/// A gRPC backend over h2c: every call answers with the message it got
+/// and grpc-status 0, and the `x-seen-authority` trailer says which
+/// authority nginx sent.
+pub struct GrpcEcho {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GrpcEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl GrpcEcho {
+    pub async fn start(ip: Ipv4Addr) -> GrpcEcho {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        |req: hyper::Request<hyper::body::Incoming>| async move {
+                            let authority = req
+                                .uri()
+                                .authority()
+                                .map(|a| a.to_string())
+                                .or_else(|| {
+                                    req.headers()
+                                        .get("host")
+                                        .and_then(|h| h.to_str().ok())
+                                        .map(String::from)
+                                })
+                                .unwrap_or_default();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let mut trailers = hyper::HeaderMap::new();
+                            trailers.insert("grpc-status", "0".parse().unwrap());
+                            trailers.insert(
+                                "x-seen-authority",
+                                authority.parse().unwrap_or_else(|_| "?".parse().unwrap()),
+                            );
+                            let frames = futures::stream::iter(vec![
+                                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(body)),
+                                Ok(hyper::body::Frame::trailers(trailers)),
+                            ]);
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .body(http_body_util::StreamBody::new(frames))
+                                    .unwrap(),
+                            )
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+                });
+            }
+        });
+        GrpcEcho { addr, task }
+    }
+}
+
+/// One gRPC call over HTTP/2 with TLS to `port` on 127.0.0.1, for `host`
+/// (SNI and authority), trusting `ca`: the grpc-status, the message back
+/// and the trailers.
+pub async fn grpc_call(
+    port: u16,
+    host: &str,
+    ca: &str,
+    message: &[u8],
+) -> Result<(String, Vec<u8>, hyper::HeaderMap), String> {
+    use http_body_util::BodyExt;
+    install_crypto();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    // A gRPC message: not compressed, a 4-byte length, the bytes.
+    let mut framed = vec![0u8];
+    framed.extend((message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    let req = hyper::Request::post(format!("https://{host}/echo.Echo/Say"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(axum::body::Bytes::from(framed)))
+        .unwrap();
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let header_status = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let collected = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let body = collected.to_bytes().to_vec();
+    let status = trailers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+        .or(header_status)
+        .unwrap_or_default();
+    let message = body.get(5..).map(<[u8]>::to_vec).unwrap_or_default();
+    Ok((status, message, trailers))
+}
+
+/// A FastCGI responder: answers every request with `text/plain` lines
+/// `NAME=VALUE` of the parameters it got.
+pub struct FastCgi {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FastCgi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FastCgi {
+    pub async fn start(ip: Ipv4Addr) -> FastCgi {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let mut params = Vec::new();
+                    let mut id;
+                    loop {
+                        let mut head = [0u8; 8];
+                        if s.read_exact(&mut head).await.is_err() {
+                            return;
+                        }
+                        let (kind, rid) = (head[1], u16::from_be_bytes([head[2], head[3]]));
+                        let len = u16::from_be_bytes([head[4], head[5]]) as usize;
+                        let pad = head[6] as usize;
+                        let mut body = vec![0u8; len + pad];
+                        if s.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        body.truncate(len);
+                        id = rid;
+                        match kind {
+                            4 => params.extend(body),
+                            // The end of the request body: answer.
+                            5 if len == 0 => break,
+                            _ => {}
+                        }
+                    }
+                    let mut out = String::from("Content-Type: text/plain\r\n\r\n");
+                    let mut i = 0;
+                    let read_len = |i: &mut usize| -> usize {
+                        if params[*i] & 0x80 == 0 {
+                            *i += 1;
+                            params[*i - 1] as usize
+                        } else {
+                            let n = u32::from_be_bytes([
+                                params[*i] & 0x7f,
+                                params[*i + 1],
+                                params[*i + 2],
+                                params[*i + 3],
+                            ]);
+                            *i += 4;
+                            n as usize
+                        }
+                    };
+                    while i < params.len() {
+                        let nl = read_len(&mut i);
+                        let vl = read_len(&mut i);
+                        let name = String::from_utf8_lossy(&params[i..i + nl]).to_string();
+                        let value =
+                            String::from_utf8_lossy(&params[i + nl..i + nl + vl]).to_string();
+                        i += nl + vl;
+                        out.push_str(&format!("{name}={value}\n"));
+                    }
+                    let record = |kind: u8, content: &[u8]| {
+                        let mut r = vec![1, kind];
+                        r.extend(id.to_be_bytes());
+                        r.extend((content.len() as u16).to_be_bytes());
+                        r.extend([0, 0]);
+                        r.extend_from_slice(content);
+                        r
+                    };
+                    let mut reply = record(6, out.as_bytes());
+                    reply.extend(record(6, &[]));
+                    reply.extend(record(3, &[0, 0, 0, 0, 0, 0, 0, 0]));
+                    let _ = s.write_all(&reply).await;
+                });
+            }
+        });
+        FastCgi { addr, task }
     }
 }
 

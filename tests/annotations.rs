@@ -1,0 +1,1527 @@
+//! ingress-nginx's annotations and global settings, end to end: `wicket
+//! serve` with the real nginx and backends written in the tests; every
+//! assertion is what a client sees (status, `Location`, headers) or what
+//! the backend received.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
+const P: &str = "nginx.ingress.kubernetes.io";
+
+/// `metadata` lines with these annotations under ingress-nginx's prefix.
+fn annotated(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::from("  annotations:\n");
+    for (k, v) in pairs {
+        out.push_str(&format!(
+            "    {P}/{k}: {}\n",
+            serde_json::to_string(v).unwrap()
+        ));
+    }
+    out
+}
+
+/// An Ingress with one host and `/` to `svc`:80, with these annotations.
+fn site(ns: &str, name: &str, host: &str, svc: &str, pairs: &[(&str, &str)]) -> String {
+    ingress(
+        ns,
+        name,
+        &annotated(pairs),
+        host,
+        &[("/", "Prefix", svc, 80)],
+    )
+}
+
+/// A TLS section for `host` with `secret`, added to an Ingress.
+fn with_tls(ing: &str, host: &str, secret: &str) -> String {
+    ing.replace(
+        "spec:\n",
+        &format!("spec:\n  tls:\n  - hosts: [{host}]\n    secretName: {secret}\n"),
+    )
+}
+
+fn settings(ns: &str, pairs: &[(&str, &str)]) -> String {
+    let mut out = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: {ns}}}\ndata:\n"
+    );
+    for (k, v) in pairs {
+        out.push_str(&format!("  {k}: {}\n", serde_json::to_string(v).unwrap()));
+    }
+    out
+}
+
+fn config_map(ns: &str, name: &str, pairs: &[(&str, &str)]) -> String {
+    settings(ns, pairs).replace("name: settings", &format!("name: {name}"))
+}
+
+async fn web(ns: &str, name: &str) -> (Echo, String) {
+    let e = Echo::start(name, LO, 0).await;
+    let svc = service(ns, name, 80, None, e.addr.port(), &[(IpAddr::V4(LO), true)]);
+    (e, svc)
+}
+
+/// A raw HTTP/1.1 request over TCP: the status line and headers, and the
+/// body.
+async fn raw(port: u16, from: Ipv4Addr, request: &str) -> (String, Vec<u8>) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind((from, 0).into()).unwrap();
+    let mut s = sock.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
+    (
+        String::from_utf8_lossy(&buf[..split]).to_string(),
+        buf[split + 4..].to_vec(),
+    )
+}
+
+/// A GET of `path` on `host`, from the address `from` (127.0.0.x).
+async fn get_from(w: &Wicket, from: Ipv4Addr, host: &str, path: &str, extra: &str) -> String {
+    raw(
+        w.http,
+        from,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n"),
+    )
+    .await
+    .0
+}
+
+fn status_of(head: &str) -> u16 {
+    head.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_and_rewrites() {
+    let (_e, svc) = web("r", "web").await;
+    let (cert, key) = cert_for(&["tls.test", "off.test", "tls2.test", "www.tls2.test"]);
+    let files = [
+        ("svc.yaml", svc.clone()),
+        ("secret.yaml", tls_secret("r", "tls", &cert, &key)),
+        // A TLS host: HTTP is redirected, except ACME challenges.
+        (
+            "tls.yaml",
+            with_tls(
+                &ingress(
+                    "r",
+                    "tls",
+                    "",
+                    "tls.test",
+                    &[
+                        ("/", "Prefix", "web", 80),
+                        ("/.well-known/acme-challenge", "Prefix", "web", 80),
+                    ],
+                ),
+                "tls.test",
+                "tls",
+            ),
+        ),
+        (
+            "off.yaml",
+            with_tls(
+                &site("r", "off", "off.test", "web", &[("ssl-redirect", "false")]),
+                "off.test",
+                "tls",
+            ),
+        ),
+        (
+            "force.yaml",
+            site(
+                "r",
+                "force",
+                "force.test",
+                "web",
+                &[
+                    ("force-ssl-redirect", "true"),
+                    ("preserve-trailing-slash", "true"),
+                    ("use-port-in-redirects", "true"),
+                ],
+            ),
+        ),
+        (
+            "perm.yaml",
+            site(
+                "r",
+                "perm",
+                "perm.test",
+                "web",
+                &[("permanent-redirect", "https://new.example.com$request_uri")],
+            ),
+        ),
+        (
+            "perm-code.yaml",
+            site(
+                "r",
+                "perm-code",
+                "perm-code.test",
+                "web",
+                &[
+                    ("permanent-redirect", "https://new.example.com"),
+                    ("permanent-redirect-code", "308"),
+                ],
+            ),
+        ),
+        (
+            "temp.yaml",
+            site(
+                "r",
+                "temp",
+                "temp.test",
+                "web",
+                &[
+                    ("temporal-redirect", "https://maintenance.example.com/"),
+                    ("temporal-redirect-code", "307"),
+                ],
+            ),
+        ),
+        (
+            "relative.yaml",
+            site(
+                "r",
+                "relative",
+                "relative.test",
+                "web",
+                &[
+                    ("permanent-redirect", "/new-location"),
+                    ("relative-redirects", "true"),
+                ],
+            ),
+        ),
+        (
+            "absolute.yaml",
+            site(
+                "r",
+                "absolute",
+                "absolute.test",
+                "web",
+                &[("permanent-redirect", "/new-location")],
+            ),
+        ),
+        (
+            "root.yaml",
+            site("r", "root", "root.test", "web", &[("app-root", "/app")]),
+        ),
+        (
+            "www.yaml",
+            with_tls(
+                &site(
+                    "r",
+                    "www",
+                    "tls2.test",
+                    "web",
+                    &[("from-to-www-redirect", "true")],
+                ),
+                "tls2.test",
+                "tls",
+            ),
+        ),
+        (
+            "prefix.yaml",
+            ingress(
+                "r",
+                "prefix",
+                &annotated(&[("rewrite-target", "/$2"), ("x-forwarded-prefix", "/api")]),
+                "prefix.test",
+                &[("/api(/|$)(.*)", "ImplementationSpecific", "web", 80)],
+            ),
+        ),
+        (
+            "logs.yaml",
+            site(
+                "r",
+                "logs",
+                "logs.test",
+                "web",
+                &[
+                    ("enable-access-log", "false"),
+                    ("enable-rewrite-log", "true"),
+                    ("rewrite-target", "/rewritten"),
+                ],
+            ),
+        ),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let w = Wicket::start(&files).await;
+    let loc = |a: &Answer| {
+        a.headers
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+
+    // ssl-redirect by default for TLS hosts; no-tls-redirect-locations.
+    let a = w.get("tls.test", "/x").await;
+    assert_eq!(
+        (a.status, loc(&a).as_deref()),
+        (308, Some("https://tls.test/x"))
+    );
+    assert_eq!(
+        w.get("tls.test", "/.well-known/acme-challenge/token")
+            .await
+            .who(),
+        "web"
+    );
+    assert_eq!(
+        w.get("off.test", "/x").await.who(),
+        "web",
+        "ssl-redirect: false"
+    );
+    // force-ssl-redirect on a host without TLS, with the trailing slash and
+    // the HTTPS port.
+    let a = w.get("force.test", "/dir/").await;
+    assert_eq!(a.status, 308);
+    assert_eq!(
+        loc(&a),
+        Some(format!("https://force.test:{}/dir/", w.https))
+    );
+
+    // permanent-redirect and temporal-redirect, with their codes.
+    let a = w.get("perm.test", "/a/b?c=d").await;
+    assert_eq!(
+        (a.status, loc(&a).as_deref()),
+        (301, Some("https://new.example.com/a/b?c=d"))
+    );
+    let a = w.get("perm-code.test", "/").await;
+    assert_eq!(
+        (a.status, loc(&a).as_deref()),
+        (308, Some("https://new.example.com"))
+    );
+    let a = w.get("temp.test", "/x").await;
+    assert_eq!(
+        (a.status, loc(&a).as_deref()),
+        (307, Some("https://maintenance.example.com/"))
+    );
+    // relative-redirects: the Location as written; otherwise absolute.
+    let a = w.get("relative.test", "/x").await;
+    assert_eq!((a.status, loc(&a).as_deref()), (301, Some("/new-location")));
+    let a = w.get("absolute.test", "/x").await;
+    assert_eq!(
+        loc(&a).as_deref(),
+        Some("http://absolute.test/new-location")
+    );
+
+    // app-root: only / is redirected.
+    let a = w.get("root.test", "/").await;
+    assert_eq!(
+        (a.status, loc(&a)),
+        (302, Some(format!("http://root.test:{}/app", w.http)))
+    );
+    assert_eq!(w.get("root.test", "/other").await.who(), "web");
+
+    // from-to-www-redirect: www.tls2.test goes to tls2.test, port kept.
+    let a = w.get("www.tls2.test", "/foo").await;
+    assert_eq!(a.status, 308);
+    assert_eq!(loc(&a), Some(format!("http://tls2.test:{}/foo", w.http)));
+    let trusting = tls_client(&[&cert]);
+    let a = fetch(&trusting, &w.https_url("www.tls2.test", "/foo"))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 308);
+    assert_eq!(loc(&a), Some(format!("https://tls2.test:{}/foo", w.https)));
+
+    // x-forwarded-prefix with rewrite-target.
+    let a = w.get("prefix.test", "/api/users").await;
+    let e = a.echo().unwrap();
+    assert_eq!(e["path"], "/users");
+    assert_eq!(e["headers"]["x-forwarded-prefix"], "/api");
+
+    // enable-access-log: false leaves no line; enable-rewrite-log logs the
+    // rewrite.
+    assert_eq!(
+        w.get("logs.test", "/only-logs").await.echo().unwrap()["path"],
+        "/rewritten"
+    );
+    assert_eq!(w.get("perm.test", "/logged-path").await.status, 301);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !w.logs().contains("/logged-path") {
+        assert!(std::time::Instant::now() < deadline, "{}", w.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = w.logs();
+    assert!(
+        !logs
+            .lines()
+            .any(|l| l.starts_with("127.0.0.1 - ") && l.contains("GET /only-logs")),
+        "an access log line for a location without one: {logs}"
+    );
+    assert!(logs.contains("rewritten data"), "rewrite_log: {logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsts_and_redirect_settings() {
+    let (_e, svc) = web("h", "web").await;
+    let (cert, key) = cert_for(&["a.test"]);
+    let cm = settings(
+        "h",
+        &[
+            ("hsts-max-age", "86400"),
+            ("hsts-include-subdomains", "false"),
+            ("hsts-preload", "true"),
+            ("http-redirect-code", "301"),
+        ],
+    );
+    let w = Wicket::start_with(
+        &[
+            ("svc.yaml", &svc),
+            ("cm.yaml", &cm),
+            ("secret.yaml", &tls_secret("h", "tls", &cert, &key)),
+            (
+                "a.yaml",
+                &with_tls(&site("h", "a", "a.test", "web", &[]), "a.test", "tls"),
+            ),
+        ],
+        &["--configmap", "h/settings"],
+    )
+    .await;
+    let a = fetch(&tls_client(&[&cert]), &w.https_url("a.test", "/"))
+        .await
+        .unwrap();
+    assert_eq!(a.who(), "web");
+    assert_eq!(
+        a.headers["strict-transport-security"],
+        "max-age=86400; preload"
+    );
+    let a = w.get("a.test", "/x").await;
+    assert_eq!(a.status, 301, "http-redirect-code");
+    // HSTS off: no header.
+    w.write("cm.yaml", &settings("h", &[("hsts", "false")]));
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let a = fetch(&tls_client(&[&cert]), &w.https_url("a.test", "/"))
+            .await
+            .unwrap();
+        if a.headers.get("strict-transport-security").is_none() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "HSTS still sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_settings_reach_the_backend() {
+    let (_e, svc) = web("p", "web").await;
+    // Two endpoints, one of them closed.
+    let good = Echo::start("flaky", LO, 0).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap().port();
+    drop(closed);
+    let flaky = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: flaky, namespace: p}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: flaky-a, namespace: p, labels: {{kubernetes.io/service-name: flaky}}}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: flaky-b, namespace: p, labels: {{kubernetes.io/service-name: flaky}}}}\naddressType: IPv4\nports: [{{name: http, port: {dead}}}]\nendpoints: [{{addresses: [127.0.0.2]}}]\n",
+        good.addr.port()
+    );
+    let tuned = [
+        ("proxy-body-size", "1k"),
+        ("client-body-buffer-size", "16k"),
+        ("proxy-connect-timeout", "3"),
+        ("proxy-send-timeout", "4"),
+        ("proxy-read-timeout", "1"),
+        ("proxy-next-upstream-timeout", "7"),
+        ("proxy-request-buffering", "off"),
+        ("proxy-buffering", "on"),
+        ("proxy-buffer-size", "8k"),
+        ("proxy-buffers-number", "8"),
+        ("proxy-busy-buffers-size", "16k"),
+        ("proxy-max-temp-file-size", "64m"),
+        ("proxy-http-version", "1.0"),
+        ("proxy-cookie-domain", "backend.internal example.com"),
+        ("proxy-cookie-path", "/app/ /"),
+        ("proxy-redirect-from", "http://backend.internal/"),
+        ("proxy-redirect-to", "https://example.com/"),
+        ("connection-proxy-header", "close"),
+        ("upstream-vhost", "internal.example.com"),
+    ];
+    let w = Wicket::start(&[
+        ("svc.yaml", &svc),
+        ("flaky.yaml", &flaky),
+        ("plain.yaml", &site("p", "plain", "plain.test", "web", &[])),
+        (
+            "tuned.yaml",
+            &site("p", "tuned", "tuned.test", "web", &tuned),
+        ),
+        (
+            "off.yaml",
+            &site(
+                "p",
+                "off",
+                "off.test",
+                "flaky",
+                &[("proxy-next-upstream", "off")],
+            ),
+        ),
+        (
+            "retry.yaml",
+            &site(
+                "p",
+                "retry",
+                "retry.test",
+                "flaky",
+                &[
+                    ("proxy-next-upstream", "error timeout"),
+                    ("proxy-next-upstream-tries", "2"),
+                ],
+            ),
+        ),
+    ])
+    .await;
+    let post = |host: &str, n: usize| {
+        w.client
+            .post(w.url(host, "/upload"))
+            .body(vec![b'x'; n])
+            .send()
+    };
+    // ingress-nginx's default body limit, 1m; and the annotation's.
+    assert_eq!(post("plain.test", 512 << 10).await.unwrap().status(), 200);
+    assert_eq!(post("plain.test", 2 << 20).await.unwrap().status(), 413);
+    assert_eq!(post("tuned.test", 500).await.unwrap().status(), 200);
+    assert_eq!(post("tuned.test", 2048).await.unwrap().status(), 413);
+    // proxy-read-timeout: 1 against a backend that takes 3 s.
+    assert_eq!(w.get("tuned.test", "/delay/3000").await.status, 504);
+    assert_eq!(w.get("plain.test", "/delay/1500").await.who(), "web");
+    // What the backend sees.
+    let e = w.get("tuned.test", "/x").await.echo().unwrap();
+    assert_eq!(e["version"], "HTTP/1.0", "proxy-http-version");
+    assert_eq!(e["headers"]["connection"], "close");
+    assert_eq!(
+        e["headers"]["host"], "internal.example.com",
+        "upstream-vhost"
+    );
+    // The standard headers are still sent from a location with its own.
+    assert_eq!(
+        e["headers"]["x-forwarded-host"],
+        format!("tuned.test:{}", w.http)
+    );
+    assert_eq!(e["headers"]["x-forwarded-proto"], "http");
+    assert!(e["headers"]["x-request-id"].is_string());
+    // Cookies and redirects the backend writes are rewritten.
+    let a = w.get("tuned.test", "/set-cookie").await;
+    assert_eq!(a.headers["set-cookie"], "s=1; Domain=example.com; Path=/");
+    let a = w.get("tuned.test", "/location").await;
+    assert_eq!(a.headers["location"], "https://example.com/next");
+    // The settings nginx applies without a visible effect are in place.
+    let config = w.inspect("/config").await.text;
+    for line in [
+        "client_body_buffer_size 16k;",
+        "proxy_connect_timeout 3s;",
+        "proxy_send_timeout 4s;",
+        "proxy_next_upstream_timeout 7s;",
+        "proxy_request_buffering off;",
+        "proxy_buffering on;",
+        "proxy_buffer_size 8k;",
+        "proxy_buffers 8 8k;",
+        "proxy_busy_buffers_size 16k;",
+        "proxy_max_temp_file_size 64m;",
+    ] {
+        assert!(
+            config.contains(&format!("            {line}")),
+            "{line}\n{config}"
+        );
+    }
+    // proxy-next-upstream: off fails on the closed endpoint once per worker
+    // (nginx then leaves it out for a while); with retries nothing fails.
+    let mut failed = 0;
+    for _ in 0..6 {
+        if status_of(&get_from(&w, LO, "off.test", "/", "").await) == 502 {
+            failed += 1;
+        }
+    }
+    assert!(failed >= 1, "no request failed without retries");
+    for _ in 0..6 {
+        assert_eq!(
+            status_of(&get_from(&w, LO, "retry.test", "/", "").await),
+            200
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_aliases_service_upstream_and_default_backends() {
+    let (_e, svc) = web("x", "web").await;
+    let (_f, fallback) = web("x", "fallback").await;
+    let down = service("x", "down", 80, None, 9, &[(IpAddr::V4(LO), false)]);
+    // A Service whose endpoints are not ready, but whose cluster IP is.
+    let viaip = Echo::start("viaip", LO, 0).await;
+    let ip_svc = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: viaip, namespace: x}}\nspec:\n  clusterIP: 127.0.0.1\n  ports: [{{port: {}}}]\n",
+        viaip.addr.port()
+    );
+    let cm = settings(
+        "x",
+        &[(
+            "global-allowed-response-headers",
+            "X-Frame-Options,X-Literal",
+        )],
+    );
+    let headers = config_map(
+        "x",
+        "extra",
+        &[
+            ("X-Frame-Options", "DENY"),
+            ("X-Literal", "a $remote_addr b"),
+        ],
+    );
+    let forbidden = config_map("x", "forbidden", &[("Set-Cookie", "owned=1")]);
+    let (_y, svc_y) = web("y", "web").await;
+    let w = Wicket::start_with(
+        &[
+            ("svc.yaml", &svc),
+            ("svc-y.yaml", &svc_y),
+            ("fallback.yaml", &fallback),
+            ("down.yaml", &down),
+            ("viaip.yaml", &ip_svc),
+            ("cm.yaml", &cm),
+            ("headers.yaml", &headers),
+            ("forbidden.yaml", &forbidden),
+            (
+                "h.yaml",
+                &site("x", "h", "h.test", "web", &[("custom-headers", "extra")]),
+            ),
+            (
+                "missing.yaml",
+                &site(
+                    "x",
+                    "missing",
+                    "missing.test",
+                    "web",
+                    &[("custom-headers", "nope")],
+                ),
+            ),
+            (
+                "denied.yaml",
+                &site(
+                    "x",
+                    "denied",
+                    "denied.test",
+                    "web",
+                    &[("custom-headers", "forbidden")],
+                ),
+            ),
+            (
+                "cross.yaml",
+                &site(
+                    "y",
+                    "cross",
+                    "cross.test",
+                    "web",
+                    &[("custom-headers", "x/extra")],
+                ),
+            ),
+            (
+                "alias.yaml",
+                &site(
+                    "x",
+                    "alias",
+                    "main.test",
+                    "web",
+                    &[("server-alias", "alias.test, *.wild.test")],
+                ),
+            ),
+            (
+                "ip.yaml",
+                &ingress(
+                    "x",
+                    "ip",
+                    &annotated(&[("service-upstream", "true")]),
+                    "ip.test",
+                    &[("/", "Prefix", "viaip", viaip.addr.port())],
+                ),
+            ),
+            (
+                "db.yaml",
+                &ingress(
+                    "x",
+                    "db",
+                    &annotated(&[("default-backend", "fallback")]),
+                    "db.test",
+                    &[("/", "Prefix", "down", 80)],
+                ),
+            ),
+            (
+                "errors.yaml",
+                &site(
+                    "x",
+                    "errors",
+                    "errors.test",
+                    "web",
+                    &[
+                        ("custom-http-errors", "404,418"),
+                        ("default-backend", "fallback"),
+                    ],
+                ),
+            ),
+            (
+                "through.yaml",
+                &site(
+                    "x",
+                    "through",
+                    "through.test",
+                    "web",
+                    &[
+                        ("custom-http-errors", "404"),
+                        ("default-backend", "fallback"),
+                        ("disable-proxy-intercept-errors", "true"),
+                    ],
+                ),
+            ),
+        ],
+        &["--configmap", "x/settings"],
+    )
+    .await;
+    // custom-headers: response headers, literal (the $ is not expanded).
+    let a = w.get("h.test", "/").await;
+    assert_eq!(a.who(), "web");
+    assert_eq!(a.headers["x-frame-options"], "DENY");
+    assert_eq!(a.headers["x-literal"], "a $remote_addr b");
+    // A missing ConfigMap, or a header not allowed globally: 503, as
+    // ingress-nginx answered; another namespace needs
+    // allow-cross-namespace-resources.
+    assert_eq!(w.get("missing.test", "/").await.status, 503);
+    assert_eq!(w.get("denied.test", "/").await.status, 503);
+    assert_eq!(w.get("cross.test", "/").await.status, 503);
+    let logs = w.logs();
+    assert!(
+        logs.contains("configmap x/nope not found; its locations answer 503"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(
+            "header Set-Cookie is not in the global setting global-allowed-response-headers"
+        ),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(
+            "x/extra is in another namespace, and allow-cross-namespace-resources is not"
+        ),
+        "{logs}"
+    );
+    w.write(
+        "cm.yaml",
+        &settings(
+            "x",
+            &[
+                (
+                    "global-allowed-response-headers",
+                    "X-Frame-Options,X-Literal",
+                ),
+                ("allow-cross-namespace-resources", "true"),
+            ],
+        ),
+    );
+    w.eventually("cross.test", "/", "served across namespaces", |a| {
+        a.who() == "web" && a.headers.get("x-frame-options").is_some()
+    })
+    .await;
+
+    // server-alias: more names for the host, wildcards one label deep.
+    assert_eq!(w.get("alias.test", "/").await.who(), "web");
+    assert_eq!(w.get("a.wild.test", "/").await.who(), "web");
+    assert_eq!(w.get("a.b.wild.test", "/").await.status, 404);
+
+    // service-upstream: the cluster IP, not the endpoints.
+    assert_eq!(w.get("ip.test", "/").await.who(), "viaip");
+
+    // default-backend: answers for a backend without endpoints, told why.
+    let a = w.get("db.test", "/some/path").await;
+    assert_eq!(a.who(), "fallback");
+    let h = &a.echo().unwrap()["headers"];
+    assert_eq!(h["x-code"], "503");
+    assert_eq!(h["x-namespace"], "x");
+    assert_eq!(h["x-ingress-name"], "db");
+    assert_eq!(h["x-service-name"], "down");
+    assert_eq!(h["x-service-port"], "80");
+    assert!(h["x-request-id"].is_string());
+
+    // custom-http-errors: the backend's 404 goes to the default backend,
+    // with ingress-nginx's headers; other codes pass.
+    // (The default backend's answer is the client's, its status too.)
+    let a = w.get("errors.test", "/status/404").await;
+    assert_eq!(a.who(), "fallback");
+    let e = a.echo().unwrap();
+    assert_eq!(e["service"], "fallback");
+    assert_eq!(e["path"], "/");
+    assert_eq!(e["headers"]["x-code"], "404");
+    assert_eq!(e["headers"]["x-original-uri"], "/status/404");
+    assert_eq!(e["headers"]["x-ingress-name"], "errors");
+    assert_eq!(e["headers"]["x-service-name"], "web");
+    let a = w.get("errors.test", "/status/500").await;
+    assert_eq!(
+        (a.status, a.echo().unwrap()["service"].as_str()),
+        (500, Some("web"))
+    );
+    // disable-proxy-intercept-errors: the backend's own 404.
+    let a = w.get("through.test", "/status/404").await;
+    assert_eq!(
+        (a.status, a.echo().unwrap()["service"].as_str()),
+        (404, Some("web"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_protocols_and_tls_to_backends() {
+    // An HTTPS backend with a certificate from its own CA.
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "backend test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf_params =
+        rcgen::CertificateParams::new(vec!["backend.internal".to_string()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "backend.internal");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+    let https = Echo::start_tls("secure", LO, &leaf.pem(), &leaf_key.serialize_pem()).await;
+    let plain = Echo::start("plain", LO, 0).await;
+    let grpc = GrpcEcho::start(LO).await;
+    let fcgi = FastCgi::start(LO).await;
+    let svc = |name: &str, port: u16| service("b", name, 80, None, port, &[(IpAddr::V4(LO), true)]);
+    let ca_secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: backend-ca, namespace: b}}\nstringData:\n  ca.crt: |\n{}",
+        ca.pem()
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    );
+    let params = config_map(
+        "b",
+        "fcgi-params",
+        &[
+            ("SCRIPT_FILENAME", "/srv$fastcgi_script_name"),
+            ("APP_ENV", "test"),
+        ],
+    );
+    let (cert, key) = cert_for(&["grpc.test"]);
+    let mut objects = vec![
+        ("https.yaml".to_string(), svc("secure", https.addr.port())),
+        ("plain.yaml".to_string(), svc("plain", plain.addr.port())),
+        ("grpc.yaml".to_string(), svc("grpc", grpc.addr.port())),
+        ("fcgi.yaml".to_string(), svc("fcgi", fcgi.addr.port())),
+        ("ca.yaml".to_string(), ca_secret),
+        ("params.yaml".to_string(), params),
+        (
+            "tls.yaml".to_string(),
+            tls_secret("b", "grpc-tls", &cert, &key),
+        ),
+    ];
+    for (name, host, svc, pairs) in [
+        (
+            "noverify",
+            "noverify.test",
+            "secure",
+            vec![("backend-protocol", "HTTPS")],
+        ),
+        (
+            "verify",
+            "verify.test",
+            "secure",
+            vec![
+                ("backend-protocol", "https"),
+                ("proxy-ssl-secret", "backend-ca"),
+                ("proxy-ssl-verify", "on"),
+                ("proxy-ssl-name", "backend.internal"),
+                ("proxy-ssl-server-name", "on"),
+                ("proxy-ssl-protocols", "TLSv1.2 TLSv1.3"),
+                ("proxy-ssl-ciphers", "HIGH:!aNULL"),
+                ("proxy-ssl-verify-depth", "2"),
+            ],
+        ),
+        (
+            "mismatch",
+            "mismatch.test",
+            "secure",
+            vec![
+                ("backend-protocol", "HTTPS"),
+                ("proxy-ssl-secret", "backend-ca"),
+                ("proxy-ssl-verify", "on"),
+                ("proxy-ssl-name", "other.internal"),
+            ],
+        ),
+        (
+            "unverifiable",
+            "unverifiable.test",
+            "secure",
+            vec![("backend-protocol", "HTTPS"), ("proxy-ssl-verify", "on")],
+        ),
+        (
+            "auto",
+            "auto.test",
+            "plain",
+            vec![("backend-protocol", "AUTO_HTTP")],
+        ),
+        (
+            "php",
+            "php.test",
+            "fcgi",
+            vec![
+                ("backend-protocol", "FCGI"),
+                ("fastcgi-index", "index.php"),
+                ("fastcgi-params-configmap", "fcgi-params"),
+            ],
+        ),
+    ] {
+        objects.push((
+            format!("{name}-ing.yaml"),
+            site("b", name, host, svc, &pairs),
+        ));
+    }
+    objects.push((
+        "grpc-ing.yaml".to_string(),
+        with_tls(
+            &site(
+                "b",
+                "grpc",
+                "grpc.test",
+                "grpc",
+                &[("backend-protocol", "GRPC")],
+            ),
+            "grpc.test",
+            "grpc-tls",
+        ),
+    ));
+    let files: Vec<(&str, &str)> = objects
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let w = Wicket::start(&files).await;
+    // HTTPS to the backend, without and with verification.
+    assert_eq!(w.get("noverify.test", "/").await.who(), "secure");
+    assert_eq!(w.get("verify.test", "/").await.who(), "secure");
+    // A certificate that does not name what nginx expects is refused.
+    let a = w.get("mismatch.test", "/").await;
+    assert_eq!(a.status, 502, "{}", w.inspect("/config").await.text);
+    // Verification without CAs to verify with: refused, 503.
+    assert_eq!(w.get("unverifiable.test", "/").await.status, 503);
+    assert!(
+        w.logs()
+            .contains("proxy-ssl-verify is on, but no proxy-ssl-secret with a ca.crt"),
+        "{}",
+        w.logs()
+    );
+    // AUTO_HTTP: the client's scheme (HTTP here).
+    assert_eq!(w.get("auto.test", "/").await.who(), "plain");
+    // FastCGI: the standard parameters, the index, the ConfigMap's.
+    let a = w.get("php.test", "/app/").await;
+    assert_eq!(a.status, 200, "{a:?}");
+    for line in [
+        "REQUEST_URI=/app/",
+        "SCRIPT_NAME=/app/index.php",
+        "SCRIPT_FILENAME=/srv/app/index.php",
+        "APP_ENV=test",
+        "REQUEST_METHOD=GET",
+    ] {
+        assert!(a.text.lines().any(|l| l == line), "{line}: {}", a.text);
+    }
+    // gRPC over TLS to nginx, h2c to the backend.
+    let (status, message, trailers) = grpc_call(w.https, "grpc.test", &cert, b"hello")
+        .await
+        .unwrap();
+    assert_eq!(status, "0", "{trailers:?}");
+    assert_eq!(message, b"hello");
+    assert_eq!(trailers["x-seen-authority"], "grpc.test");
+}
+
+fn decode_gzip(b: &[u8]) -> String {
+    use std::io::Read;
+    let mut out = String::new();
+    flate2::read::GzDecoder::new(b)
+        .read_to_string(&mut out)
+        .unwrap();
+    out
+}
+
+fn decode_brotli(b: &[u8]) -> String {
+    use std::io::Read;
+    let mut out = String::new();
+    brotli_decompressor::Decompressor::new(b, 4096)
+        .read_to_string(&mut out)
+        .unwrap();
+    out
+}
+
+/// Dechunks an HTTP/1.1 chunked body.
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n =
+            usize::from_str_radix(std::str::from_utf8(&b[..line_end]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[line_end + 2..line_end + 2 + n]);
+        b = &b[line_end + 4 + n..];
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_settings_shape_every_answer() {
+    let (_e, svc) = web("g", "web").await;
+    let (_f, fallback) = web("g", "fallback").await;
+    let (cert, key) = cert_for(&["a.test"]);
+    let cm = settings(
+        "g",
+        &[
+            ("add-headers", "g/resp"),
+            ("proxy-set-headers", "g/req"),
+            ("use-gzip", "true"),
+            ("gzip-min-length", "10"),
+            ("gzip-level", "5"),
+            ("enable-brotli", "true"),
+            ("brotli-min-length", "10"),
+            ("server-tokens", "false"),
+            ("block-cidrs", "127.0.0.3"),
+            ("block-user-agents", "~*badbot,curl/7.0"),
+            ("block-referers", "~*spam\\.example"),
+            ("large-client-header-buffers", "2 1k"),
+            ("client-header-buffer-size", "1k"),
+            ("custom-http-errors", "404"),
+            ("use-http2", "false"),
+            ("ssl-protocols", "TLSv1.3"),
+            ("worker-processes", "1"),
+            ("error-log-level", "info"),
+            (
+                "log-format-upstream",
+                "wicket-log $remote_addr $status $request_uri \"$http_user_agent\"",
+            ),
+            ("log-format-escape-json", "true"),
+            ("proxy-read-timeout", "1"),
+            ("keep-alive", "30"),
+            ("keep-alive-requests", "500"),
+            ("upstream-keepalive-connections", "16"),
+            ("upstream-keepalive-requests", "200"),
+            ("upstream-keepalive-timeout", "20"),
+            ("upstream-keepalive-time", "30m"),
+            ("max-worker-connections", "2048"),
+            ("server-name-hash-bucket-size", "256"),
+            ("proxy-connect-timeout", "4"),
+            ("proxy-send-timeout", "40"),
+            ("proxy-buffering", "on"),
+            ("proxy-buffer-size", "8k"),
+            ("proxy-buffers-number", "6"),
+            ("proxy-busy-buffers-size", "16k"),
+            ("proxy-request-buffering", "off"),
+            ("proxy-next-upstream", "error timeout http_503"),
+            ("proxy-next-upstream-tries", "2"),
+            ("proxy-next-upstream-timeout", "9"),
+            ("proxy-http-version", "1.0"),
+            ("client-body-buffer-size", "32k"),
+        ],
+    );
+    let resp = config_map(
+        "g",
+        "resp",
+        &[("X-Global", "on"), ("X-Via", "$server_port")],
+    );
+    let req = config_map(
+        "g",
+        "req",
+        &[("X-From-Edge", "yes"), ("X-Client", "$remote_addr")],
+    );
+    let w = Wicket::start_with(
+        &[
+            ("svc.yaml", &svc),
+            ("fallback.yaml", &fallback),
+            ("cm.yaml", &cm),
+            ("resp.yaml", &resp),
+            ("req.yaml", &req),
+            ("secret.yaml", &tls_secret("g", "tls", &cert, &key)),
+            (
+                "a.yaml",
+                &with_tls(
+                    &site("g", "a", "a.test", "web", &[("ssl-redirect", "false")]),
+                    "a.test",
+                    "tls",
+                ),
+            ),
+            (
+                "v.yaml",
+                &site(
+                    "g",
+                    "v",
+                    "v.test",
+                    "web",
+                    &[("upstream-vhost", "inside.test")],
+                ),
+            ),
+        ],
+        &[
+            "--configmap",
+            "g/settings",
+            "--default-backend-service",
+            "g/fallback",
+        ],
+    )
+    .await;
+    // add-headers on the answer, proxy-set-headers at the backend (also
+    // from a location that sets headers of its own).
+    let (head, body) = raw(
+        w.http,
+        LO,
+        "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(header(&head, "x-global"), Some("on"));
+    assert_eq!(header(&head, "x-via"), Some(w.http.to_string().as_str()));
+    // server-tokens: false: no Server header at all.
+    assert_eq!(header(&head, "server"), None, "{head}");
+    let body = if header(&head, "transfer-encoding") == Some("chunked") {
+        dechunk(&body)
+    } else {
+        body
+    };
+    let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(e["headers"]["x-from-edge"], "yes");
+    assert_eq!(e["headers"]["x-client"], "127.0.0.1");
+    assert_eq!(e["version"], "HTTP/1.0", "proxy-http-version");
+    let e = w.get("v.test", "/").await.echo().unwrap();
+    assert_eq!(e["headers"]["host"], "inside.test");
+    assert_eq!(e["headers"]["x-from-edge"], "yes");
+    // gzip and brotli, decoded.
+    for (enc, decode) in [
+        ("gzip", decode_gzip as fn(&[u8]) -> String),
+        ("br", decode_brotli),
+    ] {
+        let (head, body) = raw(w.http, LO, &format!("GET /compressed HTTP/1.1\r\nHost: a.test\r\nAccept-Encoding: {enc}\r\nConnection: close\r\n\r\n")).await;
+        assert_eq!(header(&head, "content-encoding"), Some(enc), "{head}");
+        let body = if header(&head, "transfer-encoding") == Some("chunked") {
+            dechunk(&body)
+        } else {
+            body
+        };
+        let e: serde_json::Value = serde_json::from_str(&decode(&body)).unwrap();
+        assert_eq!(e["path"], "/compressed");
+    }
+    // block-cidrs, block-user-agents, block-referers: 403.
+    assert_eq!(
+        status_of(&get_from(&w, Ipv4Addr::new(127, 0, 0, 3), "a.test", "/", "").await),
+        403
+    );
+    for h in [
+        "User-Agent: Mozilla BadBot/1.0\r\n",
+        "User-Agent: curl/7.0\r\n",
+        "Referer: http://www.spam.example/\r\n",
+    ] {
+        assert_eq!(
+            status_of(&get_from(&w, LO, "a.test", "/", h).await),
+            403,
+            "{h}"
+        );
+    }
+    assert_eq!(
+        status_of(&get_from(&w, LO, "a.test", "/", "User-Agent: curl/8.0\r\n").await),
+        200
+    );
+    // large-client-header-buffers: a header of 2 KiB is too large.
+    let big = format!("X-Big: {}\r\n", "b".repeat(2048));
+    assert_eq!(status_of(&get_from(&w, LO, "a.test", "/", &big).await), 400);
+    // custom-http-errors with --default-backend-service.
+    let a = w.get("a.test", "/status/404").await;
+    assert_eq!(a.echo().unwrap()["service"], "fallback");
+    assert_eq!(a.echo().unwrap()["headers"]["x-code"], "404");
+    // proxy-read-timeout: 1.
+    assert_eq!(w.get("a.test", "/delay/3000").await.status, 504);
+    // use-http2: false; ssl-protocols: TLSv1.3 only.
+    let a = fetch(&tls_client(&[&cert]), &w.https_url("a.test", "/"))
+        .await
+        .unwrap();
+    assert_eq!(a.version, reqwest::Version::HTTP_11);
+    let mut roots = rustls::RootCertStore::empty();
+    {
+        use rustls::pki_types::pem::PemObject;
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let tls12 = rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let old = reqwest::Client::builder()
+        .resolve("a.test", std::net::SocketAddr::from((LO, w.https)))
+        .tls_backend_preconfigured(tls12)
+        .no_proxy()
+        .build()
+        .unwrap();
+    assert!(
+        fetch(&old, &w.https_url("a.test", "/")).await.is_err(),
+        "TLS 1.2 is refused"
+    );
+    // worker-processes: 1.
+    let master = w.nginx_pid().unwrap();
+    assert_eq!(
+        processes_in_group(master).len(),
+        2,
+        "a master and one worker"
+    );
+    // The access log in the format asked for, JSON-escaped.
+    assert_eq!(
+        status_of(&get_from(&w, LO, "a.test", "/logged?x=1", "User-Agent: a\"b\r\n").await),
+        200
+    );
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !w
+        .logs()
+        .contains("wicket-log 127.0.0.1 200 /logged?x=1 \"a\\\"b\"")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", w.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What nginx applies without a visible effect here.
+    let config = w.inspect("/config").await.text;
+    for line in [
+        "error_log stderr info;",
+        "    keepalive_timeout 30s;",
+        "    keepalive_requests 500;",
+        "        keepalive 16;",
+        "        keepalive_requests 200;",
+        "        keepalive_timeout 20s;",
+        "        keepalive_time 30m;",
+        "    worker_connections 2048;",
+        "    server_names_hash_bucket_size 256;",
+        "    client_header_buffer_size 1k;",
+        "    client_body_buffer_size 32k;",
+        "    proxy_connect_timeout 4s;",
+        "    proxy_send_timeout 40s;",
+        "    proxy_buffering on;",
+        "    proxy_buffer_size 8k;",
+        "    proxy_buffers 6 8k;",
+        "    proxy_busy_buffers_size 16k;",
+        "    proxy_request_buffering off;",
+        "    proxy_next_upstream error timeout http_503;",
+        "    proxy_next_upstream_tries 2;",
+        "    proxy_next_upstream_timeout 9s;",
+        "    gzip_comp_level 5;",
+    ] {
+        assert!(config.contains(line), "{line}\n{config}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_ranges_global_and_per_ingress() {
+    let (_e, svc) = web("s", "web").await;
+    let cm = settings(
+        "s",
+        &[
+            ("whitelist-source-range", "127.0.0.1/32"),
+            ("denylist-source-range", "127.0.0.9"),
+            ("block-cidrs", "127.0.0.3"),
+        ],
+    );
+    let w = Wicket::start_with(
+        &[
+            ("svc.yaml", &svc),
+            ("cm.yaml", &cm),
+            ("plain.yaml", &site("s", "plain", "plain.test", "web", &[])),
+            (
+                "allow.yaml",
+                &site(
+                    "s",
+                    "allow",
+                    "allow.test",
+                    "web",
+                    &[("whitelist-source-range", "127.0.0.0/24")],
+                ),
+            ),
+            (
+                "deny.yaml",
+                &site(
+                    "s",
+                    "deny",
+                    "deny.test",
+                    "web",
+                    &[
+                        ("denylist-source-range", "127.0.0.4"),
+                        ("allowlist-source-range", "127.0.0.0/24"),
+                    ],
+                ),
+            ),
+        ],
+        &["--configmap", "s/settings"],
+    )
+    .await;
+    let from = |d: u8| Ipv4Addr::new(127, 0, 0, d);
+    let code = |h: &'static str, d: u8| {
+        let w = &w;
+        async move { status_of(&get_from(w, from(d), h, "/", "").await) }
+    };
+    // The global allow list: only 127.0.0.1.
+    assert_eq!(code("plain.test", 1).await, 200);
+    assert_eq!(code("plain.test", 2).await, 403);
+    // An Ingress's list replaces it; block-cidrs and the global deny list
+    // still apply.
+    assert_eq!(code("allow.test", 2).await, 200);
+    assert_eq!(code("allow.test", 3).await, 403, "block-cidrs");
+    assert_eq!(code("allow.test", 9).await, 403, "the global deny list");
+    // Deny first, then allow, then 403 for the rest.
+    assert_eq!(code("deny.test", 4).await, 403);
+    assert_eq!(code("deny.test", 6).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_real_ip_and_proxy_protocol() {
+    let (_e, svc) = web("f", "web").await;
+    let w = Wicket::start_with(
+        &[
+            ("svc.yaml", &svc),
+            (
+                "cm.yaml",
+                &settings("f", &[("use-forwarded-headers", "true")]),
+            ),
+            ("a.yaml", &site("f", "a", "a.test", "web", &[])),
+            (
+                "force.yaml",
+                &site(
+                    "f",
+                    "force",
+                    "force.test",
+                    "web",
+                    &[("force-ssl-redirect", "true")],
+                ),
+            ),
+        ],
+        &["--configmap", "f/settings"],
+    )
+    .await;
+    let seen = |extra: &'static str| {
+        let w = &w;
+        async move {
+            let (head, body) = raw(
+                w.http,
+                LO,
+                &format!("GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n{extra}\r\n"),
+            )
+            .await;
+            assert_eq!(status_of(&head), 200, "{head}");
+            let body = if header(&head, "transfer-encoding") == Some("chunked") {
+                dechunk(&body)
+            } else {
+                body
+            };
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()["headers"].clone()
+        }
+    };
+    // use-forwarded-headers: what the proxy in front says is trusted.
+    let h = seen("X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: public.example\r\nX-Forwarded-Port: 443\r\n").await;
+    assert_eq!(h["x-real-ip"], "192.0.2.1");
+    assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-host"], "public.example");
+    assert_eq!(h["x-forwarded-port"], "443");
+    // force-ssl-redirect follows the forwarded scheme.
+    assert_eq!(
+        status_of(&get_from(&w, LO, "force.test", "/", "X-Forwarded-Proto: https\r\n").await),
+        200
+    );
+    assert_eq!(
+        status_of(&get_from(&w, LO, "force.test", "/", "X-Forwarded-Proto: http\r\n").await),
+        308
+    );
+
+    // compute-full-forwarded-for: the chain, then this client.
+    w.write(
+        "cm.yaml",
+        &settings(
+            "f",
+            &[
+                ("use-forwarded-headers", "true"),
+                ("compute-full-forwarded-for", "true"),
+            ],
+        ),
+    );
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let h = seen("X-Forwarded-For: 192.0.2.1\r\n").await;
+        if h["x-forwarded-for"] == "192.0.2.1, 127.0.0.1" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // enable-real-ip alone, with another header: the client address from
+    // it, the scheme not trusted.
+    w.write(
+        "cm.yaml",
+        &settings(
+            "f",
+            &[
+                ("enable-real-ip", "true"),
+                ("forwarded-for-header", "X-Client-IP"),
+            ],
+        ),
+    );
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let h = seen("X-Client-IP: 198.51.100.7\r\nX-Forwarded-Proto: https\r\n").await;
+        if h["x-real-ip"] == "198.51.100.7" {
+            assert_eq!(h["x-forwarded-proto"], "http");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // use-proxy-protocol: the PROXY header names the client.
+    w.write("cm.yaml", &settings("f", &[("use-proxy-protocol", "true")]));
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        let mut s = sock.connect(([127, 0, 0, 1], w.http).into()).await.unwrap();
+        let _ = s
+            .write_all(b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 80\r\nGET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf);
+        if text.contains("\"x-real-ip\":\"203.0.113.9\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protection_wicket_cannot_honour_never_reaches_the_backend() {
+    let (guarded, guarded_svc) = web("s", "guarded").await;
+    let (open, open_svc) = web("s", "open").await;
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: basic-auth, namespace: s}\ntype: Opaque\nstringData: {auth: \"u:$apr1$x$y\"}\n";
+    let guard =
+        |name: &str, host: &str, pairs: &[(&str, &str)]| site("s", name, host, "guarded", pairs);
+    let w = Wicket::start_with(
+        &[
+            ("svc.yaml", &format!("{guarded_svc}---\n{open_svc}")),
+            ("secret.yaml", secret),
+            (
+                "basic.yaml",
+                &guard(
+                    "basic",
+                    "basic.test",
+                    &[("auth-type", "basic"), ("auth-secret", "basic-auth")],
+                ),
+            ),
+            (
+                "url.yaml",
+                &guard(
+                    "url",
+                    "url.test",
+                    &[("auth-url", "http://auth.example.com/check")],
+                ),
+            ),
+            (
+                "tls.yaml",
+                &guard("tls", "tls.test", &[("auth-tls-secret", "s/ca")]),
+            ),
+            (
+                "waf.yaml",
+                &guard("waf", "waf.test", &[("enable-modsecurity", "true")]),
+            ),
+            (
+                "bad-range.yaml",
+                &guard(
+                    "bad-range",
+                    "range.test",
+                    &[("whitelist-source-range", "10.0.0.0/8;")],
+                ),
+            ),
+            ("open.yaml", &site("s", "open", "open.test", "open", &[])),
+        ],
+        &["--configmap", "s/settings"],
+    )
+    .await;
+    // Every guarded host answers the catch-all 404; the backend is never
+    // reached, and its neighbour is served.
+    for host in [
+        "basic.test",
+        "url.test",
+        "tls.test",
+        "waf.test",
+        "range.test",
+    ] {
+        for path in ["/", "/x", "/secret/file"] {
+            assert_eq!(
+                status_of(&get_from(&w, LO, host, path, "").await),
+                404,
+                "{host}{path}"
+            );
+        }
+    }
+    assert_eq!(w.get("open.test", "/").await.who(), "open");
+    assert_eq!(
+        guarded.requests.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    // Each is told why.
+    let logs = w.logs();
+    for (name, why) in [
+        ("basic", "auth-type"),
+        ("url", "auth-url"),
+        ("tls", "auth-tls-secret"),
+        ("waf", "enable-modsecurity"),
+        ("bad-range", "whitelist-source-range"),
+    ] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains(&format!("ingress s/{name}")) && l.contains(why)),
+            "s/{name}: no reason naming {why}:\n{logs}"
+        );
+    }
+    drop(open);
+
+    // A global protection key wicket cannot honour refuses every Ingress it
+    // would apply to; `enable-global-auth: "false"` opts one out.
+    w.write(
+        "cm.yaml",
+        &settings("s", &[("global-auth-url", "http://auth.example.com/check")]),
+    );
+    // Written before the opted-out one: served once that one is.
+    w.write(
+        "plain.yaml",
+        &site("s", "plain", "plain.test", "guarded", &[]),
+    );
+    w.write(
+        "optout.yaml",
+        &site(
+            "s",
+            "optout",
+            "optout.test",
+            "guarded",
+            &[("enable-global-auth", "false")],
+        ),
+    );
+    w.eventually("optout.test", "/", "served", |a| a.status == 200)
+        .await;
+    let before = guarded.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        status_of(&get_from(&w, LO, "plain.test", "/", "").await),
+        404
+    );
+    assert_eq!(
+        guarded.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before
+    );
+    let logs = w.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("ingress s/plain") && l.contains("global-auth-url")),
+        "{logs}"
+    );
+}
