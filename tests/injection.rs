@@ -9,9 +9,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
+use wicket::annotations::registry;
 use wicket::build::{self, ClassOptions, Options};
 use wicket::cluster::{Cluster, Kind, Object, ObjectKey};
 use wicket::conf_syntax::{Node, Token, canonical, tokenize};
@@ -117,8 +118,11 @@ fn variables(text: &str) -> BTreeMap<String, usize> {
                             .chars()
                             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                             .collect();
-                        // `$1`: a capture of the location's regex, not a variable.
-                        if name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+                        // `$1`: a capture of the location's regex, not a
+                        // variable; `${wicket_dollar}`: a literal `$`.
+                        if name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                            && name != "wicket_dollar"
+                        {
                             *out.entry(name).or_default() += 1;
                         }
                     }
@@ -139,7 +143,32 @@ fn variables_are_counted_where_nginx_expands_them() {
 }
 
 fn shape(text: &str) -> Vec<Node> {
-    canonical(text).unwrap_or_else(|e| panic!("the rendered config does not tokenize: {e}\n{text}"))
+    let nodes = canonical(text)
+        .unwrap_or_else(|e| panic!("the rendered config does not tokenize: {e}\n{text}"));
+    entries_as_data(nodes, false)
+}
+
+/// The entries of a `map` block start with a value (the key an object or
+/// the admin wrote), not a directive: they count by their shape alone, and
+/// how many there are is data too.
+fn entries_as_data(nodes: Vec<Node>, in_map: bool) -> Vec<Node> {
+    let mut out: Vec<Node> = nodes
+        .into_iter()
+        .map(|n| Node {
+            block: n.block.map(|b| entries_as_data(b, n.name == "map")),
+            name: if in_map && n.name != "default" && n.name != "hostnames" {
+                "(key)".into()
+            } else {
+                n.name
+            },
+            args: n.args,
+        })
+        .collect();
+    out.sort();
+    if in_map {
+        out.dedup();
+    }
+    out
 }
 
 /// A YAML scalar holding exactly `s`.
@@ -160,6 +189,224 @@ struct Field {
     /// Whether the field is the Ingress's of the case: when that Ingress is
     /// not served, a reason must say why.
     ingress: bool,
+}
+
+/// A field as the checks read it: a [`Field`], or one made for a registry
+/// row (an annotation, a ConfigMap key).
+struct AnyField {
+    name: String,
+    make: Box<dyn Fn(&str) -> String>,
+    twin: Box<dyn Fn(&str) -> String>,
+    broken: String,
+    ingress: bool,
+    /// Variables a value of this field may add where nginx expands them
+    /// (a redirect URL may name `$request_uri`): `None` for none.
+    variables: Option<fn(&str) -> bool>,
+}
+
+impl From<Field> for AnyField {
+    fn from(f: Field) -> Self {
+        AnyField {
+            name: f.name.to_string(),
+            make: Box::new(f.make),
+            twin: Box::new(f.twin),
+            broken: f.broken.to_string(),
+            ingress: f.ingress,
+            variables: None,
+        }
+    }
+}
+
+const P: &str = "nginx.ingress.kubernetes.io";
+
+/// Annotations a row needs beside it to mean anything.
+fn companions(name: &str) -> String {
+    match name {
+        "fastcgi-index" | "fastcgi-params-configmap" => format!("{P}/backend-protocol: FCGI, "),
+        "x-forwarded-prefix" => format!("{P}/rewrite-target: /, "),
+        "permanent-redirect-code" => format!("{P}/permanent-redirect: /moved, "),
+        "temporal-redirect-code" => format!("{P}/temporal-redirect: /moved, "),
+        _ => String::new(),
+    }
+}
+
+/// A harmless value for a row: the value itself when it is a plain word
+/// the row accepts (a boolean, an enum: it cannot change the structure by
+/// being one token, and another word can give another structure), else the
+/// row's example.
+fn row_twin(row: &'static registry::Annotation, v: &str) -> String {
+    // A list: as many harmless items as the value has.
+    if row.name == "server-alias" {
+        let items: BTreeSet<&str> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .collect();
+        if !items.is_empty() {
+            return (0..items.len())
+                .map(|i| format!("a{i}.example.com"))
+                .collect::<Vec<_>>()
+                .join(",");
+        }
+    }
+    let word = !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if word {
+        let map: BTreeMap<String, String> = [(format!("{P}/{}", row.name), v.to_string())].into();
+        let mut r = wicket::annotations::Reader::new(Some(&map), P);
+        let mut errors = Vec::new();
+        wicket::annotations::parse_ingress(
+            &mut r,
+            &mut errors,
+            wicket::annotations::Policy {
+                allow_snippets: true,
+            },
+        );
+        if errors.is_empty() {
+            return v.to_string();
+        }
+    }
+    row.example.to_string()
+}
+
+/// Whether a variable is one a redirect URL may name.
+fn redirect_variable(name: &str) -> bool {
+    wicket::values::nginx::ALLOWED_VARIABLES.contains(&name)
+}
+
+/// Whether a variable is one nginx (or wicket) knows: what the admin's
+/// ConfigMap values (a log format, headers for every route) may name.
+fn known_variable(name: &str) -> bool {
+    wicket::values::nginx::known_variable(name)
+}
+
+/// One field per annotation wicket acts on, and one per ConfigMap key.
+fn registry_fields() -> Vec<AnyField> {
+    let mut out = Vec::new();
+    for row in registry::ANNOTATIONS
+        .iter()
+        .filter(|r| r.support.acted_on())
+    {
+        let ingress = |name: &'static str, v: &str| {
+            ingress_with(
+                "x",
+                "p",
+                &format!("{}{P}/{name}: {}", companions(name), y(v)),
+                &default_rule(),
+            )
+        };
+        out.push(AnyField {
+            name: format!("annotation {}", row.name),
+            make: Box::new(move |v| ingress(row.name, v)),
+            twin: Box::new(move |v| row_twin(row, v)),
+            // An empty value counts as not set.
+            broken: ingress_with(
+                "x",
+                "p",
+                companions(row.name).trim_end_matches(", "),
+                &default_rule(),
+            ),
+            ingress: true,
+            variables: matches!(row.name, "permanent-redirect" | "temporal-redirect")
+                .then_some(redirect_variable as fn(&str) -> bool),
+        });
+    }
+    for row in registry::KEYS.iter().filter(|r| r.support.acted_on()) {
+        let cm = |name: &str, v: &str| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: p}}\ndata: {{{}: {}}}\n",
+                y(name),
+                y(v)
+            )
+        };
+        out.push(AnyField {
+            name: format!("ConfigMap key {}", row.name),
+            make: Box::new(move |v| cm(row.name, v)),
+            twin: Box::new(move |v| {
+                let mut s = wicket::settings::Settings::default();
+                let word = !v.is_empty()
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+                if word && s.apply(row.name, v) == Ok(true) {
+                    v.to_string()
+                } else {
+                    row.example.to_string()
+                }
+            }),
+            broken: String::new(),
+            ingress: false,
+            variables: (row.name == "log-format-upstream")
+                .then_some(known_variable as fn(&str) -> bool),
+        });
+    }
+    // Values of the ConfigMaps annotations and settings name.
+    let objects = |what: &'static str, data: String| {
+        let settings = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: p}}\ndata: {{global-allowed-response-headers: X-A, add-headers: p/resp, proxy-set-headers: p/req}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {what}, namespace: p}}\ndata: {{{data}}}\n---\n"
+        );
+        format!(
+            "{settings}{}",
+            ingress_with(
+                "x",
+                "p",
+                &format!(
+                    "{P}/custom-headers: extra, {P}/backend-protocol: FCGI, {P}/fastcgi-params-configmap: fcgi"
+                ),
+                &default_rule()
+            )
+        )
+    };
+    let literal = |name: &'static str, data: fn(&str) -> String, twin: &'static str| AnyField {
+        name: name.to_string(),
+        make: Box::new(move |v| objects(name_of(name), data(v))),
+        twin: Box::new(move |_| twin.to_string()),
+        // A bad entry is left out (with a warning on its ConfigMap).
+        broken: objects(name_of(name), String::new()),
+        ingress: false,
+        variables: None,
+    };
+    fn name_of(field: &str) -> &'static str {
+        match field {
+            "custom-headers value" | "custom-headers name" => "extra",
+            "fastcgi parameter value" => "fcgi",
+            "add-headers value" => "resp",
+            _ => "req",
+        }
+    }
+    out.push(literal(
+        "custom-headers value",
+        |v| format!("X-A: {}", y(v)),
+        "plain",
+    ));
+    out.push(literal(
+        "custom-headers name",
+        |v| format!("{}: plain", y(v)),
+        "X-A",
+    ));
+    for (name, data) in [
+        (
+            "fastcgi parameter value",
+            (|v| format!("SCRIPT_FILENAME: {}", y(v))) as fn(&str) -> String,
+        ),
+        ("add-headers value", |v| format!("X-R: {}", y(v))),
+        ("proxy-set-headers value", |v| format!("X-Q: {}", y(v))),
+    ] {
+        out.push(AnyField {
+            variables: Some(known_variable as fn(&str) -> bool),
+            ..literal(name, data, "plain")
+        });
+    }
+    out
+}
+
+/// Every field the checks cover.
+fn all_fields() -> Vec<AnyField> {
+    fields()
+        .into_iter()
+        .map(AnyField::from)
+        .chain(registry_fields())
+        .collect()
 }
 
 fn ingress_with(name: &str, ns: &str, annotations: &str, spec: &str) -> String {
@@ -637,32 +884,66 @@ fn hostile() -> impl Strategy<Value = String> {
     ]
 }
 
-fn check(field: &Field, value: &str) -> Result<(), TestCaseError> {
+/// A config a legitimate value gives, as the checks compare it.
+struct Legit {
+    shape: Vec<Node>,
+    variables: BTreeMap<String, usize>,
+}
+
+thread_local! {
+    /// The same legitimate configs come back for every value of a field.
+    static LEGIT: std::cell::RefCell<BTreeMap<String, std::rc::Rc<Legit>>> = Default::default();
+}
+
+fn legitimate(extra: &str) -> std::rc::Rc<Legit> {
+    if let Some(l) = LEGIT.with(|c| c.borrow().get(extra).cloned()) {
+        return l;
+    }
+    let text = render(extra).text;
+    let l = std::rc::Rc::new(Legit {
+        shape: shape(&text),
+        variables: variables(&text),
+    });
+    LEGIT.with(|c| c.borrow_mut().insert(extra.to_string(), l.clone()));
+    l
+}
+
+fn check(field: &AnyField, value: &str) -> Result<(), TestCaseError> {
     let Some(hostile) = try_render(&(field.make)(value)) else {
         return Ok(());
     };
     // The configs a legitimate value can give: with a harmless value of the
     // same kind, with the object unusable, or with it left out.
     let legit = [
-        render(&(field.make)(&(field.twin)(value))).text,
-        render(field.broken).text,
-        render("").text,
+        legitimate(&(field.make)(&(field.twin)(value))),
+        legitimate(&field.broken),
+        legitimate(""),
     ];
     let got = shape(&hostile.text);
     prop_assert!(
-        legit.iter().any(|t| shape(t) == got),
+        legit.iter().any(|l| l.shape == got),
         "{}: {value:?} changed the structure of the config:\n{}",
         field.name,
         hostile.text
     );
     let vars = variables(&hostile.text);
+    let same_variables = |l: &std::rc::Rc<Legit>| {
+        let legit = &l.variables;
+        match field.variables {
+            None => *legit == vars,
+            // Only variables the field may name are added.
+            Some(allowed) => vars
+                .iter()
+                .all(|(name, n)| legit.get(name).is_some_and(|m| m >= n) || allowed(name)),
+        }
+    };
     prop_assert!(
-        legit.iter().any(|t| variables(t) == vars),
+        legit.iter().any(same_variables),
         "{}: {value:?} changed which nginx variables the config uses: {vars:?}\n{}",
         field.name,
         hostile.text
     );
-    let absent = shape(&legit[2]);
+    let absent = legit[2].shape.clone();
     // The Ingress of the case, as wicket reads it (a YAML scalar may fold,
     // a missing namespace is `default`).
     let key = field
@@ -706,8 +987,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(192), ..ProptestConfig::default() })]
 
     #[test]
-    fn no_value_changes_the_structure_of_the_config(field in 0usize..fields().len(), value in hostile()) {
-        let fields = fields();
+    fn no_value_changes_the_structure_of_the_config(field in 0usize..all_fields().len(), value in hostile()) {
+        let fields = all_fields();
         check(&fields[field], &value)?;
     }
 }
@@ -716,7 +997,8 @@ proptest! {
 fn the_known_payloads_in_every_field() {
     let extra = ["a.b", "/", "*.example.com", "v1/(.*)"];
     let long = "a".repeat(70_000);
-    for f in fields() {
+    let mut failures = Vec::new();
+    for f in all_fields() {
         for p in common::PAYLOADS
             .iter()
             .chain(&extra)
@@ -724,10 +1006,17 @@ fn the_known_payloads_in_every_field() {
             .chain([long.as_str()])
         {
             if let Err(e) = check(&f, p) {
-                panic!("{e}");
+                failures.push(e.to_string());
+                break;
             }
         }
     }
+    assert!(
+        failures.is_empty(),
+        "{} fields failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 // ------------------------------------------------------------- nginx -t
