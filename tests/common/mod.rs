@@ -985,9 +985,13 @@ impl Wicket {
     }
 
     /// GET over HTTP with this Host (resolved to 127.0.0.1).
+    /// Retried once if it met a keep-alive connection that
+    /// nginx closed at that instant (see `fetch_idempotent`): the tests
+    /// write files and reload nginx while they send requests.
     pub async fn get(&self, host: &str, path: &str) -> Answer {
-        fetch(&self.client, &self.url(host, path))
+        fetch_idempotent(&self.client, &self.url(host, path))
             .await
+            .0
             .unwrap_or_else(|e| panic!("GET {}: {e}\n{}", self.url(host, path), self.logs()))
     }
 
