@@ -257,15 +257,19 @@ pub struct Location {
     pub snippet: Option<usize>,
     /// What its Ingress's annotations set; shared by the Ingress's
     /// locations, `None` for one without such annotations.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::render::serialize_policy"
+    )]
     pub policy: Option<Arc<LocationPolicy>>,
     /// Plain HTTP requests are redirected to HTTPS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub https_redirect: Option<HttpsRedirect>,
     /// ingress-nginx's per-location variables, for error pages and log
     /// formats that name them.
+    /// (Boxed: most locations have none, and a location is copied often.)
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub vars: Option<LocationVars>,
+    pub vars: Option<Box<LocationVars>>,
 }
 
 /// `return CODE https://HOST[:PORT]URI` for plain HTTP requests.

@@ -33,6 +33,14 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../templates/proxy_ssl.conf"),
     ),
     ("fastcgi.conf", include_str!("../templates/fastcgi.conf")),
+    (
+        "policy_head.conf",
+        include_str!("../templates/policy_head.conf"),
+    ),
+    (
+        "policy_proxy.conf",
+        include_str!("../templates/policy_proxy.conf"),
+    ),
     ("upstream.conf", include_str!("../templates/upstream.conf")),
 ];
 
@@ -190,7 +198,79 @@ pub struct Renderer {
     tera: Tera,
 }
 
+/// The line location.conf writes where a policy's directives go: the
+/// policy's id and the part (`head` or `proxy`). No value from an object
+/// can write a line of its own, so only the template writes these.
+const POLICY_MARK: &str = "# wicket-policy ";
+
 impl Renderer {
+    /// Puts the text of each policy where a server's text marks it: each
+    /// distinct policy is rendered once per part on this thread
+    /// (`policy_head.conf`, `policy_proxy.conf`), however many locations
+    /// share it.
+    fn expand_policies(&self, text: String, globals: &tera::Value) -> Result<String, tera::Error> {
+        if !text.contains(POLICY_MARK) {
+            return Ok(text);
+        }
+        let mut out = String::with_capacity(text.len() + text.len() / 2);
+        for line in text.split_inclusive('\n') {
+            let marked = line
+                .trim()
+                .strip_prefix(POLICY_MARK)
+                .and_then(|m| m.split_once(' '))
+                .and_then(|(id, part)| Some((id.parse::<usize>().ok()?, part)));
+            let fragment = match marked {
+                Some((id, part @ ("head" | "proxy"))) => self.policy_part(id, part, globals)?,
+                _ => None,
+            };
+            let Some(fragment) = fragment else {
+                out.push_str(line);
+                continue;
+            };
+            // The fragment's lines start with their own newline, as the
+            // marker's did; the marker's own newline ends the last one.
+            let body = fragment.strip_prefix('\n').unwrap_or(&fragment);
+            if !body.is_empty() {
+                out.push_str(body);
+                if line.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The text of one part of the policy `id` (one serialized on this
+    /// thread), rendered at its first use; `None` if there is no such
+    /// policy.
+    fn policy_part(
+        &self,
+        id: usize,
+        part: &str,
+        globals: &tera::Value,
+    ) -> Result<Option<Arc<str>>, tera::Error> {
+        POLICIES.with(|c| {
+            let mut c = c.borrow_mut();
+            let Some(entry) = c.as_mut().and_then(|m| m.get_mut(&id)) else {
+                return Ok(None);
+            };
+            let (slot, template) = if part == "head" {
+                (&mut entry.head, "policy_head.conf")
+            } else {
+                (&mut entry.proxy, "policy_proxy.conf")
+            };
+            if let Some(t) = slot {
+                return Ok(Some(t.clone()));
+            }
+            let mut ctx = Context::new();
+            ctx.insert_value("p", entry.value.clone());
+            ctx.insert_value("globals", globals.clone());
+            let t: Arc<str> = self.tera.render(template, &ctx)?.into();
+            *slot = Some(t.clone());
+            Ok(Some(t))
+        })
+    }
+
     /// The templates compiled into the binary.
     pub fn embedded() -> Result<Self, RenderError> {
         Self::from_sources(EMBEDDED.iter().map(|(n, c)| (n.to_string(), c.to_string())))
@@ -333,21 +413,24 @@ impl Renderer {
             let (i, range) = last.spans.upstreams.get(&u.name)?;
             (last.config.upstreams.get(*i)? == *u).then(|| range.clone())
         };
+        let globals = tera::Value::from_serializable(&globals);
         let server_texts = self.render_parts(&servers, server_old, |(s, default)| {
             let mut ctx = Context::new();
             ctx.insert("server", *s);
             ctx.insert("default", default);
             ctx.insert("ports", &ports);
             ctx.insert("env", &part_env);
-            ctx.insert("globals", &globals);
-            ("server.conf", ctx)
+            ctx.insert_value("globals", globals.clone());
+            let text = self.tera.render("server.conf", &ctx)?;
+            self.expand_policies(text, &globals)
         })?;
         let upstreams: Vec<&Upstream> = config.upstreams.iter().collect();
+        let keepalive = Keepalive::of(&config.settings);
         let upstream_texts = self.render_parts(&upstreams, upstream_old, |u| {
             let mut ctx = Context::new();
             ctx.insert("upstream", *u);
-            ctx.insert("settings", &config.settings);
-            ("upstream.conf", ctx)
+            ctx.insert("keepalive", &keepalive);
+            self.tera.render("upstream.conf", &ctx)
         })?;
 
         let mut ctx = Context::new();
@@ -401,20 +484,24 @@ impl Renderer {
         &self,
         items: &[I],
         old: impl Fn(&I) -> Option<Range<usize>>,
-        context: impl Fn(&I) -> (&'static str, Context) + Sync,
+        render: impl Fn(&I) -> Result<String, tera::Error> + Sync,
     ) -> Result<Vec<Part>, RenderError> {
         let mut out: Vec<Option<Part>> = items.iter().map(|i| old(i).map(Part::Old)).collect();
         let missing: Vec<usize> = (0..items.len()).filter(|i| out[*i].is_none()).collect();
         let rendered = crate::parallel::map(&missing, |i| {
-            let (name, ctx) = context(&items[*i]);
+            POLICIES.with(|c| {
+                c.borrow_mut().get_or_insert_with(HashMap::new);
+            });
             // Tera's buffer is several times the text; thousands of parts
             // wait for assembly.
-            let text = self.tera.render(name, &ctx).map(|mut t| {
+            let text = render(&items[*i]).map(|mut t| {
                 t.shrink_to_fit();
                 t
             });
             (*i, text)
         });
+        // The workers are gone; the caller may have rendered some itself.
+        POLICIES.with(|c| c.borrow_mut().take());
         for (i, r) in rendered {
             out[i] = Some(Part::New(r.map_err(RenderError::Render)?));
         }
@@ -422,6 +509,61 @@ impl Renderer {
             .into_iter()
             .map(|p| p.expect("every part is old or rendered"))
             .collect())
+    }
+}
+
+/// One distinct location policy while a thread renders parts.
+struct CachedPolicy {
+    /// Kept so that its address, the id, is not reused meanwhile.
+    _policy: Arc<crate::config::LocationPolicy>,
+    /// As Tera sees it, with its `id`.
+    value: tera::Value,
+    /// Its rendered parts, once asked for.
+    head: Option<Arc<str>>,
+    proxy: Option<Arc<str>>,
+}
+
+thread_local! {
+    /// While this thread renders parts: each distinct location policy
+    /// (policies are interned: 10,000 Ingresses with the same annotations
+    /// share one), keyed by its address.
+    static POLICIES: std::cell::RefCell<Option<HashMap<usize, CachedPolicy>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A policy as location.conf sees it: its fields and its id.
+#[derive(Serialize)]
+struct WithId<'a> {
+    id: usize,
+    #[serde(flatten)]
+    policy: &'a crate::config::LocationPolicy,
+}
+
+/// How a location's policy is serialized: from the thread's cache while
+/// parts are rendered (a Tera value is shared, not copied, when serialized
+/// into another), as itself otherwise (`/model`).
+pub(crate) fn serialize_policy<S: serde::Serializer>(
+    p: &Option<Arc<crate::config::LocationPolicy>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let Some(p) = p else {
+        return s.serialize_none();
+    };
+    let cached = POLICIES.with(|c| {
+        let mut c = c.borrow_mut();
+        let map = c.as_mut()?;
+        let id = Arc::as_ptr(p) as usize;
+        let entry = map.entry(id).or_insert_with(|| CachedPolicy {
+            _policy: p.clone(),
+            value: tera::Value::from_serializable(&WithId { id, policy: p }),
+            head: None,
+            proxy: None,
+        });
+        Some(entry.value.clone())
+    });
+    match cached {
+        Some(v) => v.serialize(s),
+        None => p.serialize(s),
     }
 }
 
@@ -491,6 +633,31 @@ impl<'a> Globals<'a> {
             full_forwarded_for: s.compute_full_forwarded_for && s.use_forwarded_headers,
             proxy_buffer_size: &s.proxy_buffer_size,
             request_headers: &c.request_headers,
+        }
+    }
+}
+
+/// The keepalive settings every upstream gets (see
+/// `templates/upstream.conf`); `None` where nginx's own default is the
+/// same, so 10,000 upstreams do not repeat it.
+#[derive(Serialize)]
+struct Keepalive {
+    connections: u32,
+    requests: Option<u32>,
+    timeout: Option<String>,
+    time: Option<String>,
+}
+
+impl Keepalive {
+    fn of(s: &crate::settings::Settings) -> Self {
+        let time = s.upstream_keepalive_time.as_str().to_string();
+        Keepalive {
+            connections: s.upstream_keepalive_connections,
+            requests: (s.upstream_keepalive_requests != 1000)
+                .then_some(s.upstream_keepalive_requests),
+            timeout: (s.upstream_keepalive_timeout.0 != 60)
+                .then(|| format!("{}s", s.upstream_keepalive_timeout.0)),
+            time: (time != "1h").then_some(time),
         }
     }
 }

@@ -514,3 +514,180 @@ fn a_rebuild_shares_the_servers_that_did_not_change() {
         &first.config.servers[1]
     ));
 }
+
+#[test]
+fn server_wide_annotations_come_from_the_oldest_ingress_of_the_host() {
+    let older = "  creationTimestamp: \"2024-01-01T00:00:00Z\"\n  annotations:\n    nginx.ingress.kubernetes.io/app-root: /old\n    nginx.ingress.kubernetes.io/server-alias: old.example.com\n";
+    let newer = "  creationTimestamp: \"2025-01-01T00:00:00Z\"\n  annotations:\n    nginx.ingress.kubernetes.io/app-root: /new\n    nginx.ingress.kubernetes.io/from-to-www-redirect: \"true\"\n";
+    let b = run(&format!(
+        "{BACKENDS}{}{}",
+        ingress("aaa", newer, &simple_rule("a.example.com", "/n", "Prefix")),
+        ingress("zzz", older, &simple_rule("a.example.com", "/o", "Prefix")),
+    ));
+    let server = &b.config.servers[0];
+    assert_eq!(server.app_root.as_ref().unwrap().as_str(), "/old");
+    assert_eq!(server.aliases, ["old.example.com"]);
+    // Set by the newer one only: it is the first to set it.
+    let www: Vec<(&str, &str)> = b
+        .config
+        .www_redirects
+        .iter()
+        .map(|w| (w.server_name.as_str(), w.to.as_str()))
+        .collect();
+    assert_eq!(www, [("www.a.example.com", "a.example.com")]);
+    let lines: Vec<String> = b.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "warning ingress shop/aaa: metadata.annotations[\"nginx.ingress.kubernetes.io/app-root\"]: host a.example.com takes it from ingress shop/zzz, which is older or sorts first; this one is not used there"
+        ]
+    );
+    // Both Ingresses are served.
+    assert_eq!(b.served.len(), 2);
+}
+
+#[test]
+fn a_setting_that_needs_a_missing_module_is_reported() {
+    let mut o = opts();
+    o.modules = wicket::config::Modules {
+        dir: "/nowhere".into(),
+        headers_more: false,
+        brotli: false,
+    };
+    o.configmap = Some("shop/settings".parse().unwrap());
+    let yaml = format!(
+        "{BACKENDS}{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: shop}}\ndata: {{enable-brotli: \"true\"}}\n",
+        ingress(
+            "a",
+            "",
+            &format!(
+                "  tls:\n  - hosts: [a.example.com]\n{}",
+                simple_rule("a.example.com", "/", "Prefix")
+            )
+        )
+    );
+    let b = build::build(&cluster(&yaml), &o);
+    let lines: Vec<String> = b.problems.iter().map(ToString::to_string).collect();
+    for needle in [
+        "data[\"hsts\"]: nginx's headers-more module",
+        "data[\"enable-brotli\"]: nginx's brotli module",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(needle)),
+            "{needle}: {lines:?}"
+        );
+    }
+    let text = Renderer::embedded()
+        .unwrap()
+        .render(&b.config, &RenderEnv::default())
+        .unwrap();
+    assert!(!text.contains("load_module"), "{text}");
+    assert!(!text.contains("brotli on"), "{text}");
+}
+
+#[test]
+fn an_object_an_annotation_names_that_is_unusable_makes_the_locations_answer_503() {
+    let ann =
+        |v: &str| format!("  annotations:\n    nginx.ingress.kubernetes.io/custom-headers: {v}\n");
+    for (meta, why) in [
+        (ann("nope"), "configmap shop/nope not found"),
+        (ann("other/headers"), "other/headers is in another namespace"),
+        (
+            "  annotations:\n    nginx.ingress.kubernetes.io/proxy-ssl-secret: shop/nope\n"
+                .to_string(),
+            "secret shop/nope not found",
+        ),
+        (
+            "  annotations:\n    nginx.ingress.kubernetes.io/backend-protocol: HTTPS\n    nginx.ingress.kubernetes.io/proxy-ssl-verify: \"on\"\n".to_string(),
+            "no proxy-ssl-secret with a ca.crt",
+        ),
+    ] {
+        let b = run(&format!(
+            "{BACKENDS}{}",
+            ingress("a", &meta, &simple_rule("a.example.com", "/", "Prefix"))
+        ));
+        let lines: Vec<String> = b.problems.iter().map(ToString::to_string).collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(why) && l.contains("its locations answer 503")),
+            "{why}: {lines:?}"
+        );
+        // Served (its routes are its own), but never proxied.
+        let locations = &b.config.servers[0].locations;
+        assert!(
+            locations.iter().all(|l| match &l.action {
+                Action::Status { code, .. } => *code == 503 || l.source.is_none(),
+                _ => false,
+            }),
+            "{why}: {locations:?}"
+        );
+    }
+}
+
+#[test]
+fn a_policy_shared_by_many_locations_is_rendered_into_each() {
+    let ann = |size: &str| {
+        format!(
+            "  annotations:\n    nginx.ingress.kubernetes.io/proxy-body-size: {size}\n    nginx.ingress.kubernetes.io/proxy-read-timeout: \"120\"\n"
+        )
+    };
+    let yaml = |third: &str| {
+        format!(
+            "{BACKENDS}{}{}{}",
+            ingress(
+                "a",
+                &ann("8m"),
+                &simple_rule("a.example.com", "/", "Prefix")
+            ),
+            ingress(
+                "b",
+                &ann("8m"),
+                &simple_rule("b.example.com", "/x", "Prefix")
+            ),
+            ingress(
+                "c",
+                &ann(third),
+                &simple_rule("c.example.com", "/", "Prefix")
+            ),
+        )
+    };
+    let r = Renderer::embedded().unwrap();
+    let first = run(&yaml("2m"));
+    let text = r.render(&first.config, &RenderEnv::default()).unwrap();
+    assert!(!text.contains("wicket-policy"), "{text}");
+    // a: `/`; b: `= /x` and `/x/`; c: `/`.
+    assert_eq!(
+        text.matches("client_max_body_size 8m;").count(),
+        3,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("client_max_body_size 2m;").count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("proxy_read_timeout 120s;").count(),
+        4,
+        "{text}"
+    );
+    // Each inside its location, before the pass directive.
+    let c = &text[text.find("server_name c.example.com;").unwrap()..];
+    let (size, pass) = (
+        c.find("client_max_body_size 2m;").unwrap(),
+        c.find("proxy_pass").unwrap(),
+    );
+    assert!(size < pass, "{c}");
+    // A render that reuses the last one's parts gives the same text.
+    let mut cache = wicket::render::RenderCache::default();
+    let first = std::sync::Arc::new(first.config);
+    r.render_cached(&first, &RenderEnv::default(), &mut cache)
+        .unwrap();
+    let second = std::sync::Arc::new(run(&yaml("4m")).config);
+    let cached = r
+        .render_cached(&second, &RenderEnv::default(), &mut cache)
+        .unwrap();
+    assert_eq!(*cached, r.render(&second, &RenderEnv::default()).unwrap());
+    assert_eq!(cached.matches("client_max_body_size 4m;").count(), 1);
+}

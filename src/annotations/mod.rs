@@ -57,23 +57,44 @@ pub struct FieldError {
 /// Reads the annotations of one object, under `prefix`
 /// (`nginx.ingress.kubernetes.io` by default).
 pub struct Reader<'a> {
-    annotations: Option<&'a BTreeMap<String, String>>,
+    /// The keys under the prefix (the name after `PREFIX/`) with their
+    /// values, in name order: looked up without building a key each time.
+    under: Vec<(&'a str, &'a str)>,
+    /// The whole key of each of `under`.
+    keys: Vec<&'a str>,
     prefix: &'a str,
-    used: Vec<&'static str>,
+    /// Which of `under` a parser read.
+    read: Vec<bool>,
 }
 
 impl<'a> Reader<'a> {
     pub fn new(annotations: Option<&'a BTreeMap<String, String>>, prefix: &'a str) -> Self {
+        let mut under = Vec::new();
+        let mut keys = Vec::new();
+        for (key, value) in annotations.into_iter().flatten() {
+            if let Some(name) = key.strip_prefix(prefix).and_then(|k| k.strip_prefix('/')) {
+                under.push((name, value.as_str()));
+                keys.push(key.as_str());
+            }
+        }
+        // A BTreeMap's keys sharing a prefix are in the order of what
+        // follows it.
+        debug_assert!(under.windows(2).all(|w| w[0].0 < w[1].0));
         Reader {
-            annotations,
+            read: vec![false; under.len()],
+            under,
+            keys,
             prefix,
-            used: Vec::new(),
         }
     }
 
     /// The field path of an annotation, for messages.
     pub fn field(&self, name: &str) -> String {
         format!("metadata.annotations[\"{}/{name}\"]", self.prefix)
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.under.binary_search_by(|(n, _)| (*n).cmp(name)).ok()
     }
 
     /// The raw value of `PREFIX/name`, marking the key as read. `name` must
@@ -83,25 +104,23 @@ impl<'a> Reader<'a> {
             registry::annotation(name).is_some(),
             "{name} has no registry row"
         );
-        self.used.push(name);
-        let key = format!("{}/{name}", self.prefix);
-        self.annotations?.get(&key).map(String::as_str)
+        let i = self.position(name)?;
+        self.read[i] = true;
+        Some(self.under[i].1)
     }
 
     /// The value of `name`, or of its aliases (ingress-nginx's rule: the
     /// canonical name wins when both are set and not empty), with the name
     /// it was found under.
     pub fn get_aliased(&mut self, name: &'static str) -> Option<(&'static str, &'a str)> {
-        let aliases: Vec<&'static str> = registry::ANNOTATIONS
+        let mut found = self.get(name).filter(|v| !v.is_empty()).map(|v| (name, v));
+        for a in registry::ANNOTATIONS
             .iter()
             .filter(|a| a.alias_of == Some(name))
-            .map(|a| a.name)
-            .collect();
-        let mut found = self.get(name).filter(|v| !v.is_empty()).map(|v| (name, v));
-        for a in aliases {
-            let v = self.get(a);
+        {
+            let v = self.get(a.name);
             if found.is_none() {
-                found = v.filter(|v| !v.is_empty()).map(|v| (a, v));
+                found = v.filter(|v| !v.is_empty()).map(|v| (a.name, v));
             }
         }
         found
@@ -109,10 +128,7 @@ impl<'a> Reader<'a> {
 
     /// Whether any of these keys is set.
     pub fn any(&self, names: &[&str]) -> bool {
-        names.iter().any(|n| {
-            self.annotations
-                .is_some_and(|a| a.contains_key(&format!("{}/{n}", self.prefix)))
-        })
+        !self.under.is_empty() && names.iter().any(|n| self.position(n).is_some())
     }
 
     /// A boolean annotation, as ingress-nginx reads one (`true`, `false`,
@@ -156,13 +172,7 @@ impl<'a> Reader<'a> {
     /// Refuses values under the prefix longer than [`MAX_VALUE_LEN`]
     /// ([`snippets::MAX_SNIPPET_LEN`] for snippets).
     pub fn check_lengths(&self, errors: &mut Vec<FieldError>) {
-        for (key, value) in self.annotations.into_iter().flatten() {
-            let Some(name) = key
-                .strip_prefix(self.prefix)
-                .and_then(|k| k.strip_prefix('/'))
-            else {
-                continue;
-            };
+        for ((name, value), key) in self.under.iter().zip(&self.keys) {
             let max = if name.ends_with("-snippet") {
                 snippets::MAX_SNIPPET_LEN
             } else {
@@ -184,18 +194,10 @@ impl<'a> Reader<'a> {
     /// The keys under the prefix, each with its registry row (`None`: not
     /// an ingress-nginx annotation) and whether a parser read it.
     pub fn keys(&self) -> Vec<(&'a str, Option<&'static registry::Annotation>, bool)> {
-        let Some(all) = self.annotations else {
-            return Vec::new();
-        };
-        all.keys()
-            .filter_map(|key| {
-                let name = key
-                    .strip_prefix(self.prefix)
-                    .and_then(|k| k.strip_prefix('/'))?;
-                let row = registry::annotation(name);
-                let read = row.is_some_and(|r| self.used.contains(&r.name));
-                Some((name, row, read))
-            })
+        self.under
+            .iter()
+            .zip(&self.read)
+            .map(|((name, _), read)| (*name, registry::annotation(name), *read))
             .collect()
     }
 

@@ -76,7 +76,8 @@ pub struct ParsedIngress {
     pub object: ObjectRef,
     pub namespace: DnsLabel,
     pub created: Option<Time>,
-    pub annotations: Annotations,
+    /// Boxed: it is large, and Ingresses are sorted and moved whole.
+    pub annotations: Box<Annotations>,
     pub default_backend: Option<ServiceRef>,
     pub rules: Vec<ParsedRule>,
     pub tls: Vec<ParsedTls>,
@@ -150,7 +151,8 @@ pub fn parse(
     let ns = namespace
         .clone()
         .unwrap_or_else(|| DnsLabel::parse("invalid").expect("valid"));
-    let spec = ing.spec.clone().unwrap_or_default();
+    let empty = Default::default();
+    let spec: &k8s_openapi::api::networking::v1::IngressSpec = ing.spec.as_ref().unwrap_or(&empty);
 
     let default_backend = spec
         .default_backend
@@ -262,7 +264,7 @@ pub fn parse(
         object,
         namespace: ns,
         created: ing.metadata.creation_timestamp.clone(),
-        annotations,
+        annotations: Box::new(annotations),
         default_backend,
         rules,
         tls,

@@ -422,11 +422,12 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     }
     let (response_headers, request_headers) =
         global_headers(cluster, &settings, &opts.modules, b.problems);
-    if !opts.modules.headers_more {
-        let object = ObjectRef::cluster_scoped(Kind::ConfigMap, "--configmap");
-        if settings.hsts && !b.tls_hosts.is_empty() {
-            b.problems.push(Problem::warning(&object, Some("data[\"hsts\"]".into()), "nginx's headers-more module (Debian's libnginx-mod-http-headers-more-filter) is not installed: no Strict-Transport-Security header is sent"));
-        }
+    let object = ObjectRef::cluster_scoped(Kind::ConfigMap, "--configmap");
+    if !opts.modules.headers_more && settings.hsts && !b.tls_hosts.is_empty() {
+        b.problems.push(Problem::warning(&object, Some("data[\"hsts\"]".into()), "nginx's headers-more module (Debian's libnginx-mod-http-headers-more-filter) is not installed: no Strict-Transport-Security header is sent"));
+    }
+    if !opts.modules.brotli && settings.enable_brotli {
+        b.problems.push(Problem::warning(&object, Some("data[\"enable-brotli\"]".into()), "nginx's brotli module (Debian's libnginx-mod-http-brotli-filter) is not installed: answers are not compressed with brotli"));
     }
 
     certs.used.remove(&default_certificate.name);
@@ -1300,7 +1301,8 @@ impl<'p> Builder<'p, '_> {
             },
         };
 
-        let mut exact: BTreeMap<HttpPath, Location> = BTreeMap::new();
+        // Boxed: a map node holds eleven entries, and a location is large.
+        let mut exact: BTreeMap<HttpPath, Box<Location>> = BTreeMap::new();
         let mut dirs: Vec<Location> = Vec::new();
         let mut root: Option<Location> = None;
         let mut exact_regexes: Vec<Location> = Vec::new();
@@ -1309,7 +1311,7 @@ impl<'p> Builder<'p, '_> {
         let mut rules = BTreeSet::new();
         for (key, route) in &own.routes {
             let ing = &self.parsed[route.ing];
-            ingresses.insert(ing.key.to_string());
+            ingresses.insert(route.ing);
             // `spec.rules[i].http.paths[j]` → `spec.rules[i]`.
             let rule = route.path.field.split(".http").next().unwrap_or_default();
             rules.insert((route.ing, rule));
@@ -1350,10 +1352,10 @@ impl<'p> Builder<'p, '_> {
                 RouteKey::Exact(p) => {
                     exact.insert(
                         p.clone(),
-                        Location {
+                        Box::new(Location {
                             matcher: Match::Exact(p.clone()),
                             ..first
-                        },
+                        }),
                     );
                 }
                 RouteKey::Prefix(p) if p.as_str() == "/" => root = Some(first),
@@ -1373,7 +1375,7 @@ impl<'p> Builder<'p, '_> {
                     // rule for `/p` already does.
                     exact
                         .entry(p.clone())
-                        .or_insert_with(|| loc(Match::Exact(p.clone())));
+                        .or_insert_with(|| Box::new(loc(Match::Exact(p.clone()))));
                     dirs.push(Location {
                         matcher: Match::PrefixDir(p.clone()),
                         ..first
@@ -1392,7 +1394,7 @@ impl<'p> Builder<'p, '_> {
             }
         }
         if let Some((DefaultFrom::Ingress(ing), _)) = default {
-            ingresses.insert(self.parsed[*ing].key.to_string());
+            ingresses.insert(*ing);
             rules.insert((*ing, "spec.defaultBackend"));
         }
         // nginx tries regular expressions in order: longest path first.
@@ -1418,7 +1420,7 @@ impl<'p> Builder<'p, '_> {
                 ));
             }
         }
-        let mut locations: Vec<Location> = exact.into_values().collect();
+        let mut locations: Vec<Location> = exact.into_values().map(|l| *l).collect();
         locations.extend(dirs);
         locations.push(root.unwrap_or(fallback));
         locations.extend(exact_regexes);
@@ -1428,7 +1430,14 @@ impl<'p> Builder<'p, '_> {
             server_name: host.map_or("_".to_string(), HostPattern::server_name),
             host: host.cloned(),
             certificate,
-            ingresses: ingresses.into_iter().collect(),
+            ingresses: {
+                let mut keys: Vec<String> = ingresses
+                    .into_iter()
+                    .map(|i| self.parsed[i].key.to_string())
+                    .collect();
+                keys.sort();
+                keys
+            },
             rules: rules
                 .into_iter()
                 .map(|(ing, field)| self.source(ing, field))
@@ -1475,13 +1484,13 @@ impl<'p> Builder<'p, '_> {
                 let (service, port) = ing
                     .and_then(|i| self.backend_of(i, &src.field))
                     .unwrap_or_default();
-                Some(crate::config::LocationVars {
+                Some(Box::new(crate::config::LocationVars {
                     namespace: src.namespace.clone(),
                     ingress: src.name.clone(),
                     service,
                     port,
                     path: path.to_string(),
-                })
+                }))
             }
             _ => None,
         };

@@ -317,3 +317,127 @@ impl Interner {
         a
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidrs(list: &[&str]) -> Vec<Cidr> {
+        list.iter().map(|c| Cidr::parse(c).unwrap()).collect()
+    }
+
+    fn shown(r: &AccessRules) -> Vec<String> {
+        let mut out: Vec<String> = r
+            .rules
+            .iter()
+            .map(|a| format!("{} {}", if a.allow { "allow" } else { "deny" }, a.network))
+            .collect();
+        if r.deny_rest {
+            out.push("deny all".into());
+        }
+        out
+    }
+
+    #[test]
+    fn access_rules_block_then_deny_then_allow() {
+        let r = rules(
+            &cidrs(&["10.0.0.0/8"]),
+            &cidrs(&["10.1.0.0/16"]),
+            &cidrs(&["192.0.2.1"]),
+        );
+        assert_eq!(
+            shown(&r),
+            [
+                "deny 192.0.2.1",
+                "deny 10.1.0.0/16",
+                "allow 10.0.0.0/8",
+                "deny all"
+            ]
+        );
+        // Without an allow list, the rest is allowed.
+        assert_eq!(
+            shown(&rules(&[], &cidrs(&["10.1.0.0/16"]), &[])),
+            ["deny 10.1.0.0/16"]
+        );
+    }
+
+    #[test]
+    fn an_ingress_list_replaces_the_global_one_of_its_kind() {
+        let s = Settings {
+            whitelist_source_range: cidrs(&["10.0.0.0/8"]),
+            denylist_source_range: cidrs(&["10.9.0.0/16"]),
+            block_cidrs: cidrs(&["192.0.2.1"]),
+            ..Settings::default()
+        };
+        // Neither set: the global rules apply at the http level.
+        assert!(access_rules(None, None, &s).is_none());
+        let own = cidrs(&["172.16.0.0/12"]);
+        assert_eq!(
+            shown(&access_rules(Some(&own), None, &s).unwrap()),
+            [
+                "deny 192.0.2.1",
+                "deny 10.9.0.0/16",
+                "allow 172.16.0.0/12",
+                "deny all"
+            ]
+        );
+        assert_eq!(
+            shown(&access_rules(None, Some(&own), &s).unwrap()),
+            [
+                "deny 192.0.2.1",
+                "deny 172.16.0.0/12",
+                "allow 10.0.0.0/8",
+                "deny all"
+            ]
+        );
+    }
+
+    #[test]
+    fn fastcgi_parameters_as_ingress_nginx_allowed_them() {
+        let p = fastcgi_param("SCRIPT_FILENAME", "/var/www/$fastcgi_script_name").unwrap();
+        assert_eq!(p.name, "SCRIPT_FILENAME");
+        assert!(fastcgi_param("EMPTY", "").is_ok());
+        for (k, v) in [
+            ("", "x"),
+            ("A B", "x"),
+            ("A;", "x"),
+            ("A", "x y"),
+            ("A", "x;"),
+            ("A", "\"x\""),
+            ("A", "$unknown_variable"),
+        ] {
+            assert!(fastcgi_param(k, v).is_err(), "{k:?}: {v:?}");
+        }
+    }
+
+    fn cm(data: &[(&str, &str)]) -> ConfigMap {
+        ConfigMap {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..ConfigMap::default()
+        }
+    }
+
+    #[test]
+    fn custom_headers_must_be_allowed_by_the_global_setting() {
+        let mut s = Settings::default();
+        assert!(
+            custom_headers(&cm(&[("X-Team", "shop")]), &s)
+                .unwrap_err()
+                .contains("global-allowed-response-headers")
+        );
+        s.global_allowed_response_headers = vec!["x-team".into()];
+        let h = custom_headers(&cm(&[("X-Team", "shop")]), &s).unwrap();
+        assert_eq!(h.len(), 1);
+        assert!(custom_headers(&cm(&[("X-Team", "a\nb")]), &s).is_err());
+        assert!(custom_headers(&cm(&[("X Team", "a")]), &s).is_err());
+        assert!(
+            custom_headers(&cm(&[]), &s)
+                .unwrap_err()
+                .contains("no headers")
+        );
+    }
+}

@@ -89,10 +89,26 @@ enum Read {
     },
 }
 
-/// Reads and parses a file, unless its hash says it did not change. Pure
-/// apart from the reading, so files can be read on several threads.
-fn read(path: &Path, previous_hash: Option<[u8; 32]>) -> Read {
-    let meta = match std::fs::metadata(path) {
+/// Reads and parses a file, unless its hash says it did not change, and
+/// says whether the path is a symlink. Pure apart from the reading, so
+/// files can be read on several threads.
+fn read(path: &Path, previous_hash: Option<[u8; 32]>) -> (Read, bool) {
+    let link = std::fs::symlink_metadata(path);
+    let is_link = link.as_ref().is_ok_and(|m| m.file_type().is_symlink());
+    // A plain file's own metadata is what `stat` would say.
+    let meta = match link {
+        Ok(m) if !is_link => Ok(m),
+        _ => std::fs::metadata(path),
+    };
+    (read_with(path, meta, previous_hash), is_link)
+}
+
+fn read_with(
+    path: &Path,
+    meta: std::io::Result<std::fs::Metadata>,
+    previous_hash: Option<[u8; 32]>,
+) -> Read {
+    let meta = match meta {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Read::Gone,
         Err(e) => return Read::Unreadable(format!("cannot be read: {e}")),
@@ -195,8 +211,8 @@ impl Folder {
         let results = crate::parallel::map(&stale, |(name, hash)| {
             (name.clone(), read(&dir.join(name), *hash))
         });
-        for (name, r) in results {
-            changed |= self.store(name, r);
+        for (name, (r, link)) in results {
+            changed |= self.store(name, r, link);
         }
         Ok(changed)
     }
@@ -238,14 +254,12 @@ impl Folder {
             return false;
         };
         let hash = self.files.get(&name).map(|st| st.hash);
-        let r = read(path, hash);
-        self.store(name, r)
+        let (r, link) = read(path, hash);
+        self.store(name, r, link)
     }
 
     /// Records what reading a file found. Returns whether anything changed.
-    fn store(&mut self, name: String, r: Read) -> bool {
-        let link = std::fs::symlink_metadata(self.dir.join(&name))
-            .is_ok_and(|m| m.file_type().is_symlink());
+    fn store(&mut self, name: String, r: Read, link: bool) -> bool {
         let changed = self.store_read(&name, r);
         if let Some(st) = self.files.get_mut(&name) {
             st.link = link;

@@ -273,9 +273,12 @@ pub const ALLOWED_VARIABLES: &[&str] = &[
     "request_method",
 ];
 
-/// Checks that every `$` of `s` starts one of [`ALLOWED_VARIABLES`]
-/// (`$name` or `${name}`), and returns how many there are.
-fn check_variables(s: &str) -> Result<usize, Invalid> {
+/// Calls `each` with the name of every variable `s` names (`$name` or
+/// `${name}`), in order; returns how many there are.
+fn each_variable(
+    s: &str,
+    mut each: impl FnMut(&str) -> Result<(), Invalid>,
+) -> Result<usize, Invalid> {
     let b = s.as_bytes();
     let mut count = 0;
     let mut i = 0;
@@ -295,20 +298,29 @@ fn check_variables(s: &str) -> Result<usize, Invalid> {
                 .map_or(s.len(), |e| i + 1 + e);
             (&s[i + 1..end], end)
         };
-        if !ALLOWED_VARIABLES.contains(&name) {
-            return invalid(format!(
-                "'$' may only start one of the variables {}",
-                ALLOWED_VARIABLES
-                    .iter()
-                    .map(|v| format!("${v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
+        each(name)?;
         count += 1;
         i = next;
     }
     Ok(count)
+}
+
+/// Checks that every `$` of `s` starts one of [`ALLOWED_VARIABLES`]
+/// (`$name` or `${name}`), and returns how many there are.
+fn check_variables(s: &str) -> Result<usize, Invalid> {
+    each_variable(s, |name| {
+        if ALLOWED_VARIABLES.contains(&name) {
+            return Ok(());
+        }
+        invalid(format!(
+            "'$' may only start one of the variables {}",
+            ALLOWED_VARIABLES
+                .iter()
+                .map(|v| format!("${v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
 }
 
 fn is_uri_char(b: u8) -> bool {
@@ -897,30 +909,14 @@ pub fn check_known_variables(s: &str) -> Result<(), Invalid> {
     if s.chars().any(|c| c.is_control()) {
         return invalid("may not contain control characters");
     }
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] != b'$' {
-            i += 1;
-            continue;
-        }
-        let (name, next) = if b.get(i + 1) == Some(&b'{') {
-            let end = s[i + 2..]
-                .find('}')
-                .ok_or_else(|| Invalid("'${' without a closing '}'".into()))?;
-            (&s[i + 2..i + 2 + end], i + 3 + end)
+    each_variable(s, |name| {
+        if known_variable(name) {
+            Ok(())
         } else {
-            let end = s[i + 1..]
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .map_or(s.len(), |e| i + 1 + e);
-            (&s[i + 1..end], end)
-        };
-        if !known_variable(name) {
-            return invalid(format!("${name} is not a variable nginx knows"));
+            invalid(format!("${name} is not a variable nginx knows"))
         }
-        i = next;
-    }
-    Ok(())
+    })
+    .map(drop)
 }
 
 /// Text that nginx expands variables in, checked by
