@@ -16,7 +16,7 @@ Each change is broken down with wicket's `reloaded nginx` log line:
   first-answer = 200 seen - log time (the poll is every 2 ms)
 
     bench/change-to-traffic.py [--ingresses 1000] [--changes 10] [--debounce-ms MS]
-                               [--templates DIR]
+                               [--templates DIR] [--annotated]
 
 Targets: median <= 300 ms, none over 2 s, no failed request.
 """
@@ -105,11 +105,13 @@ def main() -> int:
     ap.add_argument("--load-interval", type=float, default=0.005, help="seconds between load requests")
     ap.add_argument("--backend-port", type=int, default=18080)
     ap.add_argument("--templates", help="passed to wicket serve as --templates")
+    ap.add_argument("--annotated", action="store_true",
+                    help="every Ingress (and every new one) carries five typical annotations")
     a = ap.parse_args()
 
     if os.environ.get("WICKET_NO_BUILD") != "1":
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
-    src = sh(f"manifests {a.ingresses}")
+    src = sh(f"ANNOTATED={int(a.annotated)} manifests {a.ingresses}")
     shutil.rmtree(OUT, ignore_errors=True)
     manifests = os.path.join(OUT, "manifests")
     shutil.copytree(src, manifests)
@@ -157,7 +159,7 @@ def main() -> int:
             idx = a.ingresses + k
             before = len(reload_lines(log_path))
             t0 = time.time()
-            gen.write(manifests, idx, a.backend_port)
+            gen.write(manifests, idx, a.backend_port, annotated=a.annotated)
             host, want = gen.host(idx), gen.address(idx)
             while True:
                 try:

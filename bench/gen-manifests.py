@@ -9,6 +9,11 @@ distinct loopback address per Ingress (see `address`), all on one port so a
 single backend listening on 0.0.0.0:PORT answers for all of them.
 
     gen-manifests.py --count N --out DIR [--start S] [--port P] [--namespaces 50]
+                     [--annotated]
+
+--annotated gives every Ingress five typical ingress-nginx annotations
+(ANNOTATIONS: proxy-body-size, proxy-read-timeout, ssl-redirect,
+rewrite-target, enable-cors).
 
 --start S writes Ingresses S..S+N-1 (used to add new Ingresses to a folder
 that already holds 0..S-1). The folder is created if missing; existing files
@@ -39,15 +44,28 @@ def host(i: int) -> str:
     return f"app-{i}.bench.test"
 
 
-def manifest(i: int, port: int, namespaces: int = NAMESPACES) -> str:
+# Five annotations an Ingress moved from ingress-nginx typically carries.
+ANNOTATIONS = {
+    "nginx.ingress.kubernetes.io/proxy-body-size": "8m",
+    "nginx.ingress.kubernetes.io/proxy-read-timeout": "120",
+    "nginx.ingress.kubernetes.io/ssl-redirect": "false",
+    "nginx.ingress.kubernetes.io/rewrite-target": "/",
+    "nginx.ingress.kubernetes.io/enable-cors": "true",
+}
+
+
+def manifest(i: int, port: int, namespaces: int = NAMESPACES, annotated: bool = False) -> str:
     ns = namespace(i, namespaces)
     name = f"app-{i}"
+    meta = ""
+    if annotated:
+        meta = "  annotations:\n" + "".join(f'    {k}: "{v}"\n' for k, v in ANNOTATIONS.items())
     return f"""apiVersion: networking.k8s.io/v1
 kind: Ingress
 metadata:
   name: {name}
   namespace: {ns}
-spec:
+{meta}spec:
   rules:
   - host: {host(i)}
     http:
@@ -83,12 +101,12 @@ endpoints:
 """
 
 
-def write(out: str, i: int, port: int, namespaces: int = NAMESPACES) -> str:
+def write(out: str, i: int, port: int, namespaces: int = NAMESPACES, annotated: bool = False) -> str:
     """Writes Ingress i atomically (temp file + rename); returns the path."""
     path = os.path.join(out, f"app-{i:06d}.yaml")
     tmp = os.path.join(out, f".app-{i:06d}.yaml.tmp")
     with open(tmp, "w") as f:
-        f.write(manifest(i, port, namespaces))
+        f.write(manifest(i, port, namespaces, annotated))
     os.rename(tmp, path)
     return path
 
@@ -100,10 +118,11 @@ def main() -> int:
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--port", type=int, default=18080)
     ap.add_argument("--namespaces", type=int, default=NAMESPACES)
+    ap.add_argument("--annotated", action="store_true", help="five typical annotations on every Ingress")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     for i in range(a.start, a.start + a.count):
-        write(a.out, i, a.port, a.namespaces)
+        write(a.out, i, a.port, a.namespaces, a.annotated)
     return 0
 
 

@@ -19,13 +19,18 @@ ensure_wicket() {
 }
 
 # manifests N: prints the folder holding N generated Ingresses (generated
-# once, reused by every script and by benches/pipeline.rs).
+# once, reused by every script and by benches/pipeline.rs). With
+# ANNOTATED=1, the variant whose Ingresses carry five typical annotations
+# (folder N-annotated).
 manifests() {
-  local n=$1 dir=$MANIFESTS_ROOT/$1 have
+  local n=$1 dir=$MANIFESTS_ROOT/$1 have flags=()
+  if [[ ${ANNOTATED:-} == 1 ]]; then
+    dir=$MANIFESTS_ROOT/$1-annotated; flags=(--annotated)
+  fi
   have=$(find "$dir" -maxdepth 1 -name '*.yaml' 2>/dev/null | wc -l)
   if [[ $have != "$n" ]]; then
     rm -rf "$dir"
-    python3 "$BENCH_DIR/gen-manifests.py" --count "$n" --out "$dir" || die "generator failed"
+    python3 "$BENCH_DIR/gen-manifests.py" --count "$n" --out "$dir" "${flags[@]}" || die "generator failed"
   fi
   printf '%s\n' "$dir"
 }

@@ -10,8 +10,10 @@
 #   bench/render-scale.sh [SIZE...]        default: 1000 10000 50000
 #   RUNS=5 (default) WICKET_NO_BUILD=1 (use $WICKET, default
 #   target/release/wicket, as is) TEMPLATES=DIR (passed as --templates DIR)
+#   ANNOTATED=1: every Ingress carries five typical annotations (see
+#   gen-manifests.py --annotated)
 #
-# Output folder: target/bench-out/render-scale/N/{nginx.conf,certs,tmp}.
+# Output folder: target/bench-out/render-scale/N[-annotated]/{nginx.conf,certs,tmp}.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -29,6 +31,7 @@ summary=()
 for n in "${sizes[@]}"; do
   dir=$(manifests "$n")
   state=$out_root/$n
+  [[ ${ANNOTATED:-} != 1 ]] || state=$out_root/$n-annotated
   rm -rf "$state"; mkdir -p "$state/tmp"
   self_signed "$state"
   : >"$state/render.times"; : >"$state/render.rss"; : >"$state/nginx.times"; : >"$state/nginx.rss"
