@@ -70,12 +70,25 @@ pub struct Modules {
     pub headers_more: bool,
     /// `ngx_http_brotli_filter_module`.
     pub brotli: bool,
+    /// `ngx_http_set_misc_module` and the `ndk_http_module` it needs
+    /// (`set_escape_uri`, `set_secure_random_alphanum`...): loaded for
+    /// snippets written for ingress-nginx, whose image had it.
+    pub set_misc: bool,
+    /// `ngx_http_subs_filter_module` (`subs_filter`): the same, for the
+    /// substitutions filter ingress-nginx's image had.
+    pub subs_filter: bool,
 }
 
 /// The file of the headers-more module.
 pub const HEADERS_MORE_MODULE: &str = "ngx_http_headers_more_filter_module.so";
 /// The file of the brotli module.
 pub const BROTLI_MODULE: &str = "ngx_http_brotli_filter_module.so";
+/// The file of the Nginx Development Kit, which set-misc needs first.
+pub const NDK_MODULE: &str = "ndk_http_module.so";
+/// The file of the set-misc module.
+pub const SET_MISC_MODULE: &str = "ngx_http_set_misc_module.so";
+/// The file of the substitutions filter module.
+pub const SUBS_FILTER_MODULE: &str = "ngx_http_subs_filter_module.so";
 
 impl Modules {
     /// The modules installed in `dir`.
@@ -84,7 +97,27 @@ impl Modules {
             dir: dir.display().to_string(),
             headers_more: dir.join(HEADERS_MORE_MODULE).is_file(),
             brotli: dir.join(BROTLI_MODULE).is_file(),
+            set_misc: dir.join(NDK_MODULE).is_file() && dir.join(SET_MISC_MODULE).is_file(),
+            subs_filter: dir.join(SUBS_FILTER_MODULE).is_file(),
         }
+    }
+
+    /// The `.so` files to load, in order (a module before those that need
+    /// it); brotli only when it is used.
+    pub fn to_load(&self, brotli: bool) -> Vec<String> {
+        let dir = std::path::Path::new(&self.dir);
+        let files = [
+            (self.headers_more, HEADERS_MORE_MODULE),
+            (self.set_misc, NDK_MODULE),
+            (self.set_misc, SET_MISC_MODULE),
+            (self.subs_filter, SUBS_FILTER_MODULE),
+            (self.brotli && brotli, BROTLI_MODULE),
+        ];
+        files
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, f)| dir.join(f).display().to_string())
+            .collect()
     }
 }
 

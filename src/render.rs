@@ -717,18 +717,7 @@ struct Head<'a> {
 impl<'a> Head<'a> {
     fn of(c: &'a Config) -> Self {
         let s = &c.settings;
-        let dir = std::path::Path::new(&c.modules.dir);
-        let mut load_modules = Vec::new();
-        if c.modules.headers_more {
-            load_modules.push(
-                dir.join(crate::config::HEADERS_MORE_MODULE)
-                    .display()
-                    .to_string(),
-            );
-        }
-        if c.modules.brotli && s.enable_brotli {
-            load_modules.push(dir.join(crate::config::BROTLI_MODULE).display().to_string());
-        }
+        let load_modules = c.modules.to_load(s.enable_brotli);
         Head {
             http_port: c.http_port,
             https_port: c.https_port,

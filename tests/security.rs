@@ -148,7 +148,12 @@ async fn hostile_values_in_every_field_are_refused_or_contained() {
                 .collect();
             assert_eq!(
                 modules,
-                ["load_module /usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so;"],
+                [
+                    "load_module /usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so;",
+                    "load_module /usr/lib/nginx/modules/ndk_http_module.so;",
+                    "load_module /usr/lib/nginx/modules/ngx_http_set_misc_module.so;",
+                    "load_module /usr/lib/nginx/modules/ngx_http_subs_filter_module.so;",
+                ],
                 "payload {i} in {field}"
             );
             let bad = w.get("bad.example.com", "/").await;
@@ -221,6 +226,27 @@ async fn snippets_are_refused_unless_allowed_and_a_bad_one_is_quarantined() {
         })
         .await;
     assert_eq!(a.headers["x-snippet"], "yes");
+    // Snippets written for ingress-nginx use the modules its image had:
+    // its documented example (more_set_headers), set-misc, subs_filter.
+    w.write(
+        "modules.yaml",
+        &snippet(
+            "modules",
+            "modules.example.com",
+            "more_set_headers \"Request-Id: $req_id\";\nset_escape_uri $escaped \"a b\";\nmore_set_headers \"X-Escaped: $escaped\";\nsubs_filter_types application/json;\nsubs_filter \"x-forwarded-scheme\" \"substituted\";",
+        ),
+    );
+    let a = w
+        .eventually(
+            "modules.example.com",
+            "/",
+            "served with the module directives",
+            |a| a.who() == "web",
+        )
+        .await;
+    assert_eq!(a.headers["x-escaped"], "a%20b", "{a:?}");
+    assert_eq!(a.headers["request-id"].len(), 32, "{a:?}");
+    assert!(a.text.contains("substituted"), "{a:?}");
 
     // A snippet that is whole directives but that nginx refuses: that
     // Ingress is quarantined, the others keep being served and changed.
