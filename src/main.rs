@@ -76,10 +76,18 @@ struct CheckArgs {
 /// What decides the config: flags shared by every command.
 #[derive(Args, Clone)]
 struct BuildArgs {
-    /// The IngressClass name to serve.
+    /// The class name for the legacy kubernetes.io/ingress.class
+    /// annotation and --ingress-class-by-name (the chart's IngressClass
+    /// has this name).
     #[arg(long, env = "WICKET_INGRESS_CLASS", default_value = "wicket")]
     ingress_class: String,
-    /// The spec.controller an IngressClass of that name must have.
+    /// Serve spec.ingressClassName equal to --ingress-class even when no
+    /// IngressClass of that name exists [default: true for render, check
+    /// and serve, false for controller].
+    #[arg(long, env = "WICKET_INGRESS_CLASS_BY_NAME", action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    ingress_class_by_name: Option<bool>,
+    /// The spec.controller of the IngressClasses wicket serves (every one,
+    /// whatever its name).
     #[arg(
         long,
         env = "WICKET_CONTROLLER_CLASS",
@@ -251,7 +259,10 @@ struct ControllerArgs {
 
 fn build_options(
     b: &BuildArgs,
-    without_class_default: bool,
+    // A folder of manifests (render, check, serve) rather than the cluster:
+    // class-less Ingresses and a class without its IngressClass object are
+    // served by default.
+    from_files: bool,
     http_port: u16,
     https_port: u16,
     allow_local_backends: bool,
@@ -260,9 +271,8 @@ fn build_options(
         class: ClassOptions {
             ingress_class: b.ingress_class.clone(),
             controller_class: b.controller_class.clone(),
-            watch_without_class: b
-                .watch_ingress_without_class
-                .unwrap_or(without_class_default),
+            watch_without_class: b.watch_ingress_without_class.unwrap_or(from_files),
+            by_name: b.ingress_class_by_name.unwrap_or(from_files),
         },
         annotations_prefix: b.annotations_prefix.clone(),
         http_port,

@@ -27,6 +27,7 @@ fn opts() -> Options {
     Options {
         class: ClassOptions {
             watch_without_class: true,
+            by_name: true,
             ..ClassOptions::default()
         },
         annotations_prefix: build::DEFAULT_ANNOTATIONS_PREFIX.into(),
@@ -46,6 +47,8 @@ fn opts() -> Options {
             dir: "/usr/lib/nginx/modules".into(),
             headers_more: true,
             brotli: true,
+            set_misc: true,
+            subs_filter: true,
         },
     }
 }
@@ -168,7 +171,9 @@ fn the_oldest_ingress_wins_a_conflict_and_the_loser_is_told() {
     // "aaa" sorts first by name, but is newer: the older "zzz" wins.
     let b = run(&format!(
         "{BACKENDS}{}{}",
-        ingress("aaa", newer, &simple_rule("a.example.com", "/x", "Prefix")),
+        // Prefix `/x/` and ImplementationSpecific `/x/` (a Prefix outside
+        // regex mode) are the same path; `/x` and `/x/` would be twins.
+        ingress("aaa", newer, &simple_rule("a.example.com", "/x/", "Prefix")),
         ingress(
             "zzz",
             older,
@@ -553,6 +558,8 @@ fn a_setting_that_needs_a_missing_module_is_reported() {
         dir: "/nowhere".into(),
         headers_more: false,
         brotli: false,
+        set_misc: false,
+        subs_filter: false,
     };
     o.configmap = Some("shop/settings".parse().unwrap());
     let yaml = format!(

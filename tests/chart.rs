@@ -711,6 +711,8 @@ const VARIANTS: &[Variant] = &[
             "ingressClass.name=nginx",
             "ingressClass.controllerValue=k8s.io/ingress-nginx",
             "ingressClass.create=false",
+            "ingressClass.otherNames={internal}",
+            "ingressClass.byName=true",
             "webhook.enabled=true",
         ],
         check: |docs| {
@@ -726,6 +728,15 @@ const VARIANTS: &[Variant] = &[
                 .as_str()
                 .unwrap();
             assert!(cel.contains("== 'nginx'"), "{cel}");
+            // The other classes of the controller reach the webhook too.
+            assert!(
+                cel.contains("object.spec.ingressClassName in ['nginx', 'internal']"),
+                "{cel}"
+            );
+            assert!(
+                a.contains(&"--ingress-class-by-name=true".to_string()),
+                "{a:?}"
+            );
         },
     },
 ];

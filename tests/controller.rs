@@ -191,6 +191,48 @@ async fn routes_status_and_events_follow_the_api() {
     w.eventually("a.example.com", "/v2", "served again", |a| a.who() == "api")
         .await;
 
+    // Every IngressClass of our controller is served, whatever its name,
+    // with its status; one of another controller is left alone.
+    apply(
+        &s.admin,
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: internal}\nspec: {controller: wicket.dev/ingress-controller}\n---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: other}\nspec: {controller: example.com/other}\n",
+    )
+    .await;
+    apply(
+        &s.admin,
+        &ingress_yaml(
+            "shop",
+            "internal",
+            "internal",
+            "b.example.com",
+            &[("/", "api")],
+        ),
+    )
+    .await;
+    apply(
+        &s.admin,
+        &ingress_yaml("shop", "foreign", "other", "c.example.com", &[("/", "api")]),
+    )
+    .await;
+    w.eventually("b.example.com", "/", "a second class of ours served", |a| {
+        a.who() == "api"
+    })
+    .await;
+    assert_eq!(w.get("a.example.com", "/").await.who(), "web");
+    eventually("status of the second class published", || async {
+        (status_of(&s.admin, "shop", "internal").await == ["203.0.113.7"]).then_some(())
+    })
+    .await;
+    assert_eq!(w.get("c.example.com", "/").await.status, 404);
+    assert!(status_of(&s.admin, "shop", "foreign").await.is_empty());
+    // A class without its IngressClass object is nobody's in controller
+    // mode (no --ingress-class-by-name).
+    apply(
+        &s.admin,
+        &ingress_yaml("shop", "ghost", "ghost", "d.example.com", &[("/", "api")]),
+    )
+    .await;
+
     // Another class: no longer ours, so the route goes and the status is cleared.
     apply(
         &s.admin,
@@ -206,6 +248,9 @@ async fn routes_status_and_events_follow_the_api() {
             .then_some(())
     })
     .await;
+    assert_eq!(w.get("d.example.com", "/").await.status, 404);
+    assert!(status_of(&s.admin, "shop", "ghost").await.is_empty());
+    assert!(status_of(&s.admin, "shop", "foreign").await.is_empty());
 
     // Only Secrets a served Ingress references reach the disk.
     let (cert, key) = cert_for(&["a.example.com"]);

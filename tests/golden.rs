@@ -26,6 +26,7 @@ fn render(dir: &str) -> (String, Vec<String>, std::sync::Arc<wicket::config::Con
     let opts = Options {
         class: ClassOptions {
             watch_without_class: true,
+            by_name: true,
             ..ClassOptions::default()
         },
         annotations_prefix: build::DEFAULT_ANNOTATIONS_PREFIX.into(),

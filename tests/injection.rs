@@ -26,6 +26,7 @@ fn options() -> Options {
     Options {
         class: ClassOptions {
             watch_without_class: true,
+            by_name: true,
             ..ClassOptions::default()
         },
         configmap: Some("p/settings".parse().unwrap()),

@@ -169,6 +169,94 @@ async fn path_types_longest_match_and_never_a_redirect() {
     }
 }
 
+/// ingress-nginx's path-matching guide: Prefix `/foo/bar` and `/foo/bar/`
+/// on one host are both served; the longer as written takes `/foo/bar/`
+/// and below, the other `/foo/bar` itself. Across Ingresses too, and in
+/// regex mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_twins_split_by_the_trailing_slash() {
+    let (_b, svcs) = backends("t", &["service1", "service2", "other"]).await;
+    let twins = &[
+        ("/foo/bar", "Prefix", "service1", 80),
+        ("/foo/bar/", "Prefix", "service2", 80),
+    ];
+    let plain = ingress("t", "plain", "", "twins.example.com", twins);
+    // On a host that another Ingress puts in regex mode, the twins'
+    // locations become regular expressions, with the same split.
+    let regex = ingress("t", "regex", "", "regex.example.com", twins);
+    let regex_mode = ingress(
+        "t",
+        "regex-mode",
+        "  annotations: {nginx.ingress.kubernetes.io/use-regex: \"true\"}\n",
+        "regex.example.com",
+        &[("/z[0-9]+", "ImplementationSpecific", "other", 80)],
+    );
+    // Twins in two Ingresses: neither is a conflict of the other.
+    let first = ingress(
+        "t",
+        "first",
+        "",
+        "apart.example.com",
+        &[("/foo/bar/", "Prefix", "service2", 80)],
+    );
+    let second = ingress(
+        "t",
+        "second",
+        "",
+        "apart.example.com",
+        &[
+            ("/foo/bar", "Prefix", "service1", 80),
+            ("/", "Prefix", "other", 80),
+        ],
+    );
+    let w = Wicket::start(&[
+        ("svc.yaml", &svcs),
+        ("plain.yaml", &plain),
+        ("regex.yaml", &regex),
+        ("regex-mode.yaml", &regex_mode),
+        ("first.yaml", &first),
+        ("second.yaml", &second),
+    ])
+    .await;
+    for host in [
+        "twins.example.com",
+        "regex.example.com",
+        "apart.example.com",
+    ] {
+        let miss = if host == "apart.example.com" {
+            "other"
+        } else {
+            "status 404"
+        };
+        for (path, want) in [
+            ("/foo/bar", "service1"),
+            ("/foo/bar?x=/", "service1"),
+            ("/foo/bar/", "service2"),
+            ("/foo/bar/x", "service2"),
+            ("/foo/bar/x/", "service2"),
+            ("/foo/barx", miss),
+            ("/foo", miss),
+            (
+                "/z12",
+                if host == "regex.example.com" {
+                    "other"
+                } else {
+                    miss
+                },
+            ),
+        ] {
+            let a = w.get(host, path).await;
+            assert_eq!(a.who(), want, "{host}{path}: {a:?}");
+            assert!(
+                a.headers.get("location").is_none(),
+                "{host}{path} redirected: {a:?}"
+            );
+        }
+    }
+    let logs = w.logs();
+    assert!(!logs.contains("not served"), "{logs}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_backends_503_and_404() {
     let (_b, svcs) = backends("site", &["app", "fallback", "catchall"]).await;
@@ -244,6 +332,16 @@ async fn ingress_classes_select_what_is_served() {
                 &class("theirs", "  ingressClassName: nginx\n"),
             ),
             ("none.yaml", &class("none", "")),
+            // Two more classes: one of our controller, one of another.
+            (
+                "classes.yaml",
+                "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: nginx-example}\nspec: {controller: wicket.dev/ingress-controller}\n---\napiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: nginx}\nspec: {controller: k8s.io/ingress-nginx}\n",
+            ),
+            (
+                "second.yaml",
+                &class("second", "  ingressClassName: nginx-example\n"),
+            ),
+            ("ghost.yaml", &class("ghost", "  ingressClassName: ghost\n")),
             (
                 "legacy.yaml",
                 &class("legacy", "").replace(
@@ -256,9 +354,12 @@ async fn ingress_classes_select_what_is_served() {
     )
     .await;
     for (host, want) in [
+        // No IngressClass named wicket: served by name (serve's default).
         ("ours.example.com", "web"),
+        ("second.example.com", "web"),
         ("legacy.example.com", "web"),
         ("theirs.example.com", "status 404"),
+        ("ghost.example.com", "status 404"),
         ("none.example.com", "status 404"),
     ] {
         assert_eq!(w.get(host, "/").await.who(), want, "{host}");
@@ -282,6 +383,7 @@ async fn ingress_classes_select_what_is_served() {
     );
     w.eventually("ours.example.com", "/", "dropped", |a| a.status == 404)
         .await;
+    assert_eq!(w.get("second.example.com", "/").await.who(), "web");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -672,7 +774,7 @@ async fn a_conflict_goes_to_the_oldest_ingress() {
         "  creationTimestamp: \"2024-01-01T00:00:00Z\"\n",
         "c.example.com",
         &[
-            ("/api/", "Prefix", "new", 80),
+            ("/api", "Prefix", "new", 80),
             ("/other", "Prefix", "new", 80),
         ],
     );

@@ -171,7 +171,17 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     let ours: Vec<_> = cluster
         .ingresses
         .iter()
-        .filter(|(_, ing)| class::is_ours(ing, cluster, &opts.class))
+        .filter(|(key, ing)| {
+            let ours = class::is_ours(ing, cluster, &opts.class);
+            if !ours && tracing::enabled!(tracing::Level::DEBUG) {
+                tracing::debug!(
+                    ingress = %key,
+                    "not served: {}",
+                    class::why_not_ours(ing, cluster, &opts.class)
+                );
+            }
+            ours
+        })
         .collect();
     // Each Ingress alone, on every core; its problems in order.
     let results = crate::parallel::map(&ours, |(key, ing)| {
@@ -573,14 +583,24 @@ fn hash_bucket_size(longest_name: usize) -> u32 {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum RouteKey {
     Exact(HttpPath),
-    Prefix(HttpPath),
+    /// The prefix form (no trailing `/`), and whether the path was written
+    /// with a trailing `/`. Prefix `/foo` and `/foo/` match the same
+    /// requests, so the Kubernetes rules leave the tie to the controller:
+    /// as in ingress-nginx, both are served, the longer one as written
+    /// (`/foo/`) taking `/foo/` and below, the other `/foo` itself. Twins:
+    /// see `Builder::server`.
+    Prefix(HttpPath, bool),
     Regex(RegexPath),
 }
 
 fn route_key(m: &PathMatch) -> RouteKey {
     match m {
         PathMatch::Exact(p) => RouteKey::Exact(p.clone()),
-        PathMatch::Prefix(p) => RouteKey::Prefix(p.as_prefix()),
+        PathMatch::Prefix(p) => {
+            let prefix = p.as_prefix();
+            let slash = prefix.as_str() != "/" && p.as_str().ends_with('/');
+            RouteKey::Prefix(prefix, slash)
+        }
         PathMatch::Regex(r) => RouteKey::Regex(r.clone()),
     }
 }
@@ -1358,8 +1378,20 @@ impl<'p> Builder<'p, '_> {
                         }),
                     );
                 }
-                RouteKey::Prefix(p) if p.as_str() == "/" => root = Some(first),
-                RouteKey::Prefix(p) if regex_mode => regexes.push((
+                RouteKey::Prefix(p, _) if p.as_str() == "/" => root = Some(first),
+                // The twin written with `/` takes `/p/` and below: a longer
+                // expression, so it is tried first.
+                RouteKey::Prefix(p, true) if regex_mode => regexes.push((
+                    p.as_str().len() + 1,
+                    Location {
+                        matcher: Match::Regex {
+                            regex: RegexPath::literal_dir(p),
+                            case_insensitive: false,
+                        },
+                        ..first
+                    },
+                )),
+                RouteKey::Prefix(p, _) if regex_mode => regexes.push((
                     p.as_str().len(),
                     Location {
                         matcher: Match::Regex {
@@ -1369,17 +1401,23 @@ impl<'p> Builder<'p, '_> {
                         ..first
                     },
                 )),
-                RouteKey::Prefix(p) => {
+                RouteKey::Prefix(p, slash) => {
                     // `location /p/` alone would answer `/p` with a redirect;
                     // the exact location serves it instead, unless an Exact
-                    // rule for `/p` already does.
+                    // rule for `/p` already does. Of twins, the one without
+                    // `/` (first in key order) serves `/p`, the other `/p/`
+                    // and below.
                     exact
                         .entry(p.clone())
                         .or_insert_with(|| Box::new(loc(Match::Exact(p.clone()))));
-                    dirs.push(Location {
-                        matcher: Match::PrefixDir(p.clone()),
-                        ..first
-                    });
+                    let twin =
+                        !slash && own.routes.get(&RouteKey::Prefix(p.clone(), true)).is_some();
+                    if !twin {
+                        dirs.push(Location {
+                            matcher: Match::PrefixDir(p.clone()),
+                            ..first
+                        });
+                    }
                 }
                 RouteKey::Regex(r) => regexes.push((
                     r.as_str().len(),

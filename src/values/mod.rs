@@ -402,6 +402,17 @@ impl RegexPath {
         RegexPath(out)
     }
 
+    /// A regular expression matching a literal path and a `/` at the start
+    /// of the URI: the path's subtree, without the path itself.
+    pub fn literal_dir(path: &HttpPath) -> RegexPath {
+        let p = path.as_prefix();
+        let mut out = Self::literal(&p).0;
+        if p.as_str() != "/" {
+            out.push('/');
+        }
+        RegexPath(out)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
