@@ -604,10 +604,13 @@ fn main() -> ExitCode {
     let checking = matches!(cli.command, Command::Check(_));
     let result = match cli.command {
         Command::Render(a) => {
-            wicket::engine::tune_allocator();
+            wicket::engine::tune_allocator_one_off();
             render(a)
         }
-        Command::Check(a) => check(a),
+        Command::Check(a) => {
+            wicket::engine::tune_allocator_one_off();
+            check(a)
+        }
         Command::Serve(a) => runtime().and_then(|rt| rt.block_on(serve(a))),
         Command::Controller(a) => runtime().and_then(|rt| rt.block_on(controller(*a))),
     };
