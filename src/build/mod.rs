@@ -641,6 +641,19 @@ impl<'p> Routes<'p> {
         }
     }
 
+    /// Whether Prefix `p` written with a trailing `/` is a route too (the
+    /// twin of Prefix `p`), found without building its key.
+    fn has_slash_twin(&self, p: &HttpPath) -> bool {
+        use std::cmp::Ordering;
+        self.0
+            .binary_search_by(|(k, _)| match k {
+                RouteKey::Exact(_) => Ordering::Less,
+                RouteKey::Prefix(q, slash) => q.cmp(p).then(slash.cmp(&true)),
+                RouteKey::Regex(_) => Ordering::Greater,
+            })
+            .is_ok()
+    }
+
     fn values(&self) -> impl Iterator<Item = &Route<'p>> {
         self.0.iter().map(|(_, r)| r)
     }
@@ -1410,8 +1423,7 @@ impl<'p> Builder<'p, '_> {
                     exact
                         .entry(p.clone())
                         .or_insert_with(|| Box::new(loc(Match::Exact(p.clone()))));
-                    let twin =
-                        !slash && own.routes.get(&RouteKey::Prefix(p.clone(), true)).is_some();
+                    let twin = !slash && own.routes.has_slash_twin(p);
                     if !twin {
                         dirs.push(Location {
                             matcher: Match::PrefixDir(p.clone()),
