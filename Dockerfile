@@ -22,8 +22,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # ---- runtime
 FROM debian:${DEBIAN_RELEASE}-slim
 COPY scripts/image/install-runtime.sh scripts/image/create-user.sh scripts/image/check.sh /usr/local/lib/wicket/image/
-# nginx-light with the headers-more, brotli, set-misc (with ndk) and
-# subs-filter modules, tini, curl, openssl;
+# nginx-light with the headers-more, brotli, set-misc (with ndk),
+# subs-filter and Lua (with lua-resty-core) modules, tini, curl, openssl;
 # a copy of nginx with cap_net_bind_service
 # (/usr/local/lib/wicket/nginx-low-ports) for ports below 1024.
 RUN WICKET_IMAGE_BUILD=1 /usr/local/lib/wicket/image/install-runtime.sh

@@ -3,7 +3,9 @@
 //! - `/healthz`, `/readyz`, `/metrics`: for kubelet probes and Prometheus.
 //! - `/config` (the nginx.conf nginx runs), `/config/candidate` (the last
 //!   config tried, with its `nginx -t` error if it failed), `/model` (the
-//!   Config model as JSON): they show every route and backend, so they
+//!   Config model as JSON), `/endpoints` (each upstream's endpoints as
+//!   nginx uses them now, updates without a reload included): they show
+//!   every route and backend, so they
 //!   never rest on who the peer seems to be (nginx itself connects from
 //!   127.0.0.1 when it proxies to a backend on this machine). They answer
 //!   on the unix socket `STATE/admin.sock` (mode 0600, in the private
@@ -246,6 +248,87 @@ async fn model(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     }
 }
 
+/// One upstream of `/endpoints`.
+#[derive(serde::Serialize)]
+struct UpstreamNow<'a> {
+    name: &'a str,
+    service: &'a str,
+    /// `update`: sent to nginx since it loaded its config; `config`: the
+    /// servers of the config it loaded.
+    source: &'static str,
+    endpoints: Vec<String>,
+}
+
+/// The endpoints nginx uses now: each upstream's from the last update
+/// nginx took (asked of an nginx worker on the status socket), else from
+/// the config it loaded. Only updates change an upstream's servers, so the
+/// servers of an upstream without one are those of the model.
+async fn endpoints(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(r) = inspect(&s, &headers) {
+        return r;
+    }
+    let model = s.status.inner.read().expect("status lock").model.clone();
+    let Some(model) = model else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no config is served yet\n".into(),
+        );
+    };
+    let mut updated: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut version = None;
+    if model.dynamic_endpoints {
+        let Some(socket) = s.metrics.status_socket() else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "nginx runs nowhere\n".into(),
+            );
+        };
+        let Some(report) = crate::nginx::query_status(&socket, "/wicket/endpoints").await else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "nginx did not answer on its status socket\n".into(),
+            );
+        };
+        let mut lines = report.lines();
+        version = lines.next().map(str::to_string);
+        for line in lines {
+            let mut words = line.split_whitespace();
+            if let Some(name) = words.next() {
+                updated.insert(name.to_string(), words.map(str::to_string).collect());
+            }
+        }
+    }
+    let upstreams: Vec<UpstreamNow> = model
+        .upstreams
+        .iter()
+        .map(|u| match updated.remove(&u.name) {
+            Some(endpoints) => UpstreamNow {
+                name: &u.name,
+                service: &u.service,
+                source: "update",
+                endpoints,
+            },
+            None => UpstreamNow {
+                name: &u.name,
+                service: &u.service,
+                source: "config",
+                endpoints: u.servers.iter().map(|s| s.to_string()).collect(),
+            },
+        })
+        .collect();
+    let body = serde_json::json!({
+        "dynamic": model.dynamic_endpoints,
+        "nginx": version,
+        "upstreams": upstreams,
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string_pretty(&body).unwrap_or_default(),
+    )
+        .into_response()
+}
+
 pub fn router(status: Status, metrics: Metrics, inspection: Inspection) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -254,6 +337,7 @@ pub fn router(status: Status, metrics: Metrics, inspection: Inspection) -> Route
         .route("/config", get(config))
         .route("/config/candidate", get(candidate))
         .route("/model", get(model))
+        .route("/endpoints", get(endpoints))
         .with_state(AdminState {
             status,
             metrics,

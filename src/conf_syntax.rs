@@ -68,6 +68,92 @@ fn unescape(raw: &str) -> String {
     out
 }
 
+/// Whether a `{` after these tokens opens the block of a
+/// `*_by_lua_block` directive (its name is the only word before it).
+fn opens_lua_block(tokens: &[Token]) -> bool {
+    let n = tokens.len();
+    let Some(Token::Value {
+        text,
+        quoted: false,
+        ..
+    }) = tokens.last()
+    else {
+        return false;
+    };
+    text.ends_with("_by_lua_block") && (n == 1 || !matches!(tokens[n - 2], Token::Value { .. }))
+}
+
+/// Where the `}` that closes a Lua block starting at `start` is, and the
+/// newlines before it: braces count outside Lua's strings and comments.
+fn lua_block_end(text: &str, start: usize) -> Option<(usize, usize)> {
+    let b = text.as_bytes();
+    // The end of a long bracket `[==[ ... ]==]` whose `[` is at `at`, or
+    // `None` if none starts there.
+    let long = |at: usize| -> Option<Option<usize>> {
+        let mut k = at + 1;
+        while b.get(k) == Some(&b'=') {
+            k += 1;
+        }
+        if b.get(k) != Some(&b'[') {
+            return None;
+        }
+        let level = k - at - 1;
+        let close = format!("]{}]", "=".repeat(level));
+        Some(text[k + 1..].find(&close).map(|e| k + 1 + e + close.len()))
+    };
+    let (mut i, mut depth, mut lines) = (start, 1usize, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'\n' => {
+                lines += 1;
+                i += 1;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                if b.get(i + 2) == Some(&b'[')
+                    && let Some(end) = long(i + 2)
+                {
+                    let end = end?;
+                    lines += text[i..end].matches('\n').count();
+                    i = end;
+                } else {
+                    i = text[i..].find('\n').map_or(b.len(), |e| i + e);
+                }
+            }
+            b'[' if long(i).is_some() => {
+                let end = long(i).flatten()?;
+                lines += text[i..end].matches('\n').count();
+                i = end;
+            }
+            q @ (b'"' | b'\'') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    if b.get(i) == Some(&b'\n') {
+                        lines += 1;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'{' => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some((i, lines));
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 /// Splits a config into tokens the way nginx does.
 pub fn tokenize(text: &str) -> Result<Vec<Token>, SyntaxError> {
     let mut out = Vec::new();
@@ -93,6 +179,24 @@ pub fn tokenize(text: &str) -> Result<Vec<Token>, SyntaxError> {
             ';' => {
                 out.push(Token::End { line });
                 chars.next();
+            }
+            '{' if opens_lua_block(&out) => {
+                // The Lua module reads its block as Lua, not as nginx
+                // tokens: one argument, as if quoted.
+                let start_line = line;
+                let Some((end, lines)) = lua_block_end(text, i + 1) else {
+                    return err(start_line, "unexpected end of file in a Lua block");
+                };
+                out.push(Token::Value {
+                    text: text[i + 1..end].to_string(),
+                    quoted: true,
+                    line: start_line,
+                });
+                out.push(Token::End {
+                    line: start_line + lines,
+                });
+                line += lines;
+                while chars.next_if(|&(j, _)| j <= end).is_some() {}
             }
             '{' => {
                 out.push(Token::Open { line });
@@ -338,6 +442,33 @@ mod tests {
         assert_eq!(words("a #c;\nb;"), ["a", "b", ";"]);
         assert_eq!(words("a b#c;"), ["a", "b#c", ";"]);
         assert_eq!(words("a 'x\"y';"), ["a", "'x\"y'", ";"]);
+    }
+
+    #[test]
+    fn lua_blocks_are_one_argument() {
+        let text = "http {\n    init_by_lua_block {\n        local t = { a = \"}\" } -- }\n        --[[ { ]] x = [==[ } ]==]\n    }\n    upstream u { balancer_by_lua_block { f(\"u\", 1) } keepalive 2; }\n}\n";
+        let shapes: Vec<String> = structure(text)
+            .unwrap()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            shapes,
+            [
+                "http/0",
+                "{",
+                "  init_by_lua_block/1",
+                "  upstream/1",
+                "{",
+                "    balancer_by_lua_block/1",
+                "    keepalive/1",
+                "}",
+                "}"
+            ]
+        );
+        assert!(structure("init_by_lua_block { x = '}' ").is_err());
+        // Only as a directive's name: `{` after other words opens a block.
+        assert!(structure("location x_by_lua_block { return 200; }").is_ok());
     }
 
     #[test]

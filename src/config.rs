@@ -54,6 +54,11 @@ pub struct Config {
     pub global_error_pages: Vec<ErrorPage>,
     /// The optional nginx modules that are loaded.
     pub modules: Modules,
+    /// Endpoints change without a reload (`--dynamic-endpoints` and the
+    /// Lua module): every upstream is balanced by `templates/balancer.lua`,
+    /// and one without endpoints keeps its block (a placeholder server
+    /// answering 503) so that endpoints can come back without a reload.
+    pub dynamic_endpoints: bool,
 }
 
 /// Optional nginx modules (Debian's `libnginx-mod-*` packages), loaded
@@ -77,6 +82,10 @@ pub struct Modules {
     /// `ngx_http_subs_filter_module` (`subs_filter`): the same, for the
     /// substitutions filter ingress-nginx's image had.
     pub subs_filter: bool,
+    /// `ngx_http_lua_module` (with the `ndk_http_module` it needs and
+    /// `lua-resty-core`): the balancer that takes endpoint changes without
+    /// a reload.
+    pub lua: bool,
 }
 
 /// The file of the headers-more module.
@@ -89,6 +98,8 @@ pub const NDK_MODULE: &str = "ndk_http_module.so";
 pub const SET_MISC_MODULE: &str = "ngx_http_set_misc_module.so";
 /// The file of the substitutions filter module.
 pub const SUBS_FILTER_MODULE: &str = "ngx_http_subs_filter_module.so";
+/// The file of the Lua module.
+pub const LUA_MODULE: &str = "ngx_http_lua_module.so";
 
 impl Modules {
     /// The modules installed in `dir`.
@@ -99,17 +110,20 @@ impl Modules {
             brotli: dir.join(BROTLI_MODULE).is_file(),
             set_misc: dir.join(NDK_MODULE).is_file() && dir.join(SET_MISC_MODULE).is_file(),
             subs_filter: dir.join(SUBS_FILTER_MODULE).is_file(),
+            lua: dir.join(NDK_MODULE).is_file() && dir.join(LUA_MODULE).is_file(),
         }
     }
 
     /// The `.so` files to load, in order (a module before those that need
-    /// it); brotli only when it is used.
-    pub fn to_load(&self, brotli: bool) -> Vec<String> {
+    /// it); brotli and Lua only when they are used.
+    pub fn to_load(&self, brotli: bool, lua: bool) -> Vec<String> {
+        let lua = self.lua && lua;
         let dir = std::path::Path::new(&self.dir);
         let files = [
             (self.headers_more, HEADERS_MORE_MODULE),
-            (self.set_misc, NDK_MODULE),
+            (self.set_misc || lua, NDK_MODULE),
             (self.set_misc, SET_MISC_MODULE),
+            (lua, LUA_MODULE),
             (self.subs_filter, SUBS_FILTER_MODULE),
             (self.brotli && brotli, BROTLI_MODULE),
         ];
@@ -458,6 +472,75 @@ pub struct Rewrite {
     /// The full PCRE pattern, anchored, with its case flag.
     pub regex: String,
     pub target: RewriteTarget,
+}
+
+impl Config {
+    /// The upstreams whose servers differ from `old`'s, when that is the
+    /// only difference and both configs take endpoint changes without a
+    /// reload: what can be sent to the running nginx instead of reloading
+    /// it. `None` when anything else differs (or nothing does), or when a
+    /// changed upstream has a server that is a DNS name.
+    pub fn endpoint_changes<'a>(&'a self, old: &Config) -> Option<Vec<&'a Upstream>> {
+        // Every field, so that a new one cannot be forgotten here.
+        let Config {
+            http_port,
+            https_port,
+            server_names_hash_bucket_size,
+            server_names_hash_max_size,
+            default_server,
+            servers,
+            upstreams,
+            certificates,
+            settings,
+            snippets,
+            www_redirects,
+            response_headers,
+            request_headers,
+            trusted,
+            global_error_pages,
+            modules,
+            dynamic_endpoints,
+        } = self;
+        if !*dynamic_endpoints || !old.dynamic_endpoints || upstreams.len() != old.upstreams.len() {
+            return None;
+        }
+        let mut changed = Vec::new();
+        for (new, was) in upstreams.iter().zip(&old.upstreams) {
+            let Upstream {
+                name,
+                service,
+                servers,
+            } = new;
+            if *name != was.name || *service != was.service {
+                return None;
+            }
+            if *servers != was.servers {
+                if servers
+                    .iter()
+                    .any(|s| !matches!(s, UpstreamServer::Addr(_)))
+                {
+                    return None;
+                }
+                changed.push(new);
+            }
+        }
+        let same = *http_port == old.http_port
+            && *https_port == old.https_port
+            && *server_names_hash_bucket_size == old.server_names_hash_bucket_size
+            && *server_names_hash_max_size == old.server_names_hash_max_size
+            && *default_server == old.default_server
+            && *servers == old.servers
+            && *certificates == old.certificates
+            && *settings == old.settings
+            && *snippets == old.snippets
+            && *www_redirects == old.www_redirects
+            && *response_headers == old.response_headers
+            && *request_headers == old.request_headers
+            && *trusted == old.trusted
+            && *global_error_pages == old.global_error_pages
+            && *modules == old.modules;
+        (same && !changed.is_empty()).then_some(changed)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -171,7 +171,7 @@ pub async fn run(opts: ControllerOptions, renderer: Renderer) -> Result<(), Cont
                       pending: &mut BTreeSet<ObjectKey>,
                       b: &build::Build,
                       applied: &Applied| {
-        if matches!(applied, Applied::Applied) {
+        if matches!(applied, Applied::Applied | Applied::Endpoints) {
             pending.clear();
         }
         let publish = source.publish_service();

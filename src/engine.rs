@@ -116,6 +116,9 @@ pub enum Applied {
     Unchanged,
     /// nginx serves the new config.
     Applied,
+    /// nginx serves the new config, whose endpoints only changed: sent to
+    /// it without a reload.
+    Endpoints,
     /// nginx keeps the last good config.
     Failed(ApplyError),
 }
@@ -446,6 +449,9 @@ impl Engine {
             }
             return (build, Applied::Unchanged);
         }
+        if let Some(applied) = self.send_endpoints(&build, started).await {
+            return (build, applied);
+        }
         let previous = tracing::enabled!(tracing::Level::DEBUG)
             .then(|| self.nginx.running_config().map(str::to_string))
             .flatten();
@@ -535,6 +541,52 @@ impl Engine {
             });
         }
         (build, applied)
+    }
+
+    /// When the build differs from the config nginx serves in endpoints
+    /// only (and nothing else is pending), sends them to nginx instead of
+    /// reloading it. `None`: reload (also when nginx did not take them).
+    async fn send_endpoints(&mut self, build: &Build, started: Instant) -> Option<Applied> {
+        let (Some(attempted), Some(applied)) = (&self.attempted, &self.applied) else {
+            return None;
+        };
+        if self.failure.is_some() || !Arc::ptr_eq(attempted, applied) {
+            return None;
+        }
+        let applied = applied.clone();
+        let changed = build.config.endpoint_changes(&applied)?;
+        let endpoints: usize = changed.iter().map(|u| u.servers.len()).sum();
+        let names = changed.len();
+        let sent = self
+            .nginx
+            .update_endpoints(&build.config, &changed, &self.renderer)
+            .await;
+        match sent {
+            Ok((render, send)) => {
+                info!(
+                    upstreams = names,
+                    endpoints,
+                    render_ms = render.as_millis() as u64,
+                    send_ms = send.as_millis() as u64,
+                    total_ms = started.elapsed().as_millis() as u64,
+                    "updated endpoints without a reload"
+                );
+                self.metrics
+                    .endpoint_update("success", self.nginx.running_hash().as_deref());
+                let model = build.config.clone();
+                let text = self.nginx.running_text().unwrap_or_default();
+                self.status.serving(text, model.clone(), "");
+                self.attempted = Some(model.clone());
+                self.applied = Some(model);
+                self.live = build.served.iter().cloned().collect();
+                Some(Applied::Endpoints)
+            }
+            Err(e) => {
+                warn!(error = %e, "endpoints not sent to nginx; reloading it instead");
+                self.metrics.endpoint_update(e.label(), None);
+                None
+            }
+        }
     }
 
     /// Resolves when nginx exits unexpectedly.

@@ -123,6 +123,17 @@ struct BuildArgs {
         default_value = "/usr/lib/nginx/modules"
     )]
     nginx_modules_dir: PathBuf,
+    /// Take endpoint changes (EndpointSlices, ExternalName answers) without
+    /// reloading nginx, through a Lua balancer; needs Debian's
+    /// libnginx-mod-http-lua. `false`, or without the module: every
+    /// endpoint change reloads nginx.
+    #[arg(
+        long,
+        env = "WICKET_DYNAMIC_ENDPOINTS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    dynamic_endpoints: bool,
 }
 
 /// How nginx runs: flags shared by serve and controller.
@@ -267,6 +278,15 @@ fn build_options(
     https_port: u16,
     allow_local_backends: bool,
 ) -> anyhow::Result<build::Options> {
+    let modules = wicket::config::Modules::find(&b.nginx_modules_dir);
+    if b.dynamic_endpoints && !modules.lua {
+        tracing::warn!(
+            dir = %b.nginx_modules_dir.display(),
+            "{} (and {}) not found: every endpoint change reloads nginx (install libnginx-mod-http-lua)",
+            wicket::config::LUA_MODULE,
+            wicket::config::NDK_MODULE,
+        );
+    }
     Ok(build::Options {
         class: ClassOptions {
             ingress_class: b.ingress_class.clone(),
@@ -287,7 +307,8 @@ fn build_options(
             ..Default::default()
         },
         resolved: None,
-        modules: wicket::config::Modules::find(&b.nginx_modules_dir),
+        modules,
+        dynamic_endpoints: b.dynamic_endpoints,
     })
 }
 

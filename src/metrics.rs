@@ -124,6 +124,7 @@ impl NginxStats {
 pub struct Metrics {
     registry: Arc<Registry>,
     reloads: Family<Labels, Counter>,
+    endpoint_updates: Family<Labels, Counter>,
     last_reload_duration: Gauge<f64, AtomicU64>,
     last_reload_success: Gauge<f64, AtomicU64>,
     config_info: Family<Labels, Gauge>,
@@ -156,6 +157,12 @@ impl Metrics {
             "wicket_reloads",
             "Configs applied to nginx, by result (success, or why not)",
             reloads.clone(),
+        );
+        let endpoint_updates = Family::<Labels, Counter>::default();
+        r.register(
+            "wicket_endpoint_updates",
+            "Endpoint changes sent to nginx without a reload, by result (success, or why not: a reload followed)",
+            endpoint_updates.clone(),
         );
         let last_reload_duration = Gauge::<f64, AtomicU64>::default();
         r.register_with_unit(
@@ -213,6 +220,7 @@ impl Metrics {
         Metrics {
             registry: Arc::new(r),
             reloads,
+            endpoint_updates,
             last_reload_duration,
             last_reload_success,
             config_info,
@@ -236,6 +244,11 @@ impl Metrics {
         *self.socket.write().expect("metrics lock") = Some(path);
     }
 
+    /// Where nginx's status socket is, once nginx runs.
+    pub fn status_socket(&self) -> Option<PathBuf> {
+        self.socket.read().expect("metrics lock").clone()
+    }
+
     pub fn reload(&self, result: &str, seconds: Option<f64>, hash: Option<&str>) {
         self.reloads
             .get_or_create(&vec![("result", result.to_string())])
@@ -248,6 +261,20 @@ impl Metrics {
                 .unwrap_or_default();
             self.last_reload_success.set(now);
         }
+        if let Some(h) = hash {
+            self.config_info.clear();
+            self.config_info
+                .get_or_create(&vec![("hash", h.to_string())])
+                .set(1);
+        }
+    }
+
+    /// An endpoint update sent to nginx (no reload), and the hash of the
+    /// config nginx serves after it.
+    pub fn endpoint_update(&self, result: &str, hash: Option<&str>) {
+        self.endpoint_updates
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
         if let Some(h) = hash {
             self.config_info.clear();
             self.config_info

@@ -13,7 +13,14 @@
 //! certs/NAME.crt|.key    certificates, mode 0600, in a 0700 folder
 //! tmp/                   nginx's temporary files
 //! nginx.pid, wicket-status.sock
+//! wicket-unavailable.sock   (dynamic endpoints) what upstreams without
+//!                           endpoints send requests to: 503
 //! ```
+//!
+//! With dynamic endpoints, a change of endpoints only is sent to nginx on
+//! the status socket (`/wicket/endpoints`, see templates/balancer.lua)
+//! instead of reloading it, and nginx.conf is rewritten with them (same
+//! generation) so that a restart starts with them.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -35,6 +42,9 @@ pub const CANDIDATE: &str = "nginx.conf.candidate";
 /// Where configs are checked while looking for the Ingress nginx refuses.
 pub const CHECK: &str = "nginx.conf.check";
 pub const STATUS_SOCKET: &str = "wicket-status.sock";
+/// Where upstreams without endpoints send requests, with dynamic endpoints
+/// (a server of the config answering 503).
+pub const UNAVAILABLE_SOCKET: &str = "wicket-unavailable.sock";
 /// Least time a reload or start may take before it counts as failed; a
 /// large config gets longer: three times what `nginx -t` took on it (a
 /// reload parses the same config, and starts workers).
@@ -70,6 +80,8 @@ pub enum ApplyError {
     Timeout(Duration),
     #[error("nginx -t did not finish within {0:?}")]
     TestTimeout(Duration),
+    #[error("nginx did not take the endpoints: {0}")]
+    Endpoints(String),
 }
 
 impl ApplyError {
@@ -83,6 +95,7 @@ impl ApplyError {
             ApplyError::Exited(_) => "exited",
             ApplyError::Timeout(_) => "timeout",
             ApplyError::TestTimeout(_) => "test_timeout",
+            ApplyError::Endpoints(_) => "endpoints",
         }
     }
 
@@ -227,9 +240,16 @@ impl Nginx {
     /// Prepares the state folder. As root, the folder is traversable (0711)
     /// so unprivileged workers reach their temporary folders; certificates
     /// stay in a 0700 folder that only the master reads.
-    pub fn new(opts: NginxOptions) -> Result<Self, ApplyError> {
+    pub fn new(mut opts: NginxOptions) -> Result<Self, ApplyError> {
         let user = worker_user();
         make_dir(&opts.state_dir, if user.is_some() { 0o711 } else { 0o700 })?;
+        // nginx runs in the state folder: a relative path would be taken
+        // from there.
+        opts.state_dir =
+            std::path::absolute(&opts.state_dir).map_err(|source| ApplyError::Write {
+                path: opts.state_dir.clone(),
+                source,
+            })?;
         make_dir(&opts.state_dir.join("certs"), 0o700)?;
         match &opts.temp_dir {
             None => make_dir(&opts.state_dir.join("tmp"), 0o755)?,
@@ -356,6 +376,56 @@ impl Nginx {
         Ok((outcome, timings))
     }
 
+    /// Sends the endpoints of `changed` (upstreams of `config`, which
+    /// differs from the config nginx serves only in them, see
+    /// [`Config::endpoint_changes`]) to the running nginx, without a
+    /// reload, and writes `config` as the one nginx loads next: a restart
+    /// starts with these endpoints. Returns the render time and the time
+    /// nginx took to answer. When nginx does not take them, the config on
+    /// disk is put back.
+    pub async fn update_endpoints(
+        &mut self,
+        config: &std::sync::Arc<Config>,
+        changed: &[&crate::config::Upstream],
+        renderer: &Renderer,
+    ) -> Result<(Duration, Duration), ApplyError> {
+        let Some((generation, good)) = self.good.clone() else {
+            return Err(ApplyError::Endpoints("nginx serves no config yet".into()));
+        };
+        if !self.running() {
+            return Err(ApplyError::Endpoints("nginx is not running".into()));
+        }
+        let started = Instant::now();
+        let mut env = self.env();
+        env.generation = generation;
+        let text = renderer.render_cached(config, &env, &mut self.render_cache)?;
+        let rendered = started.elapsed();
+        let dir = self.opts.state_dir.clone();
+        write_atomic(&dir.join(CONF), text.as_bytes(), 0o644)?;
+        let body = endpoints_update(generation, changed);
+        let socket = dir.join(STATUS_SOCKET);
+        // A worker of the config before the last reload may still accept
+        // on the socket for a moment; it refuses the generation (409).
+        let mut result = Err(String::new());
+        for _ in 0..50 {
+            result = post_status(&socket, "/wicket/endpoints", &body).await;
+            match &result {
+                Err(e) if e.starts_with("409") => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ => break,
+            }
+        }
+        if let Err(e) = result {
+            // The config on disk stays the one nginx serves.
+            write_atomic(&dir.join(CONF), good.as_bytes(), 0o644)?;
+            self.render_cache = Default::default();
+            return Err(ApplyError::Endpoints(e));
+        }
+        self.good = Some((generation, text));
+        Ok((rendered, started.elapsed() - rendered))
+    }
+
     /// The text of the last config `nginx -t` refused, if the last apply
     /// failed that way.
     pub fn refused_config(&self) -> Option<&str> {
@@ -475,6 +545,7 @@ impl Nginx {
     fn spawn(&mut self) -> Result<(), ApplyError> {
         // A socket left by a process that died would make bind() fail.
         let _ = std::fs::remove_file(self.opts.state_dir.join(STATUS_SOCKET));
+        let _ = std::fs::remove_file(self.opts.state_dir.join(UNAVAILABLE_SOCKET));
         // Its own process group, so the workers of a master that died can be
         // found and stopped: orphaned, they would keep the ports.
         let child = self
@@ -610,6 +681,60 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         self.kill_group();
     }
+}
+
+/// The body of an update of `/wicket/endpoints` (templates/balancer.lua):
+/// the generation, then each upstream's name and endpoints on a line.
+pub fn endpoints_update(generation: u64, changed: &[&crate::config::Upstream]) -> String {
+    use std::fmt::Write as _;
+    let mut body = format!("wicket-endpoints {generation}\n");
+    for u in changed {
+        body.push_str(&u.name);
+        for s in &u.servers {
+            let _ = write!(body, " {s}");
+        }
+        body.push('\n');
+    }
+    body
+}
+
+/// POSTs `body` to a path on nginx's status socket: the answer's body on
+/// 200, else "STATUS BODY" (or what went wrong).
+pub async fn post_status(socket: &Path, path: &str, body: &str) -> Result<String, String> {
+    let fut = async {
+        let mut s = tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+        let head = format!(
+            "POST {path} HTTP/1.0\r\nHost: wicket\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes())
+            .await
+            .map_err(|e| format!("sending: {e}"))?;
+        s.write_all(body.as_bytes())
+            .await
+            .map_err(|e| format!("sending: {e}"))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?;
+        let text = String::from_utf8_lossy(&buf);
+        let (head, answer) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("no status")
+            .to_string();
+        if status == "200" {
+            Ok(answer.to_string())
+        } else {
+            Err(format!("{status} {}", answer.trim()))
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .unwrap_or_else(|_| Err("no answer within 10s".into()))
 }
 
 /// GETs a path on nginx's status socket; the body on a 200 answer.

@@ -33,6 +33,7 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../templates/proxy_ssl.conf"),
     ),
     ("fastcgi.conf", include_str!("../templates/fastcgi.conf")),
+    ("balancer.lua", include_str!("../templates/balancer.lua")),
     (
         "policy_head.conf",
         include_str!("../templates/policy_head.conf"),
@@ -57,6 +58,8 @@ pub enum RenderError {
         #[source]
         source: tera::Error,
     },
+    #[error("upstream name {0} is not one the balancer can be given")]
+    UpstreamName(String),
     #[error("reading templates from {dir}: {source}")]
     Read {
         dir: String,
@@ -73,6 +76,7 @@ impl RenderError {
         match self {
             RenderError::Template { .. } => "template",
             RenderError::Read { .. } => "read",
+            RenderError::UpstreamName(_) => "render",
             RenderError::Render(_) => "render",
         }
     }
@@ -92,6 +96,15 @@ pub struct RenderEnv {
     /// Where nginx keeps temporary files (`--temp-dir`); `None`: `tmp` in
     /// the state folder.
     pub temp_dir: Option<String>,
+}
+
+/// Whether an upstream name can be written into the balancer's Lua code
+/// as a string as it is (what build makes of DNS labels and numbers).
+fn lua_safe(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// Whether this machine can listen on IPv6.
@@ -357,6 +370,7 @@ impl Renderer {
             settings: config.settings.clone(),
             request_headers: config.request_headers.clone(),
             modules: config.modules.clone(),
+            dynamic_endpoints: config.dynamic_endpoints,
         };
         // Snippets are spliced in after rendering: a text with them is not
         // one the parts can be cut from again, so it is not kept.
@@ -426,10 +440,15 @@ impl Renderer {
         })?;
         let upstreams: Vec<&Upstream> = config.upstreams.iter().collect();
         let keepalive = Keepalive::of(&config.settings);
+        let dynamic = config.dynamic_endpoints;
+        if dynamic && let Some(u) = upstreams.iter().find(|u| !lua_safe(&u.name)) {
+            return Err(RenderError::UpstreamName(escape_string(&u.name)));
+        }
         let upstream_texts = self.render_parts(&upstreams, upstream_old, |u| {
             let mut ctx = Context::new();
             ctx.insert("upstream", *u);
             ctx.insert("keepalive", &keepalive);
+            ctx.insert("dynamic", &dynamic);
             self.tera.render("upstream.conf", &ctx)
         })?;
 
@@ -604,6 +623,7 @@ struct CacheKey {
     settings: crate::settings::Settings,
     request_headers: Vec<crate::config::ExpandableHeader>,
     modules: crate::config::Modules,
+    dynamic_endpoints: bool,
 }
 
 /// The global settings servers and locations need (see
@@ -693,6 +713,8 @@ struct PartEnv {
 /// upstreams, which are rendered apart.
 #[derive(Serialize)]
 struct Head<'a> {
+    /// Endpoints change without a reload: the balancer's code and socket.
+    dynamic_endpoints: bool,
     http_port: u16,
     https_port: u16,
     server_names_hash_bucket_size: u32,
@@ -717,8 +739,9 @@ struct Head<'a> {
 impl<'a> Head<'a> {
     fn of(c: &'a Config) -> Self {
         let s = &c.settings;
-        let load_modules = c.modules.to_load(s.enable_brotli);
+        let load_modules = c.modules.to_load(s.enable_brotli, c.dynamic_endpoints);
         Head {
+            dynamic_endpoints: c.dynamic_endpoints,
             http_port: c.http_port,
             https_port: c.https_port,
             server_names_hash_bucket_size: c.server_names_hash_bucket_size,
@@ -772,8 +795,18 @@ mod tests {
     #[test]
     fn templates_never_mark_values_safe() {
         for (name, text) in EMBEDDED {
+            // What is between Tera's delimiters (templates/balancer.lua
+            // has Lua's own words, such as safe_set, outside them).
+            let mut tags = String::new();
+            for open in ["{{", "{%"] {
+                let close = if open == "{{" { "}}" } else { "%}" };
+                for piece in text.split(open).skip(1) {
+                    tags.push_str(piece.split(close).next().unwrap_or(piece));
+                    tags.push('\n');
+                }
+            }
             for banned in ["safe", "autoescape", "escape_html", "escape_xml", "raw"] {
-                assert!(!text.contains(banned), "template {name} uses {banned}");
+                assert!(!tags.contains(banned), "template {name} uses {banned}");
             }
         }
     }

@@ -49,7 +49,9 @@ fn opts() -> Options {
             brotli: true,
             set_misc: true,
             subs_filter: true,
+            lua: true,
         },
+        dynamic_endpoints: false,
     }
 }
 
@@ -560,6 +562,7 @@ fn a_setting_that_needs_a_missing_module_is_reported() {
         brotli: false,
         set_misc: false,
         subs_filter: false,
+        lua: false,
     };
     o.configmap = Some("shop/settings".parse().unwrap());
     let yaml = format!(

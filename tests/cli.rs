@@ -137,7 +137,7 @@ fn check_reports_every_ingress_and_annotation() {
     assert_eq!(
         by_name("plain"),
         serde_json::json!({"namespace": "shop", "name": "plain", "accepted": true,
-            "problems": ["warning spec.rules[0].http.paths[0]: service shop/web:80 has no ready endpoints; answering 503"],
+            "problems": ["warning spec.rules[0].http.paths[0]: service shop/web:80 has no ready endpoints; answering 503 until it has some"],
             "annotations": []})
     );
     assert_eq!(
@@ -189,7 +189,7 @@ fn check_reports_every_ingress_and_annotation() {
     assert!(human.contains("shop/elsewhere: not served\n"), "{human}");
     assert!(
         human.contains(&format!(
-            "shop/tuned: accepted\n  warning spec.rules[0].http.paths[0]: service shop/web:80 has no ready endpoints; answering 503\n  {ANN}/proxy-body-size: supported\n  {ANN}/rewrite-target: differs: "
+            "shop/tuned: accepted\n  warning spec.rules[0].http.paths[0]: service shop/web:80 has no ready endpoints; answering 503 until it has some\n  {ANN}/proxy-body-size: supported\n  {ANN}/rewrite-target: differs: "
         )),
         "{human}"
     );

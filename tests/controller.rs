@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -958,4 +959,78 @@ async fn backends_on_loopback_or_link_local_addresses_are_refused() {
         })
         .await;
     }
+}
+
+/// An EndpointSlice of Service `svc` with one endpoint, on its own port.
+fn slice(ns: &str, svc: &str, name: &str, ip: Ipv4Addr, port: u16, ready: bool) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: {ns}, labels: {{kubernetes.io/service-name: {svc}}}}}\naddressType: IPv4\nports: [{{port: {port}}}]\nendpoints:\n- addresses: [\"{ip}\"]\n  conditions: {{ready: {ready}}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_slices_created_and_patched_reach_nginx_without_a_reload() {
+    let s = setup(&["dyn"]).await;
+    // Two endpoints on this machine's address, told apart by their port
+    // (each in its own EndpointSlice, as during a rolling update).
+    let a = Echo::start("a", s.ip, 0).await;
+    let b = Echo::start("b", s.ip, 0).await;
+    apply(&s.admin, &backend("dyn", "web", s.ip, a.addr.port(), true)).await;
+    apply(
+        &s.admin,
+        &ingress_yaml("dyn", "web", "wicket", "dyn.example.com", &[("/", "web")]),
+    )
+    .await;
+    let w = Wicket::controller(&s.kubeconfig, &args("replica-a", "203.0.113.7")).await;
+    w.eventually("dyn.example.com", "/", "served by a", |r| r.who() == "a")
+        .await;
+    let group = w.nginx_pid().expect("nginx.pid");
+    let processes: BTreeSet<i32> = processes_in_group(group).into_iter().collect();
+    let who = |n: usize| {
+        let w = &w;
+        async move {
+            let mut seen = BTreeSet::new();
+            for _ in 0..n {
+                seen.insert(w.get("dyn.example.com", "/").await.who());
+            }
+            seen
+        }
+    };
+
+    // A new EndpointSlice: both endpoints get requests.
+    apply(
+        &s.admin,
+        &slice("dyn", "web", "web-b", s.ip, b.addr.port(), true),
+    )
+    .await;
+    eventually("both endpoints served", || async {
+        (who(16).await == BTreeSet::from(["a".to_string(), "b".to_string()])).then_some(())
+    })
+    .await;
+    // The first one's endpoint is not ready: only b.
+    apply(&s.admin, &backend("dyn", "web", s.ip, a.addr.port(), false)).await;
+    eventually("only b", || async {
+        (who(16).await == BTreeSet::from(["b".to_string()])).then_some(())
+    })
+    .await;
+    // The second slice deleted: nothing ready, 503.
+    Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(s.admin.clone(), "dyn")
+        .delete("web-b", &DeleteParams::default())
+        .await
+        .unwrap();
+    w.eventually("dyn.example.com", "/", "503", |r| r.status == 503)
+        .await;
+    apply(&s.admin, &backend("dyn", "web", s.ip, a.addr.port(), true)).await;
+    w.eventually("dyn.example.com", "/", "a again", |r| r.who() == "a")
+        .await;
+
+    let now: BTreeSet<i32> = processes_in_group(group).into_iter().collect();
+    assert_eq!(
+        now,
+        processes,
+        "the same nginx processes: no reload\n{}",
+        w.logs()
+    );
+    assert!(!w.logs().contains("reloaded nginx"), "{}", w.logs());
+    assert!(w.logs().contains("updated endpoints without a reload"));
 }

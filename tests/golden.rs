@@ -45,6 +45,8 @@ fn render(dir: &str) -> (String, Vec<String>, std::sync::Arc<wicket::config::Con
         },
         resolved: None,
         modules: common::modules(),
+        // As the flag's default.
+        dynamic_endpoints: true,
     };
     let b = build::build(&cluster, &opts);
     let env = RenderEnv {

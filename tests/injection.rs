@@ -30,6 +30,9 @@ fn options() -> Options {
             ..ClassOptions::default()
         },
         configmap: Some("p/settings".parse().unwrap()),
+        // The balancer's Lua code names every upstream: in play here too.
+        modules: common::modules(),
+        dynamic_endpoints: true,
         ..Options::new(80, 443, c)
     }
 }

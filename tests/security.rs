@@ -140,6 +140,19 @@ async fn hostile_values_in_every_field_are_refused_or_contained() {
                                 .contains(&name.as_str()),
                         "payload {i} in {field}: directive {name}\n{config}"
                     );
+                    // Lua only where wicket's balancer is.
+                    assert!(
+                        !name.contains("lua")
+                            || [
+                                "lua_shared_dict",
+                                "init_by_lua_block",
+                                "init_worker_by_lua_block",
+                                "balancer_by_lua_block",
+                                "content_by_lua_block"
+                            ]
+                            .contains(&name.as_str()),
+                        "payload {i} in {field}: directive {name}\n{config}"
+                    );
                 }
             }
             let modules: Vec<&str> = config
@@ -152,6 +165,7 @@ async fn hostile_values_in_every_field_are_refused_or_contained() {
                     "load_module /usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so;",
                     "load_module /usr/lib/nginx/modules/ndk_http_module.so;",
                     "load_module /usr/lib/nginx/modules/ngx_http_set_misc_module.so;",
+                    "load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;",
                     "load_module /usr/lib/nginx/modules/ngx_http_subs_filter_module.so;",
                 ],
                 "payload {i} in {field}"

@@ -36,7 +36,7 @@ for m in --with-http_ssl_module --with-http_v2_module --with-http_stub_status_mo
 done
 ok "$(head -n1 <<<"$nginx_v")"
 # The dynamic modules wicket loads (Debian's libnginx-mod-* packages).
-for m in ngx_http_headers_more_filter_module.so ngx_http_brotli_filter_module.so ndk_http_module.so ngx_http_set_misc_module.so ngx_http_subs_filter_module.so; do
+for m in ngx_http_headers_more_filter_module.so ngx_http_brotli_filter_module.so ndk_http_module.so ngx_http_set_misc_module.so ngx_http_subs_filter_module.so ngx_http_lua_module.so; do
     [ -f "/usr/lib/nginx/modules/$m" ] || fail "/usr/lib/nginx/modules/$m is missing (run install-runtime.sh again)"
 done
 ok "headers-more and brotli modules"

@@ -11,6 +11,8 @@
 # - libnginx-mod-http-ndk, libnginx-mod-http-set-misc,
 #   libnginx-mod-http-subs-filter: set_escape_uri and friends, subs_filter,
 #   which ingress-nginx's image had and snippets written for it use;
+# - libnginx-mod-http-lua, lua-resty-core: the balancer that takes endpoint
+#   changes without a reload (templates/balancer.lua);
 # - tini: PID 1, forwards signals to wicket and reaps orphaned nginx workers;
 # - curl, openssl, ca-certificates: the webhook certificate hook Jobs
 #   (wicket-webhook-cert);
@@ -26,7 +28,7 @@ set -euo pipefail
 
 [ "$(id -u)" -eq 0 ] || { echo "install-runtime.sh: run as root" >&2; exit 1; }
 
-packages=(nginx-light libnginx-mod-http-headers-more-filter libnginx-mod-http-brotli-filter libnginx-mod-http-ndk libnginx-mod-http-set-misc libnginx-mod-http-subs-filter tini curl openssl ca-certificates libcap2-bin)
+packages=(nginx-light libnginx-mod-http-headers-more-filter libnginx-mod-http-brotli-filter libnginx-mod-http-ndk libnginx-mod-http-set-misc libnginx-mod-http-subs-filter libnginx-mod-http-lua lua-resty-core tini curl openssl ca-certificates libcap2-bin)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -31,8 +31,18 @@ impl Snippet {
                 "a snippet may not contain control characters".into(),
             ));
         }
-        conf_syntax::structure(s)
+        let shapes = conf_syntax::structure(s)
             .map_err(|e| Invalid(format!("not whole nginx directives: {e}")))?;
+        // The Lua module is loaded for wicket's balancer: Lua in a snippet
+        // would run code in nginx, and could rewrite its endpoints.
+        if let Some(name) = shapes.iter().find_map(|sh| match sh {
+            conf_syntax::Shape::Directive { name, .. } if name.contains("lua") => Some(name),
+            _ => None,
+        }) {
+            return Err(Invalid(format!(
+                "Lua directives ({name}) are refused in snippets: the Lua module is loaded for wicket's balancer only"
+            )));
+        }
         Ok(Snippet(s.to_string()))
     }
 
@@ -100,6 +110,19 @@ pub fn parse(reader: &mut Reader<'_>, errors: &mut Vec<FieldError>, allowed: boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lua_is_refused_in_snippets() {
+        for s in [
+            "content_by_lua_block { os.execute(\"id\"); }",
+            "location /x { access_by_lua 'ngx.exit(200)'; }",
+            "lua_shared_dict x 1m;",
+        ] {
+            let e = Snippet::parse(s).unwrap_err();
+            assert!(e.0.contains("Lua directives"), "{s}: {e:?}");
+        }
+        assert!(Snippet::parse("add_header X-Lua yes;").is_ok());
+    }
 
     #[test]
     fn snippets_must_be_whole_directives() {

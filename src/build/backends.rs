@@ -88,6 +88,10 @@ pub enum Resolution {
     Upstream(String),
     /// Answer 503: the reason says why there is nothing to proxy to.
     Unavailable(String),
+    /// The upstream of a Service port without ready endpoints, kept (with
+    /// dynamic endpoints) so that endpoints can come back without a
+    /// reload: it answers 503 meanwhile, for the reason given.
+    Empty { upstream: String, reason: String },
 }
 
 /// Resolves backends against one snapshot, caching each answer and
@@ -105,6 +109,9 @@ pub struct Backends<'a, 'r> {
     upstreams: BTreeMap<String, Upstream>,
     /// Addresses left out of upstreams, per Service: reported once each.
     refused: BTreeMap<ObjectKey, BTreeSet<String>>,
+    /// A Service port without ready endpoints still has its upstream
+    /// ([`Resolution::Empty`]).
+    keep_empty: bool,
 }
 
 /// A backend's resolution, the upstream it names (until recorded) and the
@@ -116,6 +123,7 @@ impl<'a, 'r> Backends<'a, 'r> {
         cluster: &'a Cluster,
         policy: &'a BackendPolicy,
         resolved: Option<&'a Resolved>,
+        keep_empty: bool,
     ) -> Self {
         let mut slices: foldhash::HashMap<(&str, &str), Vec<&EndpointSlice>> = Default::default();
         for (key, slice) in &cluster.endpoint_slices {
@@ -139,6 +147,7 @@ impl<'a, 'r> Backends<'a, 'r> {
             cache: Default::default(),
             upstreams: BTreeMap::new(),
             refused: BTreeMap::new(),
+            keep_empty,
         }
     }
 
@@ -158,12 +167,28 @@ impl<'a, 'r> Backends<'a, 'r> {
         }
     }
 
+    /// A backend's upstream, or why there is none; a Service port without
+    /// ready endpoints counts as [`Resolution::Unavailable`] here (see
+    /// [`Backends::resolve_or_empty`]).
     pub fn resolve(&mut self, backend: &'r ServiceRef) -> Resolution {
+        self.resolve_cached(backend, false)
+    }
+
+    /// [`Backends::resolve`], but a Service port without ready endpoints
+    /// gives its (empty) upstream, when upstreams are kept empty.
+    pub fn resolve_or_empty(&mut self, backend: &'r ServiceRef) -> Resolution {
+        self.resolve_cached(backend, true)
+    }
+
+    fn resolve_cached(&mut self, backend: &'r ServiceRef, empty: bool) -> Resolution {
         if !self.cache.contains_key(backend) {
             let answer = self.resolve_uncached(backend);
             self.cache.insert(backend, answer);
         }
         let (r, upstream, refused) = self.cache.get_mut(backend).expect("inserted above");
+        if let (Resolution::Empty { reason, .. }, false) = (&*r, empty) {
+            return Resolution::Unavailable(reason.clone());
+        }
         // Recorded once; the cache keeps the answer.
         if let Some(u) = upstream.take() {
             self.upstreams.insert(u.name.clone(), u);
@@ -178,7 +203,9 @@ impl<'a, 'r> Backends<'a, 'r> {
         r.clone()
     }
 
-    /// Resolves a backend that is asked about once, without caching it.
+    /// Resolves a backend that is asked about once, without caching it
+    /// (a Service port without ready endpoints may give its empty
+    /// upstream, as with [`Backends::resolve_or_empty`]).
     pub fn resolve_once(&mut self, backend: &ServiceRef) -> Resolution {
         let (r, upstream, refused) = self.resolve_uncached(backend);
         if let Some(u) = upstream {
@@ -233,6 +260,11 @@ impl<'a, 'r> Backends<'a, 'r> {
             (Resolution::Upstream(n), Some(mut u)) => {
                 u.name = rename(u.name);
                 (Resolution::Upstream(rename(n)), Some(u), refused)
+            }
+            (Resolution::Empty { upstream, reason }, Some(mut u)) => {
+                u.name = rename(u.name);
+                let upstream = rename(upstream);
+                (Resolution::Empty { upstream, reason }, Some(u), refused)
             }
             (r, u) => (r, u, refused),
         }
@@ -411,7 +443,15 @@ impl<'a, 'r> Backends<'a, 'r> {
                     refused.join("; ")
                 )
             };
-            return unavailable(reason);
+            if !self.keep_empty {
+                return unavailable(reason);
+            }
+            let number = u16::try_from(port.port).unwrap_or(0);
+            let (r, u, _) = upstream(&key, number, Vec::new(), Vec::new());
+            let Resolution::Upstream(upstream) = r else {
+                unreachable!("upstream() names an upstream")
+            };
+            return (Resolution::Empty { upstream, reason }, u, Vec::new());
         }
         let number = u16::try_from(port.port).unwrap_or(0);
         upstream(&key, number, servers.into_iter().collect(), refused)

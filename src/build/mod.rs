@@ -57,6 +57,15 @@ pub struct Options {
     pub resolved: Option<Arc<crate::resolve::Resolved>>,
     /// The optional nginx modules that are installed.
     pub modules: crate::config::Modules,
+    /// `--dynamic-endpoints`: take endpoint changes without a reload, when
+    /// the Lua module is installed.
+    pub dynamic_endpoints: bool,
+}
+
+/// Whether configs built with these options take endpoint changes without
+/// a reload.
+pub fn dynamic_endpoints(opts: &Options) -> bool {
+    opts.dynamic_endpoints && opts.modules.lua
 }
 
 impl Options {
@@ -75,6 +84,7 @@ impl Options {
             backend_policy: backends::BackendPolicy::default(),
             resolved: None,
             modules: crate::config::Modules::default(),
+            dynamic_endpoints: false,
         }
     }
 }
@@ -290,7 +300,12 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         })
         .collect();
 
-    let mut backends = Backends::new(cluster, &opts.backend_policy, opts.resolved.as_deref());
+    let mut backends = Backends::new(
+        cluster,
+        &opts.backend_policy,
+        opts.resolved.as_deref(),
+        dynamic_endpoints(opts),
+    );
     backends.prefetch(
         parsed
             .iter()
@@ -480,6 +495,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         trusted: trusted.into_values().collect(),
         global_error_pages,
         modules: opts.modules.clone(),
+        dynamic_endpoints: dynamic_endpoints(opts),
         settings,
     };
     problems.sort();
@@ -739,11 +755,30 @@ impl<'p> Builder<'p, '_> {
                 reason: reason.clone(),
             };
         }
-        match self.backends.resolve(backend) {
+        // With dynamic endpoints, a Service without ready endpoints keeps
+        // its upstream (answering 503) unless the Ingress's default-backend
+        // answers for it.
+        let resolution = if self.fallbacks[ing].is_some() {
+            self.backends.resolve(backend)
+        } else {
+            self.backends.resolve_or_empty(backend)
+        };
+        match resolution {
             Resolution::Upstream(upstream) => Action::Proxy {
                 upstream,
                 rewrite: None,
             },
+            Resolution::Empty { upstream, reason } => {
+                self.problems.push(Problem::warning(
+                    &p.object,
+                    Some(field.to_string()),
+                    format!("{reason}; answering 503 until it has some"),
+                ));
+                Action::Proxy {
+                    upstream,
+                    rewrite: None,
+                }
+            }
             Resolution::Unavailable(reason) => {
                 // The Ingress's default-backend answers, told why.
                 if let Some(fb) = &self.fallbacks[ing] {
@@ -763,14 +798,18 @@ impl<'p> Builder<'p, '_> {
                                 reason,
                             };
                         }
-                        Resolution::Unavailable(why) => self.problems.push(Problem::warning(
-                            &p.object,
-                            Some(format!(
-                                "metadata.annotations[\"{}/default-backend\"]",
-                                self.prefix
-                            )),
-                            format!("{why}; it cannot answer for the backends without endpoints"),
-                        )),
+                        Resolution::Unavailable(why) | Resolution::Empty { reason: why, .. } => {
+                            self.problems.push(Problem::warning(
+                                &p.object,
+                                Some(format!(
+                                    "metadata.annotations[\"{}/default-backend\"]",
+                                    self.prefix
+                                )),
+                                format!(
+                                    "{why}; it cannot answer for the backends without endpoints"
+                                ),
+                            ))
+                        }
                     }
                 }
                 self.problems.push(Problem::warning(
@@ -1038,6 +1077,17 @@ impl<'p> Builder<'p, '_> {
                         upstream,
                         rewrite: None,
                     },
+                    Resolution::Empty { upstream, reason } => {
+                        self.problems.push(Problem::warning(
+                            &object,
+                            Some(flag.into()),
+                            format!("{reason}; answering 503 until it has some"),
+                        ));
+                        Action::Proxy {
+                            upstream,
+                            rewrite: None,
+                        }
+                    }
                     Resolution::Unavailable(reason) => {
                         self.problems.push(Problem::warning(
                             &object,
