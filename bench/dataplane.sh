@@ -11,6 +11,11 @@
 #              /dev/stdout, sent to /dev/null, as the hand-written one).
 #   serve:     the same config under `wicket serve`, where the access log
 #              is piped through wicket (what a user runs). SERVE=0 skips it.
+#   updated:   the generated config after an endpoint update sent to its
+#              status socket (the same backend), so that wicket's Lua
+#              balancer picks the endpoint of every request instead of
+#              nginx's round robin (what follows any endpoint change with
+#              --dynamic-endpoints). UPDATED=0 skips it.
 #
 #   bench/dataplane.sh    RUNS=5 DURATION=10s THREADS=2 CONNECTIONS=64
 #                         TEMPLATES=DIR (--templates for generated and serve)
@@ -24,6 +29,7 @@ DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 SERVE=${SERVE:-1}
+UPDATED=${UPDATED:-1}
 BACKEND_PORT=${BACKEND_PORT:-18080}
 extra=()
 [[ -z ${TEMPLATES:-} ]] || extra=(--templates "$TEMPLATES")
@@ -31,8 +37,8 @@ command -v wrk >/dev/null || die "wrk missing: apt-get install wrk"
 ensure_wicket
 
 out=$REPO/target/bench-out/dataplane
-rm -rf "$out"; mkdir -p "$out"/{gen,hand,serve-manifests}
-read -r gen_port gen_tls hand_port serve_port serve_tls admin_port < <(free_ports 6)
+rm -rf "$out"; mkdir -p "$out"/{gen,hand,upd,serve-manifests}
+read -r gen_port gen_tls hand_port serve_port serve_tls admin_port upd_port upd_tls < <(free_ports 8)
 host=app-0.bench.test
 backend=127.1.0.1:$BACKEND_PORT   # what gen-manifests.py gives Ingress 0
 python3 "$BENCH_DIR/gen-manifests.py" --count 1 --out "$out/serve-manifests" --port "$BACKEND_PORT"
@@ -51,7 +57,7 @@ start_backend "$out/backend" "$BACKEND_PORT" 1
 # The generated config, run by nginx directly.
 "$WICKET" render --manifests "$out/serve-manifests" "${extra[@]}" --http-port "$gen_port" --https-port "$gen_tls" \
   >"$out/gen/nginx.conf" 2>"$out/gen/render.stderr"
-self_signed "$out/gen"; mkdir -p "$out/gen/tmp"
+self_signed "$out/gen"; mkdir -p "$out/gen/tmp" "$out/gen/control"
 (cd "$out/gen" && exec "$NGINX" -p "$out/gen" -c "$out/gen/nginx.conf" >/dev/null 2>"$out/gen/error.log") &
 pids+=($!)
 
@@ -64,6 +70,22 @@ sed -e "s|@PORT@|127.0.0.1:$hand_port|" -e "s|@HOST@|$host|" -e "s|@BACKEND@|$ba
 pids+=($!)
 
 kinds=(hand gen)
+if [[ $UPDATED == 1 ]]; then
+  "$WICKET" render --manifests "$out/serve-manifests" "${extra[@]}" --http-port "$upd_port" --https-port "$upd_tls" \
+    >"$out/upd/nginx.conf" 2>"$out/upd/render.stderr"
+  grep -q balancer_by_lua_block "$out/upd/nginx.conf" || die "the rendered config has no Lua balancer (is libnginx-mod-http-lua installed?)"
+  self_signed "$out/upd"; mkdir -p "$out/upd/tmp" "$out/upd/control"
+  (cd "$out/upd" && exec "$NGINX" -p "$out/upd" -c "$out/upd/nginx.conf" >/dev/null 2>"$out/upd/error.log") &
+  pids+=($!)
+  wait_http "http://127.0.0.1:$upd_port/" 30 || die "updated does not answer"
+  generation=$(curl -s --unix-socket "$out/upd/control/wicket-status.sock" http://wicket/wicket/endpoints | awk 'NR == 1 {print $2}')
+  upstream=$(awk '$1 == "upstream" {print $2; exit}' "$out/upd/nginx.conf")
+  printf 'wicket-endpoints %s\n%s %s\n' "$generation" "$upstream" "$backend" |
+    curl -sf --unix-socket "$out/upd/control/wicket-status.sock" --data-binary @- http://wicket/wicket/endpoints >/dev/null ||
+    die "the endpoint update was refused"
+  sleep 0.3
+  kinds+=(upd)
+fi
 if [[ $SERVE == 1 ]]; then
   NO_COLOR=1 "$WICKET" serve --manifests "$out/serve-manifests" --http-port "$serve_port" \
     --https-port "$serve_tls" --admin-port "$admin_port" "${extra[@]}" >/dev/null 2>"$out/serve.log" &
@@ -73,7 +95,7 @@ if [[ $SERVE == 1 ]]; then
   for _ in $(seq 600); do curl -sf -o /dev/null "http://127.0.0.1:$admin_port/readyz" && break; sleep 0.05; done
 fi
 
-declare -A port=([hand]=$hand_port [gen]=$gen_port [serve]=$serve_port)
+declare -A port=([hand]=$hand_port [gen]=$gen_port [serve]=$serve_port [upd]=$upd_port)
 for k in "${kinds[@]}"; do
   wait_http "http://127.0.0.1:${port[$k]}/" 30 || die "$k does not answer"
   body=$(curl -s -H "Host: $host" "http://127.0.0.1:${port[$k]}/")

@@ -277,7 +277,7 @@ http {{
             if wicket.poll() is not None or time.time() > deadline:
                 raise SystemExit(f"wicket not ready; see {log_path}")
             time.sleep(0.1)
-        status_socket = os.path.join(state, "wicket-status.sock")
+        status_socket = os.path.join(state, "control", "wicket-status.sock")
 
         def nginx_pids():
             with open(os.path.join(state, "nginx.pid")) as f:

@@ -32,7 +32,7 @@ for n in "${sizes[@]}"; do
   dir=$(manifests "$n")
   state=$out_root/$n
   [[ ${ANNOTATED:-} != 1 ]] || state=$out_root/$n-annotated
-  rm -rf "$state"; mkdir -p "$state/tmp"
+  rm -rf "$state"; mkdir -p "$state/tmp" "$state/control"
   self_signed "$state"
   : >"$state/render.times"; : >"$state/render.rss"; : >"$state/nginx.times"; : >"$state/nginx.rss"
   : >"$state/render.cpu"; : >"$state/nginx.cpu"

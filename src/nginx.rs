@@ -12,7 +12,9 @@
 //! nginx.conf.candidate   the last config that nginx -t refused, if any
 //! certs/NAME.crt|.key    certificates, mode 0600, in a 0700 folder
 //! tmp/                   nginx's temporary files
-//! nginx.pid, wicket-status.sock
+//! nginx.pid
+//! control/wicket-status.sock  (0700 folder) generation, stub_status,
+//!                           endpoint updates
 //! wicket-unavailable.sock   (dynamic endpoints) what upstreams without
 //!                           endpoints send requests to: 503
 //! ```
@@ -41,7 +43,13 @@ pub const CONF: &str = "nginx.conf";
 pub const CANDIDATE: &str = "nginx.conf.candidate";
 /// Where configs are checked while looking for the Ingress nginx refuses.
 pub const CHECK: &str = "nginx.conf.check";
-pub const STATUS_SOCKET: &str = "wicket-status.sock";
+/// In `control/` (0700 whoever runs wicket): nginx makes its unix sockets
+/// 0666, and the state folder is 0711 when workers run as `nobody`, while
+/// this socket takes endpoint updates. Workers accept on the socket nginx's
+/// master bound, so they need no access to the folder.
+pub const STATUS_SOCKET: &str = "control/wicket-status.sock";
+/// The folder of [`STATUS_SOCKET`].
+pub const CONTROL_DIR: &str = "control";
 /// Where upstreams without endpoints send requests, with dynamic endpoints
 /// (a server of the config answering 503).
 pub const UNAVAILABLE_SOCKET: &str = "wicket-unavailable.sock";
@@ -251,6 +259,7 @@ impl Nginx {
                 source,
             })?;
         make_dir(&opts.state_dir.join("certs"), 0o700)?;
+        make_dir(&opts.state_dir.join(CONTROL_DIR), 0o700)?;
         match &opts.temp_dir {
             None => make_dir(&opts.state_dir.join("tmp"), 0o755)?,
             Some(dir) => make_temp_dir(dir)?,

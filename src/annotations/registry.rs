@@ -469,7 +469,7 @@ pub static ANNOTATIONS: &[Annotation] = &[
         Location,
         OPEN,
         Differs(
-            "refused (the Ingress is rejected) unless allow-snippet-annotations; must be whole nginx directives",
+            "refused (the Ingress is rejected) unless allow-snippet-annotations; must be whole nginx directives, without Lua directives (the Lua module is for the balancer)",
         ),
         "add_header X-Snippet yes;",
     ),
@@ -1246,7 +1246,7 @@ pub static ANNOTATIONS: &[Annotation] = &[
         Server,
         OPEN,
         Differs(
-            "refused (the Ingress is rejected) unless allow-snippet-annotations; must be whole nginx directives",
+            "refused (the Ingress is rejected) unless allow-snippet-annotations; must be whole nginx directives, without Lua directives (the Lua module is for the balancer)",
         ),
         "add_header X-Snippet yes;",
     ),

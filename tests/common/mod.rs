@@ -109,6 +109,7 @@ pub fn nginx_test(text: &str, config: &Config) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("certs")).unwrap();
     std::fs::create_dir(dir.path().join("tmp")).unwrap();
+    std::fs::create_dir(dir.path().join(wicket::nginx::CONTROL_DIR)).unwrap();
     for c in &config.certificates {
         std::fs::write(
             dir.path().join(format!("certs/{}.crt", c.name)),
