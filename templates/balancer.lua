@@ -160,7 +160,9 @@ function wicket.balance(name, servers)
     return set_current_peer(UNAVAILABLE)
   end
   local i
-  if get_last_failure() == nil then
+  if n == 1 then
+    i = 1
+  elseif get_last_failure() == nil then
     i = u.i % n + 1
     -- nginx gives a request as many tries as the config lists servers.
     if n > servers then

@@ -429,6 +429,7 @@ const VARIANTS: &[Variant] = &[
                 "--ingress-class=wicket",
                 "--controller-class=wicket.dev/ingress-controller",
                 "--watch-ingress-without-class=false",
+                "--dynamic-endpoints=true",
                 "--election-id=wicket-leader",
                 "--configmap=wicket/wicket",
                 "--publish-service=wicket/wicket",

@@ -236,6 +236,13 @@ async fn malformed_endpoint_updates_are_refused_and_change_nothing() {
     .await;
     until_answered_by(&w, "a", std::slice::from_ref(&a_)).await;
     let socket = w.state_dir().join(wicket::nginx::STATUS_SOCKET);
+    // Only wicket's user reaches the socket that takes updates.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(w.state_dir().join(wicket::nginx::CONTROL_DIR))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
     let report = || async {
         let r = unix_get(&socket, "/wicket/endpoints").await.unwrap();
         assert_eq!(r.status, 200, "{}", r.text);
