@@ -510,14 +510,16 @@ impl Config {
                 name,
                 service,
                 servers,
+                fixed,
             } = new;
-            if *name != was.name || *service != was.service {
+            if *name != was.name || *service != was.service || *fixed != was.fixed {
                 return None;
             }
             if *servers != was.servers {
-                if servers
-                    .iter()
-                    .any(|s| !matches!(s, UpstreamServer::Addr(_)))
+                if *fixed
+                    || servers
+                        .iter()
+                        .any(|s| !matches!(s, UpstreamServer::Addr(_)))
                 {
                     return None;
                 }
@@ -551,6 +553,10 @@ pub struct Upstream {
     /// `namespace/service:port` for the comment.
     pub service: String,
     pub servers: Vec<UpstreamServer>,
+    /// Servers that change only with the Service itself (its cluster IP
+    /// for `service-upstream`, an `ExternalName` written as an address):
+    /// no balancer, which would cost every request for nothing.
+    pub fixed: bool,
 }
 
 /// One server of an upstream: an endpoint address, or the DNS name of an

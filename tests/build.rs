@@ -701,3 +701,84 @@ fn a_policy_shared_by_many_locations_is_rendered_into_each() {
     assert_eq!(*cached, r.render(&second, &RenderEnv::default()).unwrap());
     assert_eq!(cached.matches("client_max_body_size 4m;").count(), 1);
 }
+
+#[test]
+fn only_an_endpoint_change_is_sent_without_a_reload() {
+    let mut o = opts();
+    o.dynamic_endpoints = true;
+    let route = ingress(
+        "shop",
+        "",
+        "  rules:\n  - host: shop.example.com\n    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}",
+    );
+    let before = build::build(&cluster(&format!("{BACKENDS}{route}")), &o).config;
+
+    // An endpoint becomes ready: the upstream of web:80, alone.
+    let ready = BACKENDS.replace(
+        "- addresses: [10.0.0.2]\n  conditions: {ready: false}",
+        "- addresses: [10.0.0.2]\n  conditions: {ready: true}",
+    );
+    let after = build::build(&cluster(&format!("{ready}{route}")), &o).config;
+    let changed = after.endpoint_changes(&before).expect("an endpoint change");
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].service, "shop/web:80");
+    assert_eq!(changed[0].servers.len(), 3);
+
+    // No endpoint left: the upstream stays, empty, still only endpoints.
+    let none = BACKENDS
+        .replace(
+            "- addresses: [10.0.0.1]\n",
+            "- addresses: [10.0.0.1]\n  conditions: {ready: false}\n",
+        )
+        .replace(
+            "- addresses: [10.0.0.3]\n  conditions: {ready: true}",
+            "- addresses: [10.0.0.3]\n  conditions: {ready: false}",
+        );
+    let empty = build::build(&cluster(&format!("{none}{route}")), &o);
+    let changed = empty
+        .config
+        .endpoint_changes(&before)
+        .expect("an endpoint change");
+    assert!(changed[0].servers.is_empty());
+    assert!(
+        empty
+            .problems
+            .iter()
+            .any(|p| p.to_string().contains("answering 503 until it has some")),
+        "{:?}",
+        empty.problems
+    );
+
+    // Anything else, or nothing, is not one.
+    assert!(before.endpoint_changes(&before).is_none());
+    let other = ingress(
+        "shop",
+        "",
+        "  rules:\n  - host: shop.example.com\n    http: {paths: [{path: /v2, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}",
+    );
+    let moved = build::build(&cluster(&format!("{ready}{other}")), &o).config;
+    assert!(moved.endpoint_changes(&before).is_none());
+    // Without dynamic endpoints, never.
+    o.dynamic_endpoints = false;
+    let a = build::build(&cluster(&format!("{BACKENDS}{route}")), &o).config;
+    let b = build::build(&cluster(&format!("{ready}{route}")), &o).config;
+    assert!(b.endpoint_changes(&a).is_none());
+    // A cluster IP (service-upstream) is fixed: its change reloads.
+    o.dynamic_endpoints = true;
+    let ann = "  annotations: {nginx.ingress.kubernetes.io/service-upstream: \"true\"}\n";
+    let svc = |ip: &str| {
+        BACKENDS.replace(
+            "spec: {ports: [{name: http, port: 80}]}",
+            &format!("spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80}}]}}"),
+        )
+    };
+    let cip = ingress(
+        "shop",
+        ann,
+        "  rules:\n  - host: shop.example.com\n    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}",
+    );
+    let a = build::build(&cluster(&format!("{}{cip}", svc("10.96.0.1"))), &o).config;
+    let b = build::build(&cluster(&format!("{}{cip}", svc("10.96.0.2"))), &o).config;
+    assert!(a.upstreams.iter().all(|u| u.fixed), "{:?}", a.upstreams);
+    assert!(b.endpoint_changes(&a).is_none());
+}

@@ -318,6 +318,7 @@ impl<'a, 'r> Backends<'a, 'r> {
                 }
                 Err(_) => None,
             };
+            let fixed = literal.is_some();
             let addresses = match (literal, self.resolved) {
                 (Some(a), _) => a,
                 (None, Some(resolved)) => match resolved.get(host.as_str()) {
@@ -342,6 +343,7 @@ impl<'a, 'r> Backends<'a, 'r> {
                         number,
                         vec![UpstreamServer::Dns { host, port: number }],
                         Vec::new(),
+                        true,
                     );
                 }
             };
@@ -361,7 +363,7 @@ impl<'a, 'r> Backends<'a, 'r> {
                     Vec::new(),
                 );
             }
-            return upstream(&key, number, servers.into_iter().collect(), refused);
+            return upstream(&key, number, servers.into_iter().collect(), refused, fixed);
         }
 
         let Some(port) = port else {
@@ -384,7 +386,8 @@ impl<'a, 'r> Backends<'a, 'r> {
             if servers.is_empty() {
                 return unavailable(format!("service {}: {}", described(), refused.join("; ")));
             }
-            let (r, u, refused) = upstream(&key, number, servers.into_iter().collect(), refused);
+            let (r, u, refused) =
+                upstream(&key, number, servers.into_iter().collect(), refused, true);
             // Named apart from the endpoints' upstream of the same port.
             let rename = |n: String| format!("{n}_clusterip");
             return match (r, u) {
@@ -447,14 +450,14 @@ impl<'a, 'r> Backends<'a, 'r> {
                 return unavailable(reason);
             }
             let number = u16::try_from(port.port).unwrap_or(0);
-            let (r, u, _) = upstream(&key, number, Vec::new(), Vec::new());
+            let (r, u, _) = upstream(&key, number, Vec::new(), Vec::new(), false);
             let Resolution::Upstream(upstream) = r else {
                 unreachable!("upstream() names an upstream")
             };
             return (Resolution::Empty { upstream, reason }, u, Vec::new());
         }
         let number = u16::try_from(port.port).unwrap_or(0);
-        upstream(&key, number, servers.into_iter().collect(), refused)
+        upstream(&key, number, servers.into_iter().collect(), refused, false)
     }
 }
 
@@ -463,17 +466,21 @@ fn unavailable(reason: String) -> Answer {
 }
 
 /// The upstream of a Service port.
+/// The upstream of a Service port; `fixed`: its servers change only with
+/// the Service (see [`Upstream::fixed`]).
 fn upstream(
     service: &ObjectKey,
     port: u16,
     servers: Vec<UpstreamServer>,
     refused: Vec<String>,
+    fixed: bool,
 ) -> Answer {
     let name = upstream_name(&service.namespace, &service.name, port);
     let u = Upstream {
         name: name.clone(),
         service: format!("{service}:{port}"),
         servers,
+        fixed,
     };
     (Resolution::Upstream(name), Some(u), refused)
 }
