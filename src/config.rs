@@ -52,6 +52,8 @@ pub struct Config {
     pub trusted: Vec<Trusted>,
     /// Named locations of the global `custom-http-errors`, in every server.
     pub global_error_pages: Vec<ErrorPage>,
+    /// The users' files of basic authentication, sorted by name.
+    pub htpasswd: Vec<Htpasswd>,
     /// The optional nginx modules that are loaded.
     pub modules: Modules,
     /// Endpoints change without a reload (`--dynamic-endpoints` and the
@@ -158,6 +160,34 @@ pub struct ExpandableHeader {
 pub struct LiteralHeader {
     pub name: HeaderName,
     pub value: HeaderValue,
+}
+
+/// `auth_basic` with the realm, and the users' file `auth/NAME.htpasswd`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct BasicAuth {
+    pub realm: crate::annotations::auth::Realm,
+    pub file: String,
+}
+
+/// An htpasswd file, named by a hash of its content, written to
+/// `auth/NAME.htpasswd` (readable by nginx's workers, who read it for
+/// every request). Its content is never serialized.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct Htpasswd {
+    pub name: String,
+    #[serde(skip)]
+    pub content: String,
+    /// `secret NAMESPACE/NAME`.
+    pub source: String,
+}
+
+impl fmt::Debug for Htpasswd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Htpasswd")
+            .field("name", &self.name)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A CA bundle file.
@@ -363,6 +393,9 @@ pub struct LocationPolicy {
     /// `custom-headers`: response headers.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub response_headers: Vec<LiteralHeader>,
+    /// Basic authentication (`auth-type: basic`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
     /// `allow`/`deny` rules, `deny all` last when `deny_rest`; `None`: the
     /// global lists apply.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -498,6 +531,7 @@ impl Config {
             request_headers,
             trusted,
             global_error_pages,
+            htpasswd,
             modules,
             dynamic_endpoints,
         } = self;
@@ -540,6 +574,7 @@ impl Config {
             && *request_headers == old.request_headers
             && *trusted == old.trusted
             && *global_error_pages == old.global_error_pages
+            && *htpasswd == old.htpasswd
             && *modules == old.modules;
         (same && !changed.is_empty()).then_some(changed)
     }

@@ -11,6 +11,8 @@
 //! nginx.conf             the config nginx runs (the last good one)
 //! nginx.conf.candidate   the last config that nginx -t refused, if any
 //! certs/NAME.crt|.key    certificates, mode 0600, in a 0700 folder
+//! auth/NAME.htpasswd     basic authentication's users (read by the workers:
+//!                        theirs alone, 0400, when wicket runs as root)
 //! tmp/                   nginx's temporary files
 //! nginx.pid
 //! control/wicket-status.sock  (0700 folder) generation, stub_status,
@@ -50,6 +52,8 @@ pub const CHECK: &str = "nginx.conf.check";
 pub const STATUS_SOCKET: &str = "control/wicket-status.sock";
 /// The folder of [`STATUS_SOCKET`].
 pub const CONTROL_DIR: &str = "control";
+/// The users' files of basic authentication (`auth/NAME.htpasswd`).
+pub const AUTH_DIR: &str = "auth";
 /// Where upstreams without endpoints send requests, with dynamic endpoints
 /// (a server of the config answering 503).
 pub const UNAVAILABLE_SOCKET: &str = "wicket-unavailable.sock";
@@ -260,6 +264,13 @@ impl Nginx {
             })?;
         make_dir(&opts.state_dir.join("certs"), 0o700)?;
         make_dir(&opts.state_dir.join(CONTROL_DIR), 0o700)?;
+        // Workers read the users' files of basic authentication for every
+        // request: as root, they can pass through (0711) to files that are
+        // theirs alone (see write_certificates).
+        make_dir(
+            &opts.state_dir.join(AUTH_DIR),
+            if user.is_some() { 0o711 } else { 0o700 },
+        )?;
         match &opts.temp_dir {
             None => make_dir(&opts.state_dir.join("tmp"), 0o755)?,
             Some(dir) => make_temp_dir(dir)?,
@@ -485,6 +496,26 @@ impl Nginx {
             }
             write_atomic(&path, content.as_bytes(), 0o600)?;
         }
+        let auth = self.opts.state_dir.join(AUTH_DIR);
+        for h in &config.htpasswd {
+            let path = auth.join(format!("{}.htpasswd", h.name));
+            if std::fs::read(&path).is_ok_and(|old| old == h.content.as_bytes()) {
+                continue;
+            }
+            // As root: the workers' user's alone (0400).
+            let mode = if self.user.is_some() { 0o400 } else { 0o600 };
+            write_atomic(&path, h.content.as_bytes(), mode)?;
+            if let Some((user, _)) = &self.user
+                && let Ok(Some(u)) = nix::unistd::User::from_name(user)
+            {
+                nix::unistd::chown(&path, Some(u.uid), Some(u.gid)).map_err(|e| {
+                    ApplyError::Write {
+                        path: path.clone(),
+                        source: e.into(),
+                    }
+                })?;
+            }
+        }
         Ok(())
     }
 
@@ -495,14 +526,21 @@ impl Nginx {
             .flat_map(|c| [format!("{}.crt", c.name), format!("{}.key", c.name)])
             .chain(config.trusted.iter().map(|t| format!("{}.ca.crt", t.name)))
             .collect();
-        let Ok(entries) = std::fs::read_dir(self.opts.state_dir.join("certs")) else {
-            return;
-        };
-        for e in entries.flatten() {
-            if let Some(name) = e.file_name().to_str()
-                && !used.contains(name)
-            {
-                let _ = std::fs::remove_file(e.path());
+        let htpasswd: BTreeSet<String> = config
+            .htpasswd
+            .iter()
+            .map(|h| format!("{}.htpasswd", h.name))
+            .collect();
+        for (dir, used) in [("certs", &used), (AUTH_DIR, &htpasswd)] {
+            let Ok(entries) = std::fs::read_dir(self.opts.state_dir.join(dir)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if let Some(name) = e.file_name().to_str()
+                    && !used.contains(name)
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
         }
     }

@@ -1415,7 +1415,7 @@ async fn protection_wicket_cannot_honour_never_reaches_the_backend() {
                 &guard(
                     "basic",
                     "basic.test",
-                    &[("auth-type", "basic"), ("auth-secret", "basic-auth")],
+                    &[("auth-type", "digest"), ("auth-secret", "basic-auth")],
                 ),
             ),
             (
@@ -1524,4 +1524,164 @@ async fn protection_wicket_cannot_honour_never_reaches_the_backend() {
             .any(|l| l.contains("ingress s/plain") && l.contains("global-auth-url")),
         "{logs}"
     );
+}
+
+/// A password hash as `htpasswd` or `openssl passwd` makes it.
+fn password_hash(kind: &str, password: &str) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(["passwd", kind, password])
+        .output()
+        .expect("openssl");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_with_both_secret_formats_and_fail_closed() {
+    let (guarded, guarded_svc) = web("b", "guarded").await;
+    let file = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: staff, namespace: b}}\ntype: Opaque\nstringData:\n  auth: |\n    alice:{}\n    carol:{}\n",
+        password_hash("-apr1", "wonderland"),
+        password_hash("-6", "carol's"),
+    );
+    let map = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: users, namespace: b}}\ntype: Opaque\nstringData:\n  bob: {}\n",
+        serde_json::to_string(&password_hash("-5", "builder")).unwrap()
+    );
+    let bad = "apiVersion: v1\nkind: Secret\nmetadata: {name: bad, namespace: b}\ntype: Opaque\nstringData:\n  auth: \"mallory:plaintext\"\n";
+    let guard =
+        |name: &str, host: &str, pairs: &[(&str, &str)]| site("b", name, host, "guarded", pairs);
+    let w = Wicket::start(&[
+        ("svc.yaml", &guarded_svc),
+        ("secrets.yaml", &format!("{file}---\n{map}---\n{bad}")),
+        (
+            "file.yaml",
+            &guard(
+                "file",
+                "file.test",
+                &[
+                    ("auth-type", "basic"),
+                    ("auth-secret", "staff"),
+                    ("auth-realm", "Staff only"),
+                ],
+            ),
+        ),
+        (
+            "map.yaml",
+            &guard(
+                "map",
+                "map.test",
+                &[
+                    ("auth-type", "basic"),
+                    ("auth-secret", "b/users"),
+                    ("auth-secret-type", "auth-map"),
+                ],
+            ),
+        ),
+        (
+            "missing.yaml",
+            &guard(
+                "missing",
+                "missing.test",
+                &[("auth-type", "basic"), ("auth-secret", "nowhere")],
+            ),
+        ),
+        (
+            "unusable.yaml",
+            &guard(
+                "unusable",
+                "unusable.test",
+                &[("auth-type", "basic"), ("auth-secret", "bad")],
+            ),
+        ),
+        (
+            "no-type.yaml",
+            &guard("no-type", "notype.test", &[("auth-secret", "staff")]),
+        ),
+        (
+            "cross.yaml",
+            &site(
+                "other",
+                "cross",
+                "cross.test",
+                "guarded",
+                &[("auth-type", "basic"), ("auth-secret", "b/staff")],
+            ),
+        ),
+    ])
+    .await;
+
+    // No or wrong credentials: 401 with the realm; good ones reach the backend.
+    let head = get_from(&w, LO, "file.test", "/", "").await;
+    assert_eq!(status_of(&head), 401, "{head}");
+    assert_eq!(
+        header(&head, "WWW-Authenticate"),
+        Some("Basic realm=\"Staff only\""),
+        "{head}"
+    );
+    let wrong = get_from(&w, LO, "file.test", "/", &basic("alice", "nope")).await;
+    assert_eq!(status_of(&wrong), 401, "{wrong}");
+    assert_eq!(
+        guarded.requests.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    for (user, pw) in [("alice", "wonderland"), ("carol", "carol's")] {
+        let ok = get_from(&w, LO, "file.test", "/x", &basic(user, pw)).await;
+        assert_eq!(status_of(&ok), 200, "{user}: {ok}");
+    }
+    // auth-map: one key per user; the realm defaults to empty.
+    let head = get_from(&w, LO, "map.test", "/", &basic("alice", "wonderland")).await;
+    assert_eq!(status_of(&head), 401, "{head}");
+    assert_eq!(
+        header(&head, "WWW-Authenticate"),
+        Some("Basic realm=\"\""),
+        "{head}"
+    );
+    let ok = get_from(&w, LO, "map.test", "/", &basic("bob", "builder")).await;
+    assert_eq!(status_of(&ok), 200, "{ok}");
+    let seen = guarded.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(seen, 3);
+
+    // Fail closed: a missing or unusable Secret, another namespace's, and
+    // the keys without auth-type answer 503, whatever the credentials.
+    for host in ["missing.test", "unusable.test", "notype.test", "cross.test"] {
+        for extra in [String::new(), basic("alice", "wonderland")] {
+            let head = get_from(&w, LO, host, "/", &extra).await;
+            assert_eq!(status_of(&head), 503, "{host}: {head}");
+        }
+    }
+    assert_eq!(
+        guarded.requests.load(std::sync::atomic::Ordering::SeqCst),
+        seen
+    );
+    let logs = w.logs();
+    for (name, why) in [
+        ("b/missing", "secret b/nowhere not found"),
+        ("b/unusable", "not a hash nginx reads"),
+        ("b/no-type", "without auth-type: basic"),
+        ("other/cross", "allow-cross-namespace-resources"),
+    ] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains(&format!("ingress {name}")) && l.contains(why)),
+            "{name}: no reason with {why:?}\n{logs}"
+        );
+    }
+    // The users' file is the workers' alone, named by its content.
+    let dir = w.state_dir().join(wicket::nginx::AUTH_DIR);
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    use std::os::unix::fs::PermissionsExt;
+    for f in files {
+        let mode = f.metadata().unwrap().permissions().mode() & 0o777;
+        assert!(mode == 0o400 || mode == 0o600, "{mode:o}");
+    }
 }

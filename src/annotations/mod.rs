@@ -5,6 +5,7 @@
 //! was not read (not supported yet) rejects the Ingress.
 
 pub mod access;
+pub mod auth;
 pub mod backend;
 pub mod headers;
 pub mod proxy;
@@ -34,6 +35,7 @@ pub struct Annotations {
     pub backend: backend::Backend,
     pub headers: headers::Headers,
     pub access: access::Access,
+    pub auth: auth::Auth,
     pub tls: tls::Tls,
     pub server: server::ServerAnnotations,
 }
@@ -254,6 +256,7 @@ pub fn parse_ingress(
         backend: backend::parse(reader, errors),
         headers: headers::parse(reader, errors),
         access: access::parse(reader, errors),
+        auth: auth::parse(reader, errors),
         tls: tls::parse(reader, errors),
         server: server::parse(reader, errors),
     }

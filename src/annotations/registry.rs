@@ -250,8 +250,8 @@ pub static ANNOTATIONS: &[Annotation] = &[
         "auth",
         Location,
         PROTECTS,
-        Unsupported("not supported yet (part 2: traffic policy)"),
-        "",
+        Supported,
+        "Authentication Required",
     ),
     row(
         "auth-request-redirect",
@@ -274,16 +274,18 @@ pub static ANNOTATIONS: &[Annotation] = &[
         "auth",
         Location,
         PROTECTS,
-        Unsupported("not supported yet (part 2: traffic policy)"),
-        "",
+        Differs(
+            "key auth (htpasswd lines) or, with auth-secret-type auth-map, one key per user; a Secret that is missing, in another namespace without allow-cross-namespace-resources, empty, or with a line that is not USER:HASH makes the locations answer 503",
+        ),
+        "basic-auth",
     ),
     row(
         "auth-secret-type",
         "auth",
         Location,
         PROTECTS,
-        Unsupported("not supported yet (part 2: traffic policy)"),
-        "",
+        Supported,
+        "auth-map",
     ),
     row(
         "auth-send-body",
@@ -370,8 +372,10 @@ pub static ANNOTATIONS: &[Annotation] = &[
         "auth",
         Location,
         PROTECTS,
-        Unsupported("not supported yet (part 2: traffic policy)"),
-        "",
+        Differs(
+            "basic; digest rejects the Ingress (Debian's nginx has no digest module); any other basic-auth key without auth-type: basic makes the locations answer 503 (ingress-nginx ignored them)",
+        ),
+        "basic",
     ),
     row(
         "auth-url",

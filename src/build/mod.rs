@@ -266,7 +266,11 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     let mut ingress_policies = Vec::with_capacity(policies.len());
     let mut policy_certs: BTreeMap<String, Certificate> = BTreeMap::new();
     let mut trusted: BTreeMap<String, crate::config::Trusted> = BTreeMap::new();
+    let mut htpasswd: BTreeMap<String, crate::config::Htpasswd> = BTreeMap::new();
     for (pol, found) in policies {
+        for h in &pol.htpasswd {
+            htpasswd.insert(h.name.clone(), h.clone());
+        }
         problems.extend(found);
         for c in &pol.certificates {
             policy_certs.insert(c.name.clone(), c.clone());
@@ -493,6 +497,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         response_headers,
         request_headers,
         trusted: trusted.into_values().collect(),
+        htpasswd: htpasswd.into_values().collect(),
         global_error_pages,
         modules: opts.modules.clone(),
         dynamic_endpoints: dynamic_endpoints(opts),

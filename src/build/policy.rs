@@ -16,8 +16,8 @@ use super::tls;
 use crate::annotations::backend::{ObjectName, Protocol};
 use crate::cluster::{Cluster, ObjectKey};
 use crate::config::{
-    AccessRule, AccessRules, Certificate, FastCgi, FastCgiParam, LiteralHeader, LocationPolicy,
-    Modules, ProxySslFiles, Trusted,
+    AccessRule, AccessRules, BasicAuth, Certificate, FastCgi, FastCgiParam, Htpasswd,
+    LiteralHeader, LocationPolicy, Modules, ProxySslFiles, Trusted,
 };
 use crate::problem::{Printable, Problem};
 use crate::settings::Settings;
@@ -33,6 +33,7 @@ pub struct IngressPolicy {
     /// Files its locations read.
     pub certificates: Vec<Certificate>,
     pub trusted: Vec<Trusted>,
+    pub htpasswd: Vec<Htpasswd>,
 }
 
 /// The effective `allow`/`deny` rules of a location: `block-cidrs` first,
@@ -291,11 +292,98 @@ pub fn of(
         }
         p.proxy_ssl = Some(files);
     }
+    if a.auth.asked {
+        match basic_auth(cluster, ing, settings, &a.auth) {
+            Ok((auth, file)) => {
+                p.basic_auth = Some(auth);
+                out.htpasswd.push(file);
+            }
+            Err((e, name)) => deny(e, name, problems),
+        }
+    }
     let p = p.with_own_headers();
     if p != LocationPolicy::default() {
         out.location = Some(p);
     }
     out
+}
+
+/// The users' file of `auth-type: basic`, or why there is none (and the
+/// annotation to blame): fail closed, the locations then answer 503.
+fn basic_auth(
+    cluster: &Cluster,
+    ing: &ParsedIngress,
+    settings: &Settings,
+    auth: &crate::annotations::auth::Auth,
+) -> Result<(BasicAuth, Htpasswd), (String, &'static str)> {
+    use crate::annotations::auth::{SecretType, htpasswd_file, htpasswd_line};
+    if auth.kind.is_none() {
+        return Err((
+            "basic authentication annotations without auth-type: basic".into(),
+            "auth-type",
+        ));
+    }
+    let Some(name) = &auth.secret else {
+        return Err((
+            "auth-type is basic, but no auth-secret names the users".into(),
+            "auth-secret",
+        ));
+    };
+    let ns = namespace_of(name, ing, settings).map_err(|e| (e, "auth-secret"))?;
+    let key = ObjectKey::new(ns, name.name.as_str());
+    let secret = cluster
+        .secrets
+        .get(&key)
+        .ok_or_else(|| (format!("secret {key} not found"), "auth-secret"))?;
+    let unusable = |e: String| (format!("secret {key}: {e}"), "auth-secret");
+    let content = match auth.secret_type {
+        SecretType::AuthFile => {
+            let v = tls::secret_value(secret, "auth")
+                .ok_or_else(|| unusable("no key auth (auth-secret-type auth-file)".into()))?;
+            let text = std::str::from_utf8(v).map_err(|_| unusable("auth is not UTF-8".into()))?;
+            htpasswd_file(text).map_err(|e| unusable(format!("auth: {}", e.0)))?
+        }
+        SecretType::AuthMap => {
+            let mut users: BTreeMap<&str, &[u8]> = BTreeMap::new();
+            for (k, v) in secret.data.iter().flatten() {
+                users.insert(k, &v.0);
+            }
+            for (k, v) in secret.string_data.iter().flatten() {
+                users.insert(k, v.as_bytes());
+            }
+            let mut out = String::new();
+            for (user, hash) in users {
+                let hash = std::str::from_utf8(hash).map_err(|_| {
+                    unusable(format!("the hash of user {} is not UTF-8", Printable(user)))
+                })?;
+                out.push_str(
+                    &htpasswd_line(user, hash.trim_end_matches(['\n', '\r']))
+                        .map_err(|e| unusable(e.0))?,
+                );
+            }
+            if out.is_empty() {
+                return Err(unusable("no user (auth-secret-type auth-map)".into()));
+            }
+            out
+        }
+    };
+    use sha2::Digest;
+    let file = hex::encode(&sha2::Sha256::digest(content.as_bytes())[..12]);
+    let realm = auth
+        .realm
+        .clone()
+        .unwrap_or_else(|| crate::annotations::auth::Realm::parse("").expect("empty is a realm"));
+    Ok((
+        BasicAuth {
+            realm,
+            file: file.clone(),
+        },
+        Htpasswd {
+            name: file,
+            content,
+            source: format!("secret {key}"),
+        },
+    ))
 }
 
 /// Makes one `Arc` of each distinct policy, so locations (and servers)
