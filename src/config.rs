@@ -396,6 +396,14 @@ pub struct LocationPolicy {
     /// Basic authentication (`auth-type: basic`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuth>,
+    /// `satisfy any`: the access rules or the authentication suffice.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub satisfy_any: bool,
+    /// `limit-rate` and `limit-rate-after`, in KB (0: not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_rate_after: Option<u32>,
     /// `allow`/`deny` rules, `deny all` last when `deny_rest`; `None`: the
     /// global lists apply.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1684,4 +1684,102 @@ async fn basic_auth_with_both_secret_formats_and_fail_closed() {
         let mode = f.metadata().unwrap().permissions().mode() & 0o777;
         assert!(mode == 0o400 || mode == 0o600, "{mode:o}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn satisfy_any_or_all_and_limit_rate() {
+    let (_guarded, guarded_svc) = web("sa", "guarded").await;
+    let users = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: staff, namespace: sa}}\ntype: Opaque\nstringData:\n  auth: {}\n",
+        serde_json::to_string(&format!("alice:{}", password_hash("-apr1", "wonderland"))).unwrap()
+    );
+    let both = |name: &str, host: &str, extra: &[(&str, &str)]| {
+        let mut pairs = vec![
+            ("auth-type", "basic"),
+            ("auth-secret", "staff"),
+            ("whitelist-source-range", "127.0.0.2/32"),
+        ];
+        pairs.extend_from_slice(extra);
+        site("sa", name, host, "guarded", &pairs)
+    };
+    let w = Wicket::start(&[
+        ("svc.yaml", &guarded_svc),
+        ("users.yaml", &users),
+        ("any.yaml", &both("any", "any.test", &[("satisfy", "any")])),
+        ("all.yaml", &both("all", "all.test", &[])),
+        ("bad.yaml", &both("bad", "bad.test", &[("satisfy", "some")])),
+        (
+            "slow.yaml",
+            &site(
+                "sa",
+                "slow",
+                "slow.test",
+                "guarded",
+                &[
+                    ("limit-rate", "100"),
+                    ("limit-rate-after", "100"),
+                    ("proxy-buffering", "on"),
+                ],
+            ),
+        ),
+        (
+            "unbuffered.yaml",
+            &site(
+                "sa",
+                "unbuffered",
+                "unbuffered.test",
+                "guarded",
+                &[("limit-rate", "100")],
+            ),
+        ),
+    ])
+    .await;
+    let creds = basic("alice", "wonderland");
+    let (listed, other) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3));
+    // any: the listed address without credentials, or credentials from
+    // anywhere.
+    for (from, extra, want) in [
+        (listed, "", 200),
+        (other, "", 401),
+        (other, creds.as_str(), 200),
+    ] {
+        let head = get_from(&w, from, "any.test", "/", extra).await;
+        assert_eq!(status_of(&head), want, "any from {from} {extra:?}: {head}");
+    }
+    // all (the default): both.
+    for (from, extra, want) in [
+        (listed, "", 401),
+        (other, creds.as_str(), 403),
+        (listed, creds.as_str(), 200),
+    ] {
+        let head = get_from(&w, from, "all.test", "/", extra).await;
+        assert_eq!(status_of(&head), want, "all from {from} {extra:?}: {head}");
+    }
+    // Another value rejects the Ingress: the catch-all answers.
+    assert_eq!(
+        status_of(&get_from(&w, listed, "bad.test", "/", &creds).await),
+        404
+    );
+
+    // limit-rate: 100 KB/s after the first 100 KB, so 300 KB take at least
+    // about two seconds (a lower bound only: a slow machine is slower).
+    let started = Instant::now();
+    let (head, body) = raw(
+        w.http,
+        LO,
+        "GET /bytes/307200 HTTP/1.1\r\nHost: slow.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert!(body.len() >= 307_200, "{}", body.len());
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1500), "300 KB in {took:?}");
+    // Without proxy-buffering (ingress-nginx's default) it cannot apply:
+    // the Ingress is told.
+    assert!(
+        w.logs().lines().any(|l| l.contains("ingress sa/unbuffered")
+            && l.contains("limit-rate applies only to buffered responses")),
+        "{}",
+        w.logs()
+    );
 }

@@ -1,4 +1,4 @@
-//! Basic authentication: `auth-type: basic`, `auth-secret` (the Secret with
+//! Basic authentication and `satisfy`: `auth-type: basic`, `auth-secret` (the Secret with
 //! the users), `auth-secret-type` (`auth-file`: key `auth` holds htpasswd
 //! lines; `auth-map`: one key per user, the value its hash), `auth-realm`.
 //! Protection keys: a value that does not parse rejects the Ingress; the
@@ -66,6 +66,9 @@ pub struct Auth {
     /// Any of the keys above is set, parsed or not: the Ingress asks for
     /// basic authentication.
     pub asked: bool,
+    /// `satisfy: any`: the source lists or the authentication let a
+    /// request through (`all`, the default: both must).
+    pub satisfy_any: bool,
 }
 
 fn auth_type(s: &str) -> Result<AuthType, Invalid> {
@@ -105,12 +108,20 @@ pub fn parse(r: &mut Reader<'_>, errors: &mut Vec<FieldError>) -> Auth {
     let realm = r.get("auth-realm");
     seen(realm);
     let realm = realm.and_then(|v| r.check("auth-realm", v, errors, Realm::parse));
+    let satisfy_any = r
+        .parse("satisfy", errors, |s| match s {
+            "any" => Ok(true),
+            "all" => Ok(false),
+            _ => Err(Invalid("expected any or all".into())),
+        })
+        .unwrap_or(false);
     Auth {
         kind,
         secret,
         secret_type,
         realm,
         asked,
+        satisfy_any,
     }
 }
 

@@ -8,6 +8,7 @@ pub mod access;
 pub mod auth;
 pub mod backend;
 pub mod headers;
+pub mod limits;
 pub mod proxy;
 pub mod redirect;
 pub mod registry;
@@ -36,6 +37,7 @@ pub struct Annotations {
     pub headers: headers::Headers,
     pub access: access::Access,
     pub auth: auth::Auth,
+    pub limits: limits::Limits,
     pub tls: tls::Tls,
     pub server: server::ServerAnnotations,
 }
@@ -257,6 +259,7 @@ pub fn parse_ingress(
         headers: headers::parse(reader, errors),
         access: access::parse(reader, errors),
         auth: auth::parse(reader, errors),
+        limits: limits::parse(reader, errors),
         tls: tls::parse(reader, errors),
         server: server::parse(reader, errors),
     }

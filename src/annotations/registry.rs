@@ -792,16 +792,18 @@ pub static ANNOTATIONS: &[Annotation] = &[
         "ratelimit",
         Location,
         OPEN,
-        Unsupported("not supported yet (part 2: traffic policy)"),
-        "",
+        Differs(
+            "KB/s; as in ingress-nginx it applies only with proxy-buffering on, and wicket warns when it is off",
+        ),
+        "100",
     ),
     row(
         "limit-rate-after",
         "ratelimit",
         Location,
         OPEN,
-        Unsupported("not supported yet (part 2: traffic policy)"),
-        "",
+        Supported,
+        "1024",
     ),
     row(
         "limit-rpm",
@@ -1217,8 +1219,8 @@ pub static ANNOTATIONS: &[Annotation] = &[
         "satisfy",
         Location,
         PROTECTS,
-        Unsupported("not supported yet (part 2: traffic policy)"),
-        "",
+        Differs("any or all; another value rejects the Ingress"),
+        "any",
     ),
     row(
         "secure-backends",

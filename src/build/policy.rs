@@ -203,6 +203,9 @@ pub fn of(
             a.access.deny.as_deref(),
             settings,
         ),
+        satisfy_any: a.auth.satisfy_any,
+        limit_rate: a.limits.rate.filter(|n| *n > 0),
+        limit_rate_after: a.limits.rate_after.filter(|n| *n > 0),
         no_access_log: !a.redirect.access_log,
         rewrite_log: a.redirect.rewrite_log,
         port_in_redirect: a.redirect.use_port_in_redirects,
@@ -291,6 +294,14 @@ pub fn of(
             );
         }
         p.proxy_ssl = Some(files);
+    }
+    let buffered = a.proxy.buffering.unwrap_or(settings.proxy_buffering);
+    if !buffered && (p.limit_rate.is_some() || p.limit_rate_after.is_some()) {
+        problems.push(Problem::warning(
+            &ing.object,
+            Some(field("limit-rate")),
+            "limit-rate applies only to buffered responses (as in ingress-nginx), and proxy-buffering is off for this Ingress: responses from its backends are not limited",
+        ));
     }
     if a.auth.asked {
         match basic_auth(cluster, ing, settings, &a.auth) {
