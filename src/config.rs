@@ -54,6 +54,9 @@ pub struct Config {
     pub global_error_pages: Vec<ErrorPage>,
     /// The users' files of basic authentication, sorted by name.
     pub htpasswd: Vec<Htpasswd>,
+    /// The zones of `limit-connections`, `limit-rps`, `limit-rpm`, sorted
+    /// by name.
+    pub limit_zones: Vec<LimitZone>,
     /// The optional nginx modules that are loaded.
     pub modules: Modules,
     /// Endpoints change without a reload (`--dynamic-endpoints` and the
@@ -160,6 +163,31 @@ pub struct ExpandableHeader {
 pub struct LiteralHeader {
     pub name: HeaderName,
     pub value: HeaderValue,
+}
+
+/// A location's connection and request limits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct LocationLimits {
+    /// `limit_conn ZONE N`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<(String, u32)>,
+    /// `limit_req zone=ZONE burst=N nodelay`, per second then per minute.
+    pub requests: Vec<(String, u32)>,
+}
+
+/// A shared memory zone of `limit_conn_zone` or `limit_req_zone`, keyed by
+/// the client's address (empty, so not limited, for the exempt networks).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LimitZone {
+    pub name: String,
+    /// `None`: a connection zone; else the rate (`10r/s`, `100r/m`).
+    pub rate: Option<String>,
+    /// The variable the zone is keyed by: `$binary_remote_addr`, or one
+    /// that is empty for `exempt`.
+    pub key: String,
+    pub exempt: Vec<Cidr>,
+    /// `namespace/name` of the Ingress, for the comment.
+    pub ingress: String,
 }
 
 /// `auth_basic` with the realm, and the users' file `auth/NAME.htpasswd`.
@@ -399,6 +427,10 @@ pub struct LocationPolicy {
     /// `satisfy any`: the access rules or the authentication suffice.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub satisfy_any: bool,
+    /// `limit-connections`, `limit-rps`, `limit-rpm`: zones of
+    /// [`Config::limit_zones`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LocationLimits>,
     /// `limit-rate` and `limit-rate-after`, in KB (0: not set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit_rate: Option<u32>,
@@ -540,6 +572,7 @@ impl Config {
             trusted,
             global_error_pages,
             htpasswd,
+            limit_zones,
             modules,
             dynamic_endpoints,
         } = self;
@@ -583,6 +616,7 @@ impl Config {
             && *trusted == old.trusted
             && *global_error_pages == old.global_error_pages
             && *htpasswd == old.htpasswd
+            && *limit_zones == old.limit_zones
             && *modules == old.modules;
         (same && !changed.is_empty()).then_some(changed)
     }

@@ -734,6 +734,9 @@ struct Head<'a> {
     response_headers: &'a [crate::config::ExpandableHeader],
     request_headers: &'a [crate::config::ExpandableHeader],
     global_error_pages: &'a [crate::config::ErrorPage],
+    limit_zones: &'a [crate::config::LimitZone],
+    /// The zones' keys that exempt networks, once each.
+    limit_keys: Vec<&'a crate::config::LimitZone>,
 }
 
 impl<'a> Head<'a> {
@@ -760,6 +763,14 @@ impl<'a> Head<'a> {
             response_headers: &c.response_headers,
             request_headers: &c.request_headers,
             global_error_pages: &c.global_error_pages,
+            limit_zones: &c.limit_zones,
+            limit_keys: {
+                let mut seen = std::collections::BTreeSet::new();
+                c.limit_zones
+                    .iter()
+                    .filter(|z| !z.exempt.is_empty() && seen.insert(z.key.as_str()))
+                    .collect()
+            },
         }
     }
 }

@@ -129,6 +129,10 @@ pub struct Settings {
     pub use_port_in_redirects: bool,
     pub relative_redirects: bool,
     pub http_redirect_code: u16,
+    /// `limit-req-status-code` and `limit-conn-status-code`: the answer to
+    /// a request over a limit (default 503).
+    pub limit_req_status_code: u16,
+    pub limit_conn_status_code: u16,
     /// Path prefixes never redirected to HTTPS (ACME challenges).
     pub no_tls_redirect_locations: Vec<String>,
 
@@ -233,6 +237,8 @@ impl Default for Settings {
             use_port_in_redirects: false,
             relative_redirects: false,
             http_redirect_code: 308,
+            limit_req_status_code: 503,
+            limit_conn_status_code: 503,
             no_tls_redirect_locations: vec!["/.well-known/acme-challenge".into()],
             ssl_protocols: Protocols::of("TLSv1.2 TLSv1.3"),
             ssl_ciphers: CipherList::of(DEFAULT_SSL_CIPHERS),
@@ -297,6 +303,11 @@ fn on_off_or_bool(s: &str) -> Result<bool, Invalid> {
     crate::values::parse_on_off(s).or_else(|_| parse_bool(s))
 }
 
+/// An error status nginx's limit modules may answer: 400 to 599.
+fn error_status(value: &str) -> Result<u16, Invalid> {
+    crate::values::nginx::parse_count(value, 400, 599).map(|n| n as u16)
+}
+
 impl Settings {
     /// Applies one key. `Ok(false)`: wicket does not act on this key.
     pub fn apply(&mut self, key: &str, value: &str) -> Result<bool, Invalid> {
@@ -307,6 +318,8 @@ impl Settings {
                 s.allow_cross_namespace_resources = parse_bool(value)?
             }
             "proxy-body-size" => s.proxy_body_size = Size::parse(value)?,
+            "limit-req-status-code" => s.limit_req_status_code = error_status(value)?,
+            "limit-conn-status-code" => s.limit_conn_status_code = error_status(value)?,
             "client-body-buffer-size" => s.client_body_buffer_size = Size::parse(value)?,
             "client-header-buffer-size" => s.client_header_buffer_size = Size::parse(value)?,
             "large-client-header-buffers" => s.large_client_header_buffers = Buffers::parse(value)?,

@@ -1783,3 +1783,97 @@ async fn satisfy_any_or_all_and_limit_rate() {
         w.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_and_connection_limits_per_client_address() {
+    let (_web, web_svc) = web("lim", "web").await;
+    let w = Wicket::start_with(
+        &[
+            ("svc.yaml", &web_svc),
+            (
+                "cm.yaml",
+                &settings(
+                    "lim",
+                    &[
+                        ("limit-req-status-code", "429"),
+                        ("limit-conn-status-code", "503"),
+                    ],
+                ),
+            ),
+            (
+                "rps.yaml",
+                &site(
+                    "lim",
+                    "rps",
+                    "rps.test",
+                    "web",
+                    &[
+                        ("limit-rpm", "1"),
+                        ("limit-burst-multiplier", "2"),
+                        ("limit-allowlist", "127.0.0.5/32"),
+                    ],
+                ),
+            ),
+            (
+                "conn.yaml",
+                &site(
+                    "lim",
+                    "conn",
+                    "conn.test",
+                    "web",
+                    &[("limit-connections", "1")],
+                ),
+            ),
+        ],
+        &["--configmap", "lim/settings"],
+    )
+    .await;
+    // One a minute with a burst of two: three pass, the fourth is refused
+    // with limit-req-status-code; another address has its own count, and
+    // an exempt one none.
+    let from = Ipv4Addr::new(127, 0, 0, 4);
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(status_of(&get_from(&w, from, "rps.test", "/", "").await));
+    }
+    assert_eq!(got, [200, 200, 200, 429], "from {from}");
+    assert_eq!(
+        status_of(&get_from(&w, Ipv4Addr::new(127, 0, 0, 6), "rps.test", "/", "").await),
+        200
+    );
+    for _ in 0..6 {
+        let head = get_from(&w, Ipv4Addr::new(127, 0, 0, 5), "rps.test", "/", "").await;
+        assert_eq!(status_of(&head), 200, "exempt: {head}");
+    }
+
+    // One connection at a time per address: a second request while a slow
+    // one is open is refused.
+    let port = w.http;
+    let slow = tokio::spawn(async move {
+        raw(
+            port,
+            Ipv4Addr::new(127, 0, 0, 7),
+            "GET /delay/3000 HTTP/1.1\r\nHost: conn.test\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .0
+    });
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let head = get_from(&w, Ipv4Addr::new(127, 0, 0, 7), "conn.test", "/", "").await;
+        if status_of(&head) == 503 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never limited: {head}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status_of(&slow.await.unwrap()), 200);
+    // Once it ended, the same address is served again.
+    assert_eq!(
+        status_of(&get_from(&w, Ipv4Addr::new(127, 0, 0, 7), "conn.test", "/", "").await),
+        200
+    );
+}

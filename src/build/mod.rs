@@ -267,7 +267,11 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     let mut policy_certs: BTreeMap<String, Certificate> = BTreeMap::new();
     let mut trusted: BTreeMap<String, crate::config::Trusted> = BTreeMap::new();
     let mut htpasswd: BTreeMap<String, crate::config::Htpasswd> = BTreeMap::new();
+    let mut limit_zones: BTreeMap<String, crate::config::LimitZone> = BTreeMap::new();
     for (pol, found) in policies {
+        for z in &pol.limit_zones {
+            limit_zones.insert(z.name.clone(), z.clone());
+        }
         for h in &pol.htpasswd {
             htpasswd.insert(h.name.clone(), h.clone());
         }
@@ -498,6 +502,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         request_headers,
         trusted: trusted.into_values().collect(),
         htpasswd: htpasswd.into_values().collect(),
+        limit_zones: limit_zones.into_values().collect(),
         global_error_pages,
         modules: opts.modules.clone(),
         dynamic_endpoints: dynamic_endpoints(opts),

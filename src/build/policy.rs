@@ -16,8 +16,8 @@ use super::tls;
 use crate::annotations::backend::{ObjectName, Protocol};
 use crate::cluster::{Cluster, ObjectKey};
 use crate::config::{
-    AccessRule, AccessRules, BasicAuth, Certificate, FastCgi, FastCgiParam, Htpasswd,
-    LiteralHeader, LocationPolicy, Modules, ProxySslFiles, Trusted,
+    AccessRule, AccessRules, BasicAuth, Certificate, FastCgi, FastCgiParam, Htpasswd, LimitZone,
+    LiteralHeader, LocationLimits, LocationPolicy, Modules, ProxySslFiles, Trusted,
 };
 use crate::problem::{Printable, Problem};
 use crate::settings::Settings;
@@ -34,6 +34,7 @@ pub struct IngressPolicy {
     pub certificates: Vec<Certificate>,
     pub trusted: Vec<Trusted>,
     pub htpasswd: Vec<Htpasswd>,
+    pub limit_zones: Vec<LimitZone>,
 }
 
 /// The effective `allow`/`deny` rules of a location: `block-cidrs` first,
@@ -295,6 +296,11 @@ pub fn of(
         }
         p.proxy_ssl = Some(files);
     }
+    if a.limits.any() {
+        let (limits, zones) = limits(ing, &a.limits);
+        p.limits = Some(limits);
+        out.limit_zones = zones;
+    }
     let buffered = a.proxy.buffering.unwrap_or(settings.proxy_buffering);
     if !buffered && (p.limit_rate.is_some() || p.limit_rate_after.is_some()) {
         problems.push(Problem::warning(
@@ -317,6 +323,52 @@ pub fn of(
         out.location = Some(p);
     }
     out
+}
+
+/// The zones and the location's limits of one Ingress's
+/// `limit-connections`, `limit-rps`, `limit-rpm`: named by a hash of the
+/// Ingress, 5 MB each, as ingress-nginx made them.
+fn limits(
+    ing: &ParsedIngress,
+    l: &crate::annotations::limits::Limits,
+) -> (LocationLimits, Vec<LimitZone>) {
+    use sha2::Digest;
+    let id = ing.key.to_string();
+    let base = format!(
+        "wicket_limit_{}",
+        hex::encode(&sha2::Sha256::digest(id.as_bytes())[..6])
+    );
+    let key = if l.allowlist.is_empty() {
+        "$binary_remote_addr".to_string()
+    } else {
+        format!("${base}")
+    };
+    let zone = |suffix: &str, rate: Option<String>| LimitZone {
+        name: format!("{base}_{suffix}"),
+        rate,
+        key: key.clone(),
+        exempt: l.allowlist.clone(),
+        ingress: id.clone(),
+    };
+    let mut zones = Vec::new();
+    let mut out = LocationLimits {
+        connections: None,
+        requests: Vec::new(),
+    };
+    if let Some(n) = l.connections {
+        let z = zone("conn", None);
+        out.connections = Some((z.name.clone(), n));
+        zones.push(z);
+    }
+    for (suffix, rate, unit) in [("rps", l.rps, "r/s"), ("rpm", l.rpm, "r/m")] {
+        if let Some(n) = rate {
+            let z = zone(suffix, Some(format!("{n}{unit}")));
+            out.requests
+                .push((z.name.clone(), n.saturating_mul(l.burst_multiplier)));
+            zones.push(z);
+        }
+    }
+    (out, zones)
 }
 
 /// The users' file of `auth-type: basic`, or why there is none (and the
