@@ -57,6 +57,8 @@ pub struct Config {
     /// The zones of `limit-connections`, `limit-rps`, `limit-rpm`, sorted
     /// by name.
     pub limit_zones: Vec<LimitZone>,
+    /// The allowed origins of `cors-allow-origin` lists, sorted by name.
+    pub cors_maps: Vec<CorsMap>,
     /// The optional nginx modules that are loaded.
     pub modules: Modules,
     /// Endpoints change without a reload (`--dynamic-endpoints` and the
@@ -163,6 +165,32 @@ pub struct ExpandableHeader {
 pub struct LiteralHeader {
     pub name: HeaderName,
     pub value: HeaderValue,
+}
+
+/// A location's CORS answers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct CorsPolicy {
+    /// The variable of [`Config::cors_maps`] that is 1 for an allowed
+    /// `Origin`; `None`: any origin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin_map: Option<String>,
+    /// `*`, or `$http_origin` (an allowed origin, echoed).
+    pub allow_origin: String,
+    pub methods: String,
+    pub headers: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expose: Option<String>,
+    pub credentials: bool,
+    pub max_age: u32,
+}
+
+/// `map $http_origin $NAME`: 1 for these origins (exact strings, and
+/// anchored expressions of wildcards).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CorsMap {
+    pub name: String,
+    pub exact: Vec<String>,
+    pub regex: Vec<String>,
 }
 
 /// A location's connection and request limits.
@@ -427,6 +455,9 @@ pub struct LocationPolicy {
     /// `satisfy any`: the access rules or the authentication suffice.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub satisfy_any: bool,
+    /// CORS (`enable-cors`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsPolicy>,
     /// `limit-connections`, `limit-rps`, `limit-rpm`: zones of
     /// [`Config::limit_zones`].
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -573,6 +604,7 @@ impl Config {
             global_error_pages,
             htpasswd,
             limit_zones,
+            cors_maps,
             modules,
             dynamic_endpoints,
         } = self;
@@ -617,6 +649,7 @@ impl Config {
             && *global_error_pages == old.global_error_pages
             && *htpasswd == old.htpasswd
             && *limit_zones == old.limit_zones
+            && *cors_maps == old.cors_maps
             && *modules == old.modules;
         (same && !changed.is_empty()).then_some(changed)
     }

@@ -735,6 +735,7 @@ struct Head<'a> {
     request_headers: &'a [crate::config::ExpandableHeader],
     global_error_pages: &'a [crate::config::ErrorPage],
     limit_zones: &'a [crate::config::LimitZone],
+    cors_maps: &'a [crate::config::CorsMap],
     /// The zones' keys that exempt networks, once each.
     limit_keys: Vec<&'a crate::config::LimitZone>,
 }
@@ -764,6 +765,7 @@ impl<'a> Head<'a> {
             request_headers: &c.request_headers,
             global_error_pages: &c.global_error_pages,
             limit_zones: &c.limit_zones,
+            cors_maps: &c.cors_maps,
             limit_keys: {
                 let mut seen = std::collections::BTreeSet::new();
                 c.limit_zones

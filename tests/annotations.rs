@@ -1877,3 +1877,138 @@ async fn request_and_connection_limits_per_client_address() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_and_headers_for_listed_wildcard_and_unlisted_origins() {
+    let (web_echo, web_svc) = web("co", "web").await;
+    let users = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: staff, namespace: co}}\ntype: Opaque\nstringData:\n  auth: {}\n",
+        serde_json::to_string(&format!("alice:{}", password_hash("-apr1", "wonderland"))).unwrap()
+    );
+    let w = Wicket::start(&[
+        ("svc.yaml", &web_svc),
+        ("users.yaml", &users),
+        (
+            "any.yaml",
+            &site("co", "any", "any.test", "web", &[("enable-cors", "true")]),
+        ),
+        (
+            "list.yaml",
+            &site(
+                "co",
+                "list",
+                "list.test",
+                "web",
+                &[
+                    ("enable-cors", "true"),
+                    (
+                        "cors-allow-origin",
+                        "https://app.example.com, https://*.example.org:8443",
+                    ),
+                    ("cors-allow-methods", "GET, POST"),
+                    ("cors-expose-headers", "X-Request-ID"),
+                    ("cors-allow-credentials", "false"),
+                    ("cors-max-age", "600"),
+                    ("auth-type", "basic"),
+                    ("auth-secret", "staff"),
+                ],
+            ),
+        ),
+    ])
+    .await;
+    let origin = |o: &str| format!("Origin: {o}\r\n");
+    let preflight = |host: &str, o: &str| {
+        format!(
+            "OPTIONS / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nOrigin: {o}\r\nAccess-Control-Request-Method: POST\r\n\r\n"
+        )
+    };
+
+    // Any origin: `*` on answers, preflights answered at the edge.
+    let head = get_from(&w, LO, "any.test", "/", &origin("https://x.example")).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(
+        header(&head, "Access-Control-Allow-Origin"),
+        Some("*"),
+        "{head}"
+    );
+    assert_eq!(
+        header(&head, "Access-Control-Allow-Credentials"),
+        Some("true"),
+        "{head}"
+    );
+    assert_eq!(
+        header(&head, "Access-Control-Allow-Methods"),
+        Some("GET, PUT, POST, DELETE, PATCH, OPTIONS")
+    );
+    assert_eq!(header(&head, "Access-Control-Max-Age"), Some("1728000"));
+    let before = web_echo.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let (head, _) = raw(w.http, LO, &preflight("any.test", "https://x.example")).await;
+    assert_eq!(status_of(&head), 204, "{head}");
+    assert_eq!(
+        header(&head, "Access-Control-Allow-Origin"),
+        Some("*"),
+        "{head}"
+    );
+    assert_eq!(
+        web_echo.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before
+    );
+
+    // A list: listed and wildcard origins are echoed, on a 401 too; one
+    // label for the `*`, ports exact, others get no CORS header.
+    let creds = basic("alice", "wonderland");
+    for o in ["https://app.example.com", "https://a.example.org:8443"] {
+        let head = get_from(&w, LO, "list.test", "/", &format!("{}{creds}", origin(o))).await;
+        assert_eq!(status_of(&head), 200, "{o}: {head}");
+        assert_eq!(
+            header(&head, "Access-Control-Allow-Origin"),
+            Some(o),
+            "{head}"
+        );
+        assert_eq!(
+            header(&head, "Access-Control-Allow-Methods"),
+            Some("GET, POST")
+        );
+        assert_eq!(
+            header(&head, "Access-Control-Expose-Headers"),
+            Some("X-Request-ID")
+        );
+        assert_eq!(header(&head, "Access-Control-Max-Age"), Some("600"));
+        assert_eq!(
+            header(&head, "Access-Control-Allow-Credentials"),
+            None,
+            "{head}"
+        );
+        let unauthorized = get_from(&w, LO, "list.test", "/", &origin(o)).await;
+        assert_eq!(status_of(&unauthorized), 401, "{unauthorized}");
+        assert_eq!(
+            header(&unauthorized, "Access-Control-Allow-Origin"),
+            Some(o),
+            "{unauthorized}"
+        );
+        let (head, _) = raw(w.http, LO, &preflight("list.test", o)).await;
+        assert_eq!(status_of(&head), 204, "preflight {o}: {head}");
+        assert_eq!(
+            header(&head, "Access-Control-Allow-Origin"),
+            Some(o),
+            "{head}"
+        );
+    }
+    for o in [
+        "https://evil.example",
+        "https://a.b.example.org:8443",
+        "https://a.example.org",
+        "http://app.example.com",
+        "https://app.example.com.evil.example",
+    ] {
+        let head = get_from(&w, LO, "list.test", "/", &format!("{}{creds}", origin(o))).await;
+        assert_eq!(status_of(&head), 200, "{o}: {head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("access-control-"),
+            "{o}: {head}"
+        );
+        // Its preflight is not answered at the edge: authentication applies.
+        let (head, _) = raw(w.http, LO, &preflight("list.test", o)).await;
+        assert_eq!(status_of(&head), 401, "preflight {o}: {head}");
+    }
+}

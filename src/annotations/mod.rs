@@ -7,6 +7,7 @@
 pub mod access;
 pub mod auth;
 pub mod backend;
+pub mod cors;
 pub mod headers;
 pub mod limits;
 pub mod proxy;
@@ -38,6 +39,7 @@ pub struct Annotations {
     pub access: access::Access,
     pub auth: auth::Auth,
     pub limits: limits::Limits,
+    pub cors: cors::Cors,
     pub tls: tls::Tls,
     pub server: server::ServerAnnotations,
 }
@@ -260,6 +262,7 @@ pub fn parse_ingress(
         access: access::parse(reader, errors),
         auth: auth::parse(reader, errors),
         limits: limits::parse(reader, errors),
+        cors: cors::parse(reader, errors),
         tls: tls::parse(reader, errors),
         server: server::parse(reader, errors),
     }

@@ -268,7 +268,11 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     let mut trusted: BTreeMap<String, crate::config::Trusted> = BTreeMap::new();
     let mut htpasswd: BTreeMap<String, crate::config::Htpasswd> = BTreeMap::new();
     let mut limit_zones: BTreeMap<String, crate::config::LimitZone> = BTreeMap::new();
+    let mut cors_maps: BTreeMap<String, crate::config::CorsMap> = BTreeMap::new();
     for (pol, found) in policies {
+        for m in &pol.cors_maps {
+            cors_maps.insert(m.name.clone(), m.clone());
+        }
         for z in &pol.limit_zones {
             limit_zones.insert(z.name.clone(), z.clone());
         }
@@ -503,6 +507,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         trusted: trusted.into_values().collect(),
         htpasswd: htpasswd.into_values().collect(),
         limit_zones: limit_zones.into_values().collect(),
+        cors_maps: cors_maps.into_values().collect(),
         global_error_pages,
         modules: opts.modules.clone(),
         dynamic_endpoints: dynamic_endpoints(opts),

@@ -16,8 +16,9 @@ use super::tls;
 use crate::annotations::backend::{ObjectName, Protocol};
 use crate::cluster::{Cluster, ObjectKey};
 use crate::config::{
-    AccessRule, AccessRules, BasicAuth, Certificate, FastCgi, FastCgiParam, Htpasswd, LimitZone,
-    LiteralHeader, LocationLimits, LocationPolicy, Modules, ProxySslFiles, Trusted,
+    AccessRule, AccessRules, BasicAuth, Certificate, CorsMap, CorsPolicy, FastCgi, FastCgiParam,
+    Htpasswd, LimitZone, LiteralHeader, LocationLimits, LocationPolicy, Modules, ProxySslFiles,
+    Trusted,
 };
 use crate::problem::{Printable, Problem};
 use crate::settings::Settings;
@@ -35,6 +36,7 @@ pub struct IngressPolicy {
     pub trusted: Vec<Trusted>,
     pub htpasswd: Vec<Htpasswd>,
     pub limit_zones: Vec<LimitZone>,
+    pub cors_maps: Vec<CorsMap>,
 }
 
 /// The effective `allow`/`deny` rules of a location: `block-cidrs` first,
@@ -295,6 +297,69 @@ pub fn of(
             );
         }
         p.proxy_ssl = Some(files);
+    }
+    let c = &a.cors;
+    if !c.enabled && c.configured {
+        problems.push(Problem::warning(
+            &ing.object,
+            Some(field("enable-cors")),
+            "cors-* annotations without enable-cors: \"true\" do nothing",
+        ));
+    }
+    if c.enabled && !modules.headers_more {
+        problems.push(Problem::warning(
+            &ing.object,
+            Some(field("enable-cors")),
+            "CORS needs nginx's headers-more module (Debian's libnginx-mod-http-headers-more-filter), which is not installed: no CORS headers are sent",
+        ));
+    } else if c.enabled {
+        use crate::annotations::cors::Origins;
+        if !c.dropped.is_empty() {
+            problems.push(Problem::warning(
+                &ing.object,
+                Some(field("cors-allow-origin")),
+                format!(
+                    "entries without a scheme are dropped (as in ingress-nginx): {}",
+                    c.dropped.join(", ")
+                ),
+            ));
+        }
+        let (origin_map, allow_origin) = match &c.origins {
+            Origins::Any => (None, "*".to_string()),
+            Origins::List(list) => {
+                use sha2::Digest;
+                let exact: Vec<String> = list
+                    .iter()
+                    .filter(|o| !o.wildcard)
+                    .map(|o| o.exact())
+                    .collect();
+                let regex: Vec<String> = list
+                    .iter()
+                    .filter(|o| o.wildcard)
+                    .map(|o| o.regex())
+                    .collect();
+                let id = format!("{exact:?}{regex:?}");
+                let name = format!(
+                    "wicket_cors_{}",
+                    hex::encode(&sha2::Sha256::digest(id.as_bytes())[..6])
+                );
+                out.cors_maps.push(CorsMap {
+                    name: name.clone(),
+                    exact,
+                    regex,
+                });
+                (Some(name), "$http_origin".to_string())
+            }
+        };
+        p.cors = Some(CorsPolicy {
+            origin_map,
+            allow_origin,
+            methods: c.methods.clone(),
+            headers: c.headers.clone(),
+            expose: c.expose.clone(),
+            credentials: c.credentials,
+            max_age: c.max_age,
+        });
     }
     if a.limits.any() {
         let (limits, zones) = limits(ing, &a.limits);
