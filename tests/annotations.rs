@@ -1786,7 +1786,7 @@ async fn satisfy_any_or_all_and_limit_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_and_connection_limits_per_client_address() {
-    let (_web, web_svc) = web("lim", "web").await;
+    let (web_echo, web_svc) = web("lim", "web").await;
     let w = Wicket::start_with(
         &[
             ("svc.yaml", &web_svc),
@@ -1849,6 +1849,7 @@ async fn request_and_connection_limits_per_client_address() {
     // One connection at a time per address: a second request while a slow
     // one is open is refused.
     let port = w.http;
+    let reached = web_echo.requests.load(std::sync::atomic::Ordering::SeqCst);
     let slow = tokio::spawn(async move {
         raw(
             port,
@@ -1858,7 +1859,15 @@ async fn request_and_connection_limits_per_client_address() {
         .await
         .0
     });
+    // Once the slow request holds its connection (it reached the backend).
     let deadline = std::time::Instant::now() + PATIENCE;
+    while web_echo.requests.load(std::sync::atomic::Ordering::SeqCst) == reached {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     loop {
         let head = get_from(&w, Ipv4Addr::new(127, 0, 0, 7), "conn.test", "/", "").await;
         if status_of(&head) == 503 {
@@ -1871,7 +1880,35 @@ async fn request_and_connection_limits_per_client_address() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(status_of(&slow.await.unwrap()), 200);
-    // Once it ended, the same address is served again.
+
+    // Dropping the allowlist changes what the zones are keyed by (nginx
+    // refuses that for a zone it keeps): the change is applied, and the
+    // address exempt before is limited now.
+    w.write(
+        "rps.yaml",
+        &site(
+            "lim",
+            "rps",
+            "rps.test",
+            "web",
+            &[("limit-rpm", "1"), ("limit-burst-multiplier", "2")],
+        ),
+    );
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let head = get_from(&w, Ipv4Addr::new(127, 0, 0, 5), "rps.test", "/", "").await;
+        if status_of(&head) == 429 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never limited: {head}\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!w.logs().contains("config not applied"), "{}", w.logs());
+    // Once the slow request ended, its address is served again.
     assert_eq!(
         status_of(&get_from(&w, Ipv4Addr::new(127, 0, 0, 7), "conn.test", "/", "").await),
         200

@@ -408,8 +408,11 @@ fn limits(
     } else {
         format!("${base}")
     };
+    // nginx refuses to reload a zone whose key changed: a zone keyed with
+    // an allowlist is named apart.
+    let keyed = if l.allowlist.is_empty() { "" } else { "_x" };
     let zone = |suffix: &str, rate: Option<String>| LimitZone {
-        name: format!("{base}_{suffix}"),
+        name: format!("{base}{keyed}_{suffix}"),
         rate,
         key: key.clone(),
         exempt: l.allowlist.clone(),
