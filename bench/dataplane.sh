@@ -20,6 +20,11 @@
 #              nginx's round robin (what follows any endpoint change with
 #              --dynamic-endpoints). UPDATED=0 skips it.
 #
+#   POLICY=1   the route also has a source list and CORS
+#              (whitelist-source-range, enable-cors), the hand-written
+#              config the same directives (bench/dataplane/hand-policy.conf.in),
+#              and every request an Origin header (issue 12's check).
+#
 #   bench/dataplane.sh    RUNS=5 DURATION=10s THREADS=2 CONNECTIONS=64
 #                         TEMPLATES=DIR (--templates for generated and serve)
 #
@@ -32,6 +37,7 @@ DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 SERVE=${SERVE:-1}
+POLICY=${POLICY:-0}
 UPDATED=${UPDATED:-1}
 STATIC=${STATIC:-1}
 BACKEND_PORT=${BACKEND_PORT:-18080}
@@ -46,6 +52,14 @@ read -r gen_port gen_tls hand_port serve_port serve_tls admin_port upd_port upd_
 host=app-0.bench.test
 backend=127.1.0.1:$BACKEND_PORT   # what gen-manifests.py gives Ingress 0
 python3 "$BENCH_DIR/gen-manifests.py" --count 1 --out "$out/serve-manifests" --port "$BACKEND_PORT"
+hand_conf=$BENCH_DIR/dataplane/hand.conf.in
+headers=(-H "Host: $host")
+if [[ $POLICY == 1 ]]; then
+  sed -i '0,/^  namespace: bench-0$/s//  namespace: bench-0\n  annotations:\n    nginx.ingress.kubernetes.io\/enable-cors: "true"\n    nginx.ingress.kubernetes.io\/whitelist-source-range: 127.0.0.0\/8/' \
+    "$out/serve-manifests/"*.yaml
+  hand_conf=$BENCH_DIR/dataplane/hand-policy.conf.in
+  headers+=(-H "Origin: https://app.example.com")
+fi
 
 pids=()
 cleanup() {
@@ -68,7 +82,7 @@ pids+=($!)
 # The hand-written config.
 mkdir -p "$out/hand/tmp"
 sed -e "s|@PORT@|127.0.0.1:$hand_port|" -e "s|@HOST@|$host|" -e "s|@BACKEND@|$backend|" -e "s|@STATE@|$out/hand|g" \
-  "$BENCH_DIR/dataplane/hand.conf.in" >"$out/hand/nginx.conf"
+  "$hand_conf" >"$out/hand/nginx.conf"
 "$NGINX" -t -q -p "$out/hand" -c "$out/hand/nginx.conf" || die "hand-written config refused"
 ("$NGINX" -p "$out/hand" -c "$out/hand/nginx.conf" >/dev/null 2>"$out/hand/error.log") &
 pids+=($!)
@@ -116,7 +130,7 @@ for k in "${kinds[@]}"; do
 done
 log "warming up"
 for k in "${kinds[@]}"; do
-  wrk -t "$THREADS" -c "$CONNECTIONS" -d 2s -H "Host: $host" "http://127.0.0.1:${port[$k]}/" >/dev/null
+  wrk -t "$THREADS" -c "$CONNECTIONS" -d 2s "${headers[@]}" "http://127.0.0.1:${port[$k]}/" >/dev/null
 done
 
 # CPU seconds (user + sys) a process has used so far.
@@ -129,7 +143,7 @@ for ((r = 1; r <= RUNS; r++)); do
   for ((j = 0; j < n; j++)); do
     k=${kinds[$(((r - 1 + j) % n))]}
     [[ $k != serve ]] || c0=$(cpu_of "$wicket_pid")
-    wrk -t "$THREADS" -c "$CONNECTIONS" -d "$DURATION" -H "Host: $host" \
+    wrk -t "$THREADS" -c "$CONNECTIONS" -d "$DURATION" "${headers[@]}" \
       "http://127.0.0.1:${port[$k]}/" >"$out/$k.$r.txt"
     rps=$(awk '/^Requests\/sec/ {print $2}' "$out/$k.$r.txt")
     errs=$(grep -E 'Non-2xx|Socket errors' "$out/$k.$r.txt" | tr -s ' ' | tr '\n' ';' || true)
