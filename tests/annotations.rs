@@ -95,6 +95,18 @@ async fn get_from(w: &Wicket, from: Ipv4Addr, host: &str, path: &str, extra: &st
     .0
 }
 
+/// Each Ingress (`namespace/name`) has a log line naming it with `why`.
+fn assert_told(w: &Wicket, told: &[(&str, &str)]) {
+    let logs = w.logs();
+    for (name, why) in told {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains(&format!("ingress {name}")) && l.contains(why)),
+            "{name}: no reason with {why:?}\n{logs}"
+        );
+    }
+}
+
 fn status_of(head: &str) -> u16 {
     head.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
@@ -1470,20 +1482,16 @@ async fn protection_wicket_cannot_honour_never_reaches_the_backend() {
         0
     );
     // Each is told why.
-    let logs = w.logs();
-    for (name, why) in [
-        ("basic", "auth-type"),
-        ("url", "auth-url"),
-        ("tls", "auth-tls-secret"),
-        ("waf", "enable-modsecurity"),
-        ("bad-range", "whitelist-source-range"),
-    ] {
-        assert!(
-            logs.lines()
-                .any(|l| l.contains(&format!("ingress s/{name}")) && l.contains(why)),
-            "s/{name}: no reason naming {why}:\n{logs}"
-        );
-    }
+    assert_told(
+        &w,
+        &[
+            ("s/basic", "auth-type"),
+            ("s/url", "auth-url"),
+            ("s/tls", "auth-tls-secret"),
+            ("s/waf", "enable-modsecurity"),
+            ("s/bad-range", "whitelist-source-range"),
+        ],
+    );
     drop(open);
 
     // A global protection key wicket cannot honour refuses every Ingress it
@@ -1662,19 +1670,15 @@ async fn basic_auth_with_both_secret_formats_and_fail_closed() {
         guarded.requests.load(std::sync::atomic::Ordering::SeqCst),
         seen
     );
-    let logs = w.logs();
-    for (name, why) in [
-        ("b/missing", "secret b/nowhere not found"),
-        ("b/unusable", "not a hash nginx reads"),
-        ("b/no-type", "without auth-type: basic"),
-        ("other/cross", "allow-cross-namespace-resources"),
-    ] {
-        assert!(
-            logs.lines()
-                .any(|l| l.contains(&format!("ingress {name}")) && l.contains(why)),
-            "{name}: no reason with {why:?}\n{logs}"
-        );
-    }
+    assert_told(
+        &w,
+        &[
+            ("b/missing", "secret b/nowhere not found"),
+            ("b/unusable", "not a hash nginx reads"),
+            ("b/no-type", "without auth-type: basic"),
+            ("other/cross", "allow-cross-namespace-resources"),
+        ],
+    );
     // The users' file is the workers' alone, named by its content.
     let dir = w.state_dir().join(wicket::nginx::AUTH_DIR);
     let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();

@@ -370,7 +370,11 @@ pub fn of(
     if !buffered && (p.limit_rate.is_some() || p.limit_rate_after.is_some()) {
         problems.push(Problem::warning(
             &ing.object,
-            Some(field("limit-rate")),
+            Some(field(if p.limit_rate.is_some() {
+                "limit-rate"
+            } else {
+                "limit-rate-after"
+            })),
             "limit-rate applies only to buffered responses (as in ingress-nginx), and proxy-buffering is off for this Ingress: responses from its backends are not limited",
         ));
     }
