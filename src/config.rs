@@ -59,6 +59,8 @@ pub struct Config {
     pub limit_zones: Vec<LimitZone>,
     /// The allowed origins of `cors-allow-origin` lists, sorted by name.
     pub cors_maps: Vec<CorsMap>,
+    /// Some external auth is cached (`auth-cache-key`): the cache zone.
+    pub auth_cache: bool,
     /// The optional nginx modules that are loaded.
     pub modules: Modules,
     /// Endpoints change without a reload (`--dynamic-endpoints` and the
@@ -218,6 +220,56 @@ pub struct LimitZone {
     pub ingress: String,
 }
 
+/// An external authentication check: `auth_request` to the internal
+/// location `location` of each server that uses it, which asks `target`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct ExternalAuth {
+    /// `/_wicket_auth_HASH` (a hash of everything below).
+    pub location: String,
+    /// `http://UPSTREAM/PATH?QUERY` or `https://...`: an upstream of
+    /// [`Config::upstreams`].
+    pub target: String,
+    /// The `Host` header of the check.
+    pub host: String,
+    /// The TLS server name (the host without its port).
+    pub tls_name: String,
+    pub https: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<&'static str>,
+    /// `X-Auth-Request-Redirect`; `$request_uri` when not set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_redirect: Option<crate::values::RedirectUrl>,
+    /// Headers of the auth answer copied to the backend's request.
+    pub response_headers: Vec<AuthHeader>,
+    /// `auth-proxy-set-headers`: headers of the check.
+    pub set_headers: Vec<ExpandableHeader>,
+    /// `proxy_cache_key` and `proxy_cache_valid` entries, when cached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
+    pub cache_valid: Vec<Vec<String>>,
+    pub always_set_cookie: bool,
+    /// `@wicket_signin_HASH` and the URL a 401 is redirected to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signin: Option<(String, String)>,
+    /// The sign-in URL names `$escaped_request_uri`, which set-misc sets.
+    pub escape_uri: bool,
+    /// The check answers 500: why (the service cannot be reached).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
+    /// From the global keys: `no-auth-locations` exempts paths.
+    pub global: bool,
+}
+
+/// `auth_request_set $VAR $upstream_http_...` and `proxy_set_header NAME $VAR`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct AuthHeader {
+    pub name: HeaderName,
+    /// `wicket_auth_hN`.
+    pub var: String,
+    /// `upstream_http_NAME`.
+    pub from: String,
+}
+
 /// `auth_basic` with the realm, and the users' file `auth/NAME.htpasswd`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct BasicAuth {
@@ -332,6 +384,10 @@ pub struct Server {
     pub app_root: Option<PlainPath>,
     /// The named locations its locations' `custom-http-errors` use.
     pub error_pages: Vec<ErrorPage>,
+    /// The external auth checks its locations ask (an internal location
+    /// each).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub external_auths: Vec<Arc<ExternalAuth>>,
 }
 
 /// How a location matches the request path.
@@ -458,6 +514,9 @@ pub struct LocationPolicy {
     /// CORS (`enable-cors`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsPolicy>,
+    /// External authentication (`auth-url`, or the global `global-auth-url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_auth: Option<Arc<ExternalAuth>>,
     /// `limit-connections`, `limit-rps`, `limit-rpm`: zones of
     /// [`Config::limit_zones`].
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -497,7 +556,11 @@ impl LocationPolicy {
     pub fn with_own_headers(mut self) -> Self {
         self.own_headers = self.upstream_host.is_some()
             || self.connection.is_some()
-            || self.forwarded_prefix.is_some();
+            || self.forwarded_prefix.is_some()
+            || self
+                .external_auth
+                .as_ref()
+                .is_some_and(|a| !a.response_headers.is_empty());
         self
     }
 }
@@ -605,6 +668,7 @@ impl Config {
             htpasswd,
             limit_zones,
             cors_maps,
+            auth_cache,
             modules,
             dynamic_endpoints,
         } = self;
@@ -650,6 +714,7 @@ impl Config {
             && *htpasswd == old.htpasswd
             && *limit_zones == old.limit_zones
             && *cors_maps == old.cors_maps
+            && *auth_cache == old.auth_cache
             && *modules == old.modules;
         (same && !changed.is_empty()).then_some(changed)
     }

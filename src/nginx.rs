@@ -13,7 +13,8 @@
 //! certs/NAME.crt|.key    certificates, mode 0600, in a 0700 folder
 //! auth/NAME.htpasswd     basic authentication's users (read by the workers:
 //!                        theirs alone, 0400, when wicket runs as root)
-//! tmp/                   nginx's temporary files
+//! tmp/                   nginx's temporary files (tmp/auth-cache: the
+//!                        answers of auth services, with auth-cache-key)
 //! nginx.pid
 //! control/wicket-status.sock  (0700 folder) generation, stub_status,
 //!                           endpoint updates

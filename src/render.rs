@@ -637,6 +637,8 @@ struct Globals<'a> {
     /// HSTS is on and can be sent (headers-more is loaded).
     hsts: bool,
     full_forwarded_for: bool,
+    /// `enable-auth-access-log`.
+    auth_access_log: bool,
     proxy_buffer_size: &'a crate::values::Size,
     request_headers: &'a [crate::config::ExpandableHeader],
 }
@@ -651,6 +653,7 @@ impl<'a> Globals<'a> {
             block_referers: !s.block_referers.is_empty(),
             hsts: s.hsts && c.modules.headers_more,
             full_forwarded_for: s.compute_full_forwarded_for && s.use_forwarded_headers,
+            auth_access_log: s.enable_auth_access_log,
             proxy_buffer_size: &s.proxy_buffer_size,
             request_headers: &c.request_headers,
         }
@@ -736,6 +739,8 @@ struct Head<'a> {
     global_error_pages: &'a [crate::config::ErrorPage],
     limit_zones: &'a [crate::config::LimitZone],
     cors_maps: &'a [crate::config::CorsMap],
+    /// Some external auth is cached: the cache zone.
+    auth_cache: bool,
     /// The zones' keys that exempt networks, once each.
     limit_keys: Vec<&'a crate::config::LimitZone>,
 }
@@ -766,6 +771,7 @@ impl<'a> Head<'a> {
             global_error_pages: &c.global_error_pages,
             limit_zones: &c.limit_zones,
             cors_maps: &c.cors_maps,
+            auth_cache: c.auth_cache,
             limit_keys: {
                 let mut seen = std::collections::BTreeSet::new();
                 c.limit_zones

@@ -201,6 +201,14 @@ pub struct Settings {
     /// Protection keys that are set but not supported: every Ingress they
     /// apply to is refused, with these reasons (key, why).
     pub refused: Vec<(String, String)>,
+    /// `global-auth-*`: the external authentication of every Ingress that
+    /// does not opt out with `enable-global-auth: "false"`.
+    #[serde(skip)]
+    pub global_auth: crate::annotations::extauth::GlobalAuth,
+    /// `no-auth-locations`: Ingress paths under these get no global auth.
+    pub no_auth_locations: Vec<String>,
+    /// `enable-auth-access-log`: log the auth subrequests.
+    pub enable_auth_access_log: bool,
 }
 
 impl Default for Settings {
@@ -291,6 +299,9 @@ impl Default for Settings {
             denylist_source_range: Vec::new(),
             service_upstream: false,
             refused: Vec::new(),
+            global_auth: Default::default(),
+            no_auth_locations: vec!["/.well-known/acme-challenge".into()],
+            enable_auth_access_log: false,
         }
     }
 }
@@ -450,6 +461,16 @@ impl Settings {
             "whitelist-source-range" => s.whitelist_source_range = ranges(value)?,
             "denylist-source-range" => s.denylist_source_range = ranges(value)?,
             "service-upstream" => s.service_upstream = parse_bool(value)?,
+            "no-auth-locations" => {
+                s.no_auth_locations = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| crate::values::PlainPath::parse(p).map(|p| p.as_str().to_string()))
+                    .collect::<Result<_, _>>()?
+            }
+            "enable-auth-access-log" => s.enable_auth_access_log = parse_bool(value)?,
+            k if k.starts_with("global-auth-") => return s.global_auth.apply(k, value),
             _ => return Ok(false),
         }
         Ok(true)
@@ -507,6 +528,21 @@ impl Settings {
                         "not an ingress-nginx key; ignored",
                     )),
                 },
+                // A protection key that does not parse would leave the
+                // backends open at its default: what it applies to is
+                // refused instead.
+                Err(e) if registry::key_row(key).is_some_and(|r| r.protection) => {
+                    s.refused
+                        .push((key.clone(), format!("{} is not valid: {e}", Quoted(value))));
+                    problems.push(Problem::warning(
+                        object,
+                        field,
+                        format!(
+                            "{}: {e}; it protects the backends, so Ingresses are refused while it is not valid",
+                            Quoted(value)
+                        ),
+                    ));
+                }
                 Err(e) => problems.push(Problem::warning(
                     object,
                     field,
@@ -623,13 +659,13 @@ mod tests {
     #[test]
     fn an_unsupported_protection_key_refuses() {
         let cm: ConfigMap = serde_yaml::from_str(
-            "metadata: {name: c}\ndata: {global-auth-url: 'https://auth.example.com', enable-modsecurity: 'false'}",
+            "metadata: {name: c}\ndata: {global-auth-snippet: 'return 200;', enable-modsecurity: 'false'}",
         )
         .unwrap();
         let r = ObjectRef::new(Kind::ConfigMap, ObjectKey::new("ns", "c"));
         let mut problems = Vec::new();
         let s = Settings::from_config_map(&cm, &r, &mut problems);
-        assert!(s.refuses(false).unwrap().contains("global-auth-url"));
+        assert!(s.refuses(false).unwrap().contains("global-auth-snippet"));
         assert_eq!(s.refuses(true), None, "enable-global-auth: false opts out");
         assert_eq!(problems.len(), 1, "{problems:?}");
     }

@@ -1435,7 +1435,7 @@ async fn protection_wicket_cannot_honour_never_reaches_the_backend() {
                 &guard(
                     "url",
                     "url.test",
-                    &[("auth-url", "http://auth.example.com/check")],
+                    &[("auth-snippet", "proxy_set_header X-Tenant shop;")],
                 ),
             ),
             (
@@ -1486,7 +1486,7 @@ async fn protection_wicket_cannot_honour_never_reaches_the_backend() {
         &w,
         &[
             ("s/basic", "auth-type"),
-            ("s/url", "auth-url"),
+            ("s/url", "auth-snippet"),
             ("s/tls", "auth-tls-secret"),
             ("s/waf", "enable-modsecurity"),
             ("s/bad-range", "whitelist-source-range"),
@@ -1498,7 +1498,10 @@ async fn protection_wicket_cannot_honour_never_reaches_the_backend() {
     // would apply to; `enable-global-auth: "false"` opts one out.
     w.write(
         "cm.yaml",
-        &settings("s", &[("global-auth-url", "http://auth.example.com/check")]),
+        &settings(
+            "s",
+            &[("global-auth-snippet", "proxy_set_header X-Tenant shop;")],
+        ),
     );
     // Written before the opted-out one: served once that one is.
     w.write(
@@ -1529,7 +1532,7 @@ async fn protection_wicket_cannot_honour_never_reaches_the_backend() {
     let logs = w.logs();
     assert!(
         logs.lines()
-            .any(|l| l.contains("ingress s/plain") && l.contains("global-auth-url")),
+            .any(|l| l.contains("ingress s/plain") && l.contains("global-auth-snippet")),
         "{logs}"
     );
 }
@@ -2052,4 +2055,464 @@ async fn cors_preflights_and_headers_for_listed_wildcard_and_unlisted_origins() 
         let (head, _) = raw(w.http, LO, &preflight("list.test", o)).await;
         assert_eq!(status_of(&head), 401, "preflight {o}: {head}");
     }
+}
+
+/// What an auth service written for the tests saw of one check.
+#[derive(Clone, Debug)]
+struct Check {
+    method: String,
+    uri: String,
+    headers: std::collections::BTreeMap<String, String>,
+    body_bytes: usize,
+}
+
+/// An auth service: `Authorization: Bearer good` is allowed (200, with
+/// `X-User`, `X-Email` and a cookie), `Bearer forbidden` gets 403, `Bearer
+/// broken` 502, anything else 401. It records every check.
+struct AuthService {
+    port: u16,
+    checks: std::sync::Arc<std::sync::Mutex<Vec<Check>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AuthService {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl AuthService {
+    async fn start() -> AuthService {
+        use axum::extract::{Request, State};
+        use axum::response::IntoResponse;
+        type Log = std::sync::Arc<std::sync::Mutex<Vec<Check>>>;
+        async fn check(State(log): State<Log>, req: Request) -> axum::response::Response {
+            let headers: std::collections::BTreeMap<String, String> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).to_string(),
+                    )
+                })
+                .collect();
+            let method = req.method().to_string();
+            let uri = req.uri().to_string();
+            let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+                .await
+                .map(|b| b.len())
+                .unwrap_or(0);
+            let auth = headers.get("authorization").cloned().unwrap_or_default();
+            log.lock().unwrap().push(Check {
+                method,
+                uri,
+                headers,
+                body_bytes: body,
+            });
+            match auth.as_str() {
+                "Bearer good" => (
+                    [
+                        ("X-User", "alice"),
+                        ("X-Email", "alice@example.com"),
+                        ("Set-Cookie", "auth=fresh; Path=/"),
+                    ],
+                    "ok",
+                )
+                    .into_response(),
+                // No cookie: an answer nginx may cache.
+                "Bearer cached" => ([("X-User", "carol")], "ok").into_response(),
+                "Bearer forbidden" => axum::http::StatusCode::FORBIDDEN.into_response(),
+                "Bearer broken" => axum::http::StatusCode::BAD_GATEWAY.into_response(),
+                _ => (
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    [("Set-Cookie", "auth=expired; Path=/")],
+                )
+                    .into_response(),
+            }
+        }
+        let checks: Log = Default::default();
+        let app = axum::Router::new()
+            .fallback(check)
+            .with_state(checks.clone());
+        let listener = tokio::net::TcpListener::bind((LO, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        AuthService { port, checks, task }
+    }
+
+    fn checks(&self) -> Vec<Check> {
+        self.checks.lock().unwrap().clone()
+    }
+
+    fn take(&self) -> Vec<Check> {
+        std::mem::take(&mut *self.checks.lock().unwrap())
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn external_auth_allows_denies_passes_headers_and_signs_in() {
+    let (app, app_svc) = web("x", "app").await;
+    let auth = AuthService::start().await;
+    let url = format!("http://127.0.0.1:{}", auth.port);
+    // The auth service as a Service too, for an auth-url of `$host`.
+    let auth_svc = service("x", "oauth", 80, None, auth.port, &[(IpAddr::V4(LO), true)]);
+    let w = Wicket::start(&[
+        ("svc.yaml", &format!("{app_svc}---\n{auth_svc}")),
+        (
+            "headers.yaml",
+            &config_map(
+                "x",
+                "auth-headers",
+                &[("X-Tenant", "shop"), ("X-Via", "$server_port")],
+            ),
+        ),
+        (
+            "ext.yaml",
+            &site(
+                "x",
+                "ext",
+                "ext.test",
+                "app",
+                &[
+                    ("auth-url", &format!("{url}/verify?host=$host")),
+                    ("auth-response-headers", "X-User, X-Email"),
+                    ("auth-proxy-set-headers", "auth-headers"),
+                ],
+            ),
+        ),
+        (
+            "signin.yaml",
+            &site(
+                "x",
+                "signin",
+                "signin.test",
+                "app",
+                &[
+                    ("auth-url", &format!("{url}/signin-check")),
+                    ("auth-method", "POST"),
+                    ("auth-signin", "https://login.example.com/start"),
+                    ("auth-request-redirect", "https://signin.test/after"),
+                ],
+            ),
+        ),
+        (
+            "cache.yaml",
+            &site(
+                "x",
+                "cache",
+                "cache.test",
+                "app",
+                &[
+                    ("auth-url", &format!("{url}/cached")),
+                    ("auth-cache-key", "$http_authorization"),
+                    ("auth-cache-duration", "200 401 1m"),
+                    ("auth-always-set-cookie", "true"),
+                ],
+            ),
+        ),
+        (
+            "self.yaml",
+            &format!(
+                "{}---\n{}",
+                site(
+                    "x",
+                    "self",
+                    "self.test",
+                    "app",
+                    &[("auth-url", "http://$host/oauth2/auth")],
+                ),
+                ingress(
+                    "x",
+                    "oauth2",
+                    "",
+                    "self.test",
+                    &[("/oauth2", "Prefix", "oauth", 80)]
+                ),
+            ),
+        ),
+        (
+            "down.yaml",
+            &site(
+                "x",
+                "down",
+                "down.test",
+                "app",
+                &[("auth-url", "http://127.0.0.1:1/")],
+            ),
+        ),
+        (
+            "orphan.yaml",
+            &site(
+                "x",
+                "orphan",
+                "orphan.test",
+                "app",
+                &[("auth-signin", "https://login.example.com/")],
+            ),
+        ),
+        ("open.yaml", &site("x", "open", "open.test", "app", &[])),
+    ])
+    .await;
+    let served = || app.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let bearer = |t: &str| format!("Authorization: Bearer {t}\r\n");
+
+    // No credentials: the auth service's 401 reaches the client, and the
+    // backend is never asked.
+    let before = served();
+    let head = get_from(&w, LO, "ext.test", "/shop/cart?item=1", "").await;
+    assert_eq!(status_of(&head), 401, "{head}");
+    let head = get_from(&w, LO, "ext.test", "/", &bearer("forbidden")).await;
+    assert_eq!(status_of(&head), 403, "{head}");
+    let head = get_from(&w, LO, "ext.test", "/", &bearer("broken")).await;
+    assert_eq!(status_of(&head), 500, "{head}");
+    assert_eq!(served(), before);
+
+    // Allowed: the backend gets the auth answer's headers (over what the
+    // client sent), the client the auth service's cookie.
+    auth.take();
+    let (head, body) = raw(
+        w.http,
+        LO,
+        &format!(
+            "POST /shop/cart?item=1 HTTP/1.1\r\nHost: ext.test\r\nConnection: close\r\n{}X-User: mallory\r\nContent-Length: 5\r\n\r\nhello",
+            bearer("good")
+        ),
+    )
+    .await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert!(head.contains("auth=fresh"), "{head}");
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["headers"]["x-user"], "alice", "{seen}");
+    assert_eq!(seen["headers"]["x-email"], "alice@example.com", "{seen}");
+    assert_eq!(seen["body_bytes"], 5, "{seen}");
+    // The check: the URL's path and query, the original request in
+    // headers, the tenant's headers, no body.
+    let c = auth.take().pop().expect("a check");
+    assert_eq!(c.method, "GET");
+    assert_eq!(c.uri, "/verify?host=ext.test");
+    assert_eq!(
+        c.headers["x-original-url"],
+        "http://ext.test/shop/cart?item=1"
+    );
+    assert_eq!(c.headers["x-original-method"], "POST");
+    assert_eq!(c.headers["x-auth-request-redirect"], "/shop/cart?item=1");
+    assert_eq!(c.headers["x-real-ip"], "127.0.0.1");
+    assert_eq!(c.headers["x-forwarded-for"], "127.0.0.1");
+    assert!(c.headers.contains_key("x-request-id"), "{c:?}");
+    assert_eq!(c.headers["x-tenant"], "shop");
+    assert_eq!(c.headers["x-via"], w.http.to_string());
+    assert_eq!(c.headers["host"], format!("127.0.0.1:{}", auth.port));
+    assert_eq!(c.body_bytes, 0);
+    assert!(!c.headers.contains_key("content-length") || c.headers["content-length"] == "0");
+
+    // A 401 sends the client to sign in, with where it was going.
+    let head = get_from(&w, LO, "signin.test", "/a/b?c=1&d=2", "").await;
+    assert_eq!(status_of(&head), 302, "{head}");
+    let location = header(&head, "Location").unwrap();
+    let (base, rd) = location.split_once("?rd=").expect(location);
+    assert_eq!(base, "https://login.example.com/start");
+    assert_eq!(
+        percent_decode(rd),
+        "http://signin.test/a/b?c=1&d=2",
+        "{location}"
+    );
+    assert!(!rd.contains('&'), "{location}");
+    assert!(head.contains("auth=expired"), "{head}");
+    let c = auth.take().pop().expect("a check");
+    assert_eq!(
+        (c.method.as_str(), c.uri.as_str()),
+        ("POST", "/signin-check")
+    );
+    assert_eq!(
+        c.headers["x-auth-request-redirect"],
+        "https://signin.test/after"
+    );
+    assert_eq!(c.headers["x-original-uri"], "/a/b?c=1&d=2");
+    let head = get_from(&w, LO, "signin.test", "/", &bearer("good")).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+
+    // Cached answers: the second request with the same key asks nobody;
+    // another key is checked. (An answer with a cookie is never cached,
+    // which is nginx's rule: it would hand one user's cookie to another.)
+    auth.take();
+    for _ in 0..3 {
+        let head = get_from(&w, LO, "cache.test", "/", &bearer("cached")).await;
+        assert_eq!(status_of(&head), 200, "{head}");
+    }
+    assert_eq!(auth.take().len(), 1, "cached");
+    for _ in 0..2 {
+        let head = get_from(&w, LO, "cache.test", "/", &bearer("good")).await;
+        assert_eq!(status_of(&head), 200, "{head}");
+    }
+    assert_eq!(auth.take().len(), 2, "answers with a cookie are not cached");
+    let head = get_from(&w, LO, "cache.test", "/", &bearer("forbidden")).await;
+    assert_eq!(status_of(&head), 403, "{head}");
+    assert_eq!(auth.take().len(), 1);
+
+    // `$host`: the check goes through wicket's own listener, where another
+    // Ingress of the host routes /oauth2 to the auth service.
+    let head = get_from(&w, LO, "self.test", "/", "").await;
+    assert_eq!(status_of(&head), 401, "{head}");
+    let head = get_from(&w, LO, "self.test", "/", &bearer("good")).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let c = auth.take().pop().expect("a check");
+    assert_eq!(c.uri, "/oauth2/auth");
+    assert_eq!(c.headers["host"], "self.test");
+
+    // An auth service that cannot be reached: 500, never the backend.
+    let before = served();
+    let head = get_from(&w, LO, "down.test", "/", &bearer("good")).await;
+    assert_eq!(status_of(&head), 500, "{head}");
+    // An auth key without auth-url: 503, and the Ingress is told.
+    let head = get_from(&w, LO, "orphan.test", "/", &bearer("good")).await;
+    assert_eq!(status_of(&head), 503, "{head}");
+    assert_eq!(served(), before);
+    assert_told(&w, &[("x/orphan", "auth-signin is set without auth-url")]);
+    // Its neighbour needs nothing.
+    assert_eq!(w.get("open.test", "/").await.status, 200);
+    assert!(auth.checks().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn global_external_auth_with_opt_outs_and_exempt_paths() {
+    let (app, app_svc) = web("g", "app").await;
+    let auth = AuthService::start().await;
+    let url = format!("http://127.0.0.1:{}", auth.port);
+    let w = Wicket::start_with(
+        &[
+            ("svc.yaml", &app_svc),
+            (
+                "cm.yaml",
+                &settings(
+                    "g",
+                    &[
+                        ("global-auth-url", &format!("{url}/global")),
+                        ("global-auth-response-headers", "X-User"),
+                        ("global-auth-signin", "https://login.example.com/"),
+                        ("global-auth-signin-redirect-param", "back"),
+                        ("no-auth-locations", "/.well-known/acme-challenge, /healthz"),
+                    ],
+                ),
+            ),
+            ("plain.yaml", &site("g", "plain", "plain.test", "app", &[])),
+            (
+                "exempt.yaml",
+                &ingress(
+                    "g",
+                    "exempt",
+                    "",
+                    "plain.test",
+                    &[
+                        ("/.well-known/acme-challenge/token", "Exact", "app", 80),
+                        ("/healthz", "Prefix", "app", 80),
+                    ],
+                ),
+            ),
+            (
+                "optout.yaml",
+                &site(
+                    "g",
+                    "optout",
+                    "optout.test",
+                    "app",
+                    &[("enable-global-auth", "false")],
+                ),
+            ),
+            (
+                "own.yaml",
+                &site(
+                    "g",
+                    "own",
+                    "own.test",
+                    "app",
+                    &[("auth-url", &format!("{url}/own"))],
+                ),
+            ),
+        ],
+        &["--configmap", "g/settings"],
+    )
+    .await;
+    // Every Ingress without its own check gets the global one.
+    let head = get_from(&w, LO, "plain.test", "/", "").await;
+    assert_eq!(status_of(&head), 302, "{head}");
+    let location = header(&head, "Location").unwrap();
+    assert!(
+        location.starts_with("https://login.example.com/?back=http"),
+        "{location}"
+    );
+    let (head, body) = raw(
+        w.http,
+        LO,
+        "GET / HTTP/1.1\r\nHost: plain.test\r\nConnection: close\r\nAuthorization: Bearer good\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["headers"]["x-user"], "alice", "{seen}");
+    assert_eq!(auth.take().pop().unwrap().uri, "/global");
+    // Ingress paths under no-auth-locations (as in ingress-nginx, the
+    // path of the rule, not of the request), and Ingresses that opt out,
+    // are not checked.
+    for (host, path) in [
+        ("plain.test", "/.well-known/acme-challenge/token"),
+        ("plain.test", "/healthz/live"),
+        ("optout.test", "/"),
+    ] {
+        let head = get_from(&w, LO, host, path, "").await;
+        assert_eq!(status_of(&head), 200, "{host}{path}: {head}");
+    }
+    assert!(auth.take().is_empty());
+    // A request path under it, on a rule that is not, is checked.
+    let head = get_from(
+        &w,
+        LO,
+        "plain.test",
+        "/.well-known/acme-challenge/other",
+        "",
+    )
+    .await;
+    assert_eq!(status_of(&head), 302, "{head}");
+    auth.take();
+    // An Ingress's own auth-url replaces the global one.
+    let head = get_from(&w, LO, "own.test", "/", "").await;
+    assert_eq!(status_of(&head), 401, "{head}");
+    assert_eq!(auth.take().pop().unwrap().uri, "/own");
+
+    // A global auth URL that does not parse refuses what it would apply to
+    // (never serves it unchecked); the opted-out Ingress stays.
+    let before = app.requests.load(std::sync::atomic::Ordering::SeqCst);
+    w.write(
+        "cm.yaml",
+        &settings(
+            "g",
+            &[("global-auth-url", "http://auth.example.com/\"; allow all")],
+        ),
+    );
+    w.eventually("plain.test", "/", "refused", |a| a.status == 404)
+        .await;
+    assert_eq!(w.get("optout.test", "/").await.status, 200);
+    assert_eq!(
+        app.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1
+    );
+    assert_told(&w, &[("g/plain", "global-auth-url")]);
 }

@@ -114,7 +114,7 @@ fn check_reports_every_ingress_and_annotation() {
         ),
         (
             "guarded",
-            "  annotations:\n    nginx.ingress.kubernetes.io/auth-url: https://auth.example.com/check\n",
+            "  annotations:\n    nginx.ingress.kubernetes.io/auth-snippet: \"return 200;\"\n",
         ),
         (
             "elsewhere",
@@ -168,7 +168,7 @@ fn check_reports_every_ingress_and_annotation() {
     assert!(
         problems
             .iter()
-            .any(|p| p.starts_with("rejected") && p.contains("auth-url")),
+            .any(|p| p.starts_with("rejected") && p.contains("auth-snippet")),
         "{problems:?}"
     );
     let elsewhere = by_name("elsewhere");

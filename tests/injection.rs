@@ -338,7 +338,14 @@ fn registry_fields() -> Vec<AnyField> {
                     row.example.to_string()
                 }
             }),
-            broken: String::new(),
+            // A protection key that does not parse refuses the Ingresses
+            // (as an unsupported one that is set does); another is left
+            // at its default.
+            broken: if row.protection {
+                cm("global-auth-snippet", "return 200;")
+            } else {
+                String::new()
+            },
             ingress: false,
             variables: (row.name == "log-format-upstream")
                 .then_some(known_variable as fn(&str) -> bool),
@@ -355,7 +362,7 @@ fn registry_fields() -> Vec<AnyField> {
                 "x",
                 "p",
                 &format!(
-                    "{P}/custom-headers: extra, {P}/backend-protocol: FCGI, {P}/fastcgi-params-configmap: fcgi"
+                    "{P}/custom-headers: extra, {P}/backend-protocol: FCGI, {P}/fastcgi-params-configmap: fcgi, {P}/auth-url: \"http://127.0.0.1:9/check\", {P}/auth-proxy-set-headers: authh"
                 ),
                 &default_rule()
             )
@@ -375,6 +382,7 @@ fn registry_fields() -> Vec<AnyField> {
             "custom-headers value" | "custom-headers name" => "extra",
             "fastcgi parameter value" => "fcgi",
             "add-headers value" => "resp",
+            "auth-proxy-set-headers value" | "auth-proxy-set-headers name" => "authh",
             _ => "req",
         }
     }
@@ -382,6 +390,11 @@ fn registry_fields() -> Vec<AnyField> {
         "custom-headers value",
         |v| format!("X-A: {}", y(v)),
         "plain",
+    ));
+    out.push(literal(
+        "auth-proxy-set-headers name",
+        |v| format!("{}: plain", y(v)),
+        "X-T",
     ));
     out.push(literal(
         "custom-headers name",
@@ -395,6 +408,7 @@ fn registry_fields() -> Vec<AnyField> {
         ),
         ("add-headers value", |v| format!("X-R: {}", y(v))),
         ("proxy-set-headers value", |v| format!("X-Q: {}", y(v))),
+        ("auth-proxy-set-headers value", |v| format!("X-T: {}", y(v))),
     ] {
         out.push(AnyField {
             variables: Some(known_variable as fn(&str) -> bool),
@@ -982,8 +996,31 @@ fn check(field: &AnyField, value: &str) -> Result<(), TestCaseError> {
             );
         }
     }
-    // The good Ingress is always served.
-    prop_assert!(hostile.served.contains(&ObjectKey::new("p", "good")));
+    // The good Ingress is always served, unless an admin's protection key
+    // that does not parse refuses every Ingress (fail closed), with the
+    // reason.
+    let good = ObjectKey::new("p", "good");
+    let refuses_all = field
+        .name
+        .strip_prefix("ConfigMap key ")
+        .and_then(registry::key_row)
+        .is_some_and(|r| r.protection);
+    if refuses_all && !hostile.served.contains(&good) {
+        prop_assert!(
+            hostile
+                .problems
+                .iter()
+                .any(|p| p.severity == Severity::Rejected
+                    && p.object.key == good
+                    && p.message
+                        .contains(field.name.trim_start_matches("ConfigMap key "))),
+            "{}: {value:?}: the good Ingress is refused without the key's name: {:?}",
+            field.name,
+            hostile.problems
+        );
+    } else {
+        prop_assert!(hostile.served.contains(&good));
+    }
     Ok(())
 }
 

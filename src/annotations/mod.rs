@@ -8,6 +8,7 @@ pub mod access;
 pub mod auth;
 pub mod backend;
 pub mod cors;
+pub mod extauth;
 pub mod headers;
 pub mod limits;
 pub mod proxy;
@@ -38,6 +39,7 @@ pub struct Annotations {
     pub headers: headers::Headers,
     pub access: access::Access,
     pub auth: auth::Auth,
+    pub extauth: extauth::ExtAuth,
     pub limits: limits::Limits,
     pub cors: cors::Cors,
     pub tls: tls::Tls,
@@ -261,6 +263,7 @@ pub fn parse_ingress(
         headers: headers::parse(reader, errors),
         access: access::parse(reader, errors),
         auth: auth::parse(reader, errors),
+        extauth: extauth::parse(reader, errors),
         limits: limits::parse(reader, errors),
         cors: cors::parse(reader, errors),
         tls: tls::parse(reader, errors),

@@ -95,10 +95,38 @@ impl Options {
 /// address, or `localhost`, need no lookup and are left out.
 pub fn external_names(cluster: &Cluster, opts: &Options) -> BTreeSet<String> {
     let mut services: BTreeSet<(&str, &str)> = BTreeSet::new();
+    // The hosts of auth-url and global-auth-url.
+    let mut auth_hosts: BTreeSet<String> = BTreeSet::new();
+    let mut auth_host = |url: Option<&String>| {
+        use crate::annotations::extauth::{AuthHost, AuthUrl};
+        if let Some(Ok(AuthUrl {
+            host: AuthHost::Name(n),
+            ..
+        })) = url.map(|u| AuthUrl::parse(u))
+            && n.as_str() != "localhost"
+            && !n.as_str().ends_with(".localhost")
+        {
+            auth_hosts.insert(n.as_str().to_string());
+        }
+    };
+    if let Some(cm) = opts
+        .configmap
+        .as_ref()
+        .and_then(|n| cluster.config_maps.get(&n.key()))
+    {
+        auth_host(cm.data.as_ref().and_then(|d| d.get("global-auth-url")));
+    }
+    let auth_url_key = format!("{}/auth-url", opts.annotations_prefix);
     for (key, ing) in &cluster.ingresses {
         if !class::is_ours(ing, cluster, &opts.class) {
             continue;
         }
+        auth_host(
+            ing.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(&auth_url_key)),
+        );
         let Some(spec) = &ing.spec else { continue };
         let paths = spec.rules.iter().flatten().filter_map(|r| r.http.as_ref());
         let backends = paths
@@ -132,6 +160,7 @@ pub fn external_names(cluster: &Cluster, opts: &Options) -> BTreeSet<String> {
                 && !host.ends_with(".localhost");
             needs_lookup.then(|| host.to_string())
         })
+        .chain(auth_hosts)
         .collect()
 }
 
@@ -252,14 +281,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     // looked up, on every core.
     let policies = crate::parallel::map(&parsed, |p| {
         let mut found = Vec::new();
-        let pol = policy::of(
-            p,
-            cluster,
-            &settings,
-            &opts.modules,
-            &opts.annotations_prefix,
-            &mut found,
-        );
+        let pol = policy::of(p, cluster, &settings, opts, &mut found);
         (pol, found)
     });
     let mut interner = policy::Interner::default();
@@ -269,7 +291,11 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     let mut htpasswd: BTreeMap<String, crate::config::Htpasswd> = BTreeMap::new();
     let mut limit_zones: BTreeMap<String, crate::config::LimitZone> = BTreeMap::new();
     let mut cors_maps: BTreeMap<String, crate::config::CorsMap> = BTreeMap::new();
+    let mut auth_upstreams: BTreeMap<String, crate::config::Upstream> = BTreeMap::new();
     for (pol, found) in policies {
+        for u in &pol.auth_upstreams {
+            auth_upstreams.insert(u.name.clone(), u.clone());
+        }
         for m in &pol.cors_maps {
             cors_maps.insert(m.name.clone(), m.clone());
         }
@@ -354,6 +380,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         fallbacks: &fallbacks,
         settings: &settings,
         location_policies: Vec::new(),
+        location_policies_open: Vec::new(),
         flag_upstream: None,
         log_vars,
         https_port: opts.https_port,
@@ -446,7 +473,16 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         &global_error_pages,
     );
     let default_server = Arc::unwrap_or_clone(b.add_server(default_server));
-    let upstreams = b.backends.take_upstreams();
+    let mut upstreams = b.backends.take_upstreams();
+    if !auth_upstreams.is_empty() {
+        upstreams.extend(auth_upstreams.into_values());
+        upstreams.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    let auth_cache = b.location_policies.iter().flatten().any(|p| {
+        p.external_auth
+            .as_ref()
+            .is_some_and(|a| a.cache_key.is_some())
+    });
     for (service, refused) in b.backends.take_refused() {
         b.problems.push(Problem::warning(
             &ObjectRef::new(Kind::Service, service),
@@ -508,6 +544,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         htpasswd: htpasswd.into_values().collect(),
         limit_zones: limit_zones.into_values().collect(),
         cors_maps: cors_maps.into_values().collect(),
+        auth_cache,
         global_error_pages,
         modules: opts.modules.clone(),
         dynamic_endpoints: dynamic_endpoints(opts),
@@ -739,6 +776,9 @@ struct Builder<'p, 'c> {
     settings: &'p Settings,
     /// Each Ingress's final location policy, shared by its locations.
     location_policies: Vec<Option<Arc<LocationPolicy>>>,
+    /// The same without the global external auth, for the paths of
+    /// `no-auth-locations` (`None` where it is the same).
+    location_policies_open: Vec<Option<Arc<LocationPolicy>>>,
     /// The upstream of `--default-backend-service`, for error pages.
     flag_upstream: Option<String>,
     /// The log format names ingress-nginx's per-location variables.
@@ -842,6 +882,7 @@ impl<'p> Builder<'p, '_> {
     /// `--default-backend-service`), shared through `interner`.
     fn finish_policies(&mut self, interner: &mut policy::Interner) {
         let mut out = Vec::with_capacity(self.parsed.len());
+        let mut open = Vec::with_capacity(self.parsed.len());
         for (i, p) in self.parsed.iter().enumerate() {
             let mut pol = self.policies[i].location.clone();
             let b = &p.annotations.backend;
@@ -866,9 +907,19 @@ impl<'p> Builder<'p, '_> {
                     )),
                 }
             }
+            let global_auth = pol
+                .as_ref()
+                .is_some_and(|x| x.external_auth.as_ref().is_some_and(|a| a.global));
+            open.push(global_auth.then(|| {
+                let mut x = pol.clone().expect("has a global auth");
+                x.external_auth = None;
+                let x = x.with_own_headers();
+                interner.get(x)
+            }));
             out.push(pol.map(|x| interner.get(x)));
         }
         self.location_policies = out;
+        self.location_policies_open = open;
     }
 
     /// The named locations of the global `custom-http-errors`.
@@ -1541,6 +1592,16 @@ impl<'p> Builder<'p, '_> {
         locations.extend(exact_regexes);
         locations.extend(regexes.into_iter().map(|(_, l)| l));
 
+        // The checks its locations ask, each once.
+        let mut external_auths: Vec<Arc<crate::config::ExternalAuth>> = Vec::new();
+        for l in &locations {
+            if let Some(a) = l.policy.as_ref().and_then(|p| p.external_auth.as_ref())
+                && !external_auths.iter().any(|x| x.location == a.location)
+            {
+                external_auths.push(a.clone());
+            }
+        }
+        external_auths.sort_by(|a, b| a.location.cmp(&b.location));
         let server = Arc::new(Server {
             server_name: host.map_or("_".to_string(), HostPattern::server_name),
             host: host.cloned(),
@@ -1565,6 +1626,7 @@ impl<'p> Builder<'p, '_> {
             ssl_prefer_server_ciphers: wide.prefer_server_ciphers,
             app_root: wide.app_root,
             error_pages: error_pages.into_iter().collect(),
+            external_auths,
         });
         BuiltServer {
             server,
@@ -1587,7 +1649,16 @@ impl<'p> Builder<'p, '_> {
         path: &str,
         no_global_errors: &bool,
     ) -> Location {
-        let policy = ing.and_then(|i| self.location_policies.get(i).cloned().flatten());
+        let exempt = || {
+            self.settings
+                .no_auth_locations
+                .iter()
+                .any(|p| path.starts_with(p.as_str()))
+        };
+        let policy = ing.and_then(|i| match self.location_policies_open.get(i) {
+            Some(Some(open)) if exempt() => Some(open.clone()),
+            _ => self.location_policies.get(i).cloned().flatten(),
+        });
         let https_redirect = ing.and_then(|i| self.https_redirect(i, tls, path));
         let proxies = matches!(action, Action::Proxy { .. } | Action::Fallback { .. });
         let errors =

@@ -14,11 +14,12 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use super::ingress::ParsedIngress;
 use super::tls;
 use crate::annotations::backend::{ObjectName, Protocol};
+use crate::annotations::extauth::{AuthHost, AuthSpec, AuthUrl};
 use crate::cluster::{Cluster, ObjectKey};
 use crate::config::{
-    AccessRule, AccessRules, BasicAuth, Certificate, CorsMap, CorsPolicy, FastCgi, FastCgiParam,
-    Htpasswd, LimitZone, LiteralHeader, LocationLimits, LocationPolicy, Modules, ProxySslFiles,
-    Trusted,
+    AccessRule, AccessRules, AuthHeader, BasicAuth, Certificate, CorsMap, CorsPolicy,
+    ExpandableHeader, ExternalAuth, FastCgi, FastCgiParam, Htpasswd, LimitZone, LiteralHeader,
+    LocationLimits, LocationPolicy, ProxySslFiles, Trusted,
 };
 use crate::problem::{Printable, Problem};
 use crate::settings::Settings;
@@ -37,6 +38,8 @@ pub struct IngressPolicy {
     pub htpasswd: Vec<Htpasswd>,
     pub limit_zones: Vec<LimitZone>,
     pub cors_maps: Vec<CorsMap>,
+    /// The upstreams of its external auth service.
+    pub auth_upstreams: Vec<crate::config::Upstream>,
 }
 
 /// The effective `allow`/`deny` rules of a location: `block-cidrs` first,
@@ -173,10 +176,11 @@ pub fn of(
     ing: &ParsedIngress,
     cluster: &Cluster,
     settings: &Settings,
-    modules: &Modules,
-    prefix: &str,
+    opts: &super::Options,
     problems: &mut Vec<Problem>,
 ) -> IngressPolicy {
+    let modules = &opts.modules;
+    let prefix = opts.annotations_prefix.as_str();
     let a = &ing.annotations;
     let field = |name: &str| format!("metadata.annotations[\"{prefix}/{name}\"]");
     let mut out = IngressPolicy::default();
@@ -387,11 +391,245 @@ pub fn of(
             Err((e, name)) => deny(e, name, problems),
         }
     }
+    let global = settings.global_auth.spec().filter(|_| a.access.global_auth);
+    let own = a.extauth.spec.as_ref();
+    if let Some(key) = a.extauth.orphan {
+        deny(format!("{key} is set without auth-url"), key, problems);
+    } else if let Some(spec) = own.or(global.as_ref()) {
+        let name = if own.is_some() {
+            "auth-url"
+        } else {
+            "enable-global-auth"
+        };
+        match external_auth(spec, own.is_none(), ing, cluster, settings, opts) {
+            Ok((auth, upstream, warning)) => {
+                if let Some(w) = warning {
+                    problems.push(Problem::warning(&ing.object, Some(field(name)), w));
+                }
+                out.auth_upstreams.extend(upstream);
+                p.external_auth = Some(Arc::new(auth));
+            }
+            Err((e, key)) => deny(e, key, problems),
+        }
+    }
     let p = p.with_own_headers();
     if p != LocationPolicy::default() {
         out.location = Some(p);
     }
     out
+}
+
+fn short_hash(text: &str, bytes: usize) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..bytes])
+}
+
+/// The upstream an auth URL's host and port name, or why it cannot be
+/// reached.
+fn auth_upstream(
+    url: &AuthUrl,
+    settings: &Settings,
+    opts: &super::Options,
+) -> Result<crate::config::Upstream, String> {
+    use crate::config::{Upstream, UpstreamServer};
+    use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+    let port = url.port_or_default();
+    let scheme = if url.https { "https" } else { "http" };
+    let named = |servers: Vec<UpstreamServer>| Upstream {
+        name: format!(
+            "wicket_auth_{}",
+            short_hash(&format!("{scheme}://{}", url.host_header()), 6)
+        ),
+        service: format!("auth-url {scheme}://{}", url.host_header()),
+        servers,
+        fixed: true,
+    };
+    let policy = &opts.backend_policy;
+    let allowed = |addrs: Vec<IpAddr>| -> Result<Vec<UpstreamServer>, String> {
+        let mut refused = Vec::new();
+        let mut out = Vec::new();
+        for ip in addrs {
+            let a = SocketAddr::new(ip, port);
+            match policy.refuse(a) {
+                None => out.push(UpstreamServer::Addr(a)),
+                Some(why) => refused.push(why),
+            }
+        }
+        if out.is_empty() {
+            return Err(refused.join("; "));
+        }
+        Ok(out)
+    };
+    let servers = match &url.host {
+        AuthHost::Request => {
+            if settings.use_proxy_protocol {
+                return Err("$host means wicket's own listener, which expects the PROXY protocol (use-proxy-protocol), so the check cannot reach it".into());
+            }
+            // The request's own host is what wicket's listener serves: the
+            // check goes there, past the backend policy (it is no backend).
+            let own = if url.https {
+                opts.https_port
+            } else {
+                opts.http_port
+            };
+            return Ok(Upstream {
+                name: format!("wicket_auth_self_{scheme}"),
+                service: format!("auth-url {scheme}://$host (wicket's own listener)"),
+                servers: vec![UpstreamServer::Addr(SocketAddr::new(
+                    IpAddr::from([127, 0, 0, 1]),
+                    own,
+                ))],
+                fixed: true,
+            });
+        }
+        AuthHost::Addr(ip) => allowed(vec![*ip])?,
+        AuthHost::Name(n) if n.as_str() == "localhost" || n.as_str().ends_with(".localhost") => {
+            allowed(vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from(Ipv6Addr::LOCALHOST),
+            ])?
+        }
+        AuthHost::Name(n) => match opts.resolved.as_deref() {
+            None => vec![UpstreamServer::Dns {
+                host: n.clone(),
+                port,
+            }],
+            Some(r) => match r.get(n.as_str()) {
+                Some(crate::resolve::Answer::Addresses(a)) => allowed(a.clone())?,
+                Some(crate::resolve::Answer::Failed(e)) => {
+                    return Err(format!("{} does not resolve: {e}", n.as_str()));
+                }
+                None => return Err(format!("{} was not looked up yet", n.as_str())),
+            },
+        },
+    };
+    Ok(named(servers))
+}
+
+/// The external authentication of an Ingress (`global`: from the global
+/// keys), its upstream, and a warning; or why its locations answer 503.
+#[allow(clippy::type_complexity)]
+fn external_auth(
+    spec: &AuthSpec,
+    global: bool,
+    ing: &ParsedIngress,
+    cluster: &Cluster,
+    settings: &Settings,
+    opts: &super::Options,
+) -> Result<
+    (
+        ExternalAuth,
+        Option<crate::config::Upstream>,
+        Option<String>,
+    ),
+    (String, &'static str),
+> {
+    let mut set_headers = Vec::new();
+    if let Some(name) = &spec.proxy_set_headers {
+        let cm =
+            config_map(cluster, name, ing, settings).map_err(|e| (e, "auth-proxy-set-headers"))?;
+        for (k, v) in cm.data.iter().flatten() {
+            let bad = |e: Invalid| {
+                (
+                    format!(
+                        "configmap {}: header {}: {e}",
+                        name.name.as_str(),
+                        Printable(k)
+                    ),
+                    "auth-proxy-set-headers",
+                )
+            };
+            set_headers.push(ExpandableHeader {
+                name: HeaderName::parse(k).map_err(bad)?,
+                value: Expandable::parse(v, 1024).map_err(bad)?,
+            });
+        }
+        if set_headers.is_empty() {
+            return Err((
+                format!("configmap {} has no headers", name.name.as_str()),
+                "auth-proxy-set-headers",
+            ));
+        }
+    }
+    let signin = match &spec.signin {
+        Some(s) => {
+            if !opts.modules.set_misc {
+                return Err((
+                    "auth-signin needs nginx's set-misc module (Debian's libnginx-mod-http-set-misc) for $escaped_request_uri, which is not installed".into(),
+                    if global { "enable-global-auth" } else { "auth-signin" },
+                ));
+            }
+            Some(s.redirect(&spec.signin_param))
+        }
+        None => None,
+    };
+    let (upstream, unreachable) = match auth_upstream(&spec.url, settings, opts) {
+        Ok(u) => (Some(u), None),
+        Err(e) => (None, Some(e)),
+    };
+    let target = match &upstream {
+        Some(u) => format!(
+            "{}://{}{}",
+            if spec.url.https { "https" } else { "http" },
+            u.name,
+            spec.url.uri
+        ),
+        None => String::new(),
+    };
+    let response_headers = spec
+        .response_headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| AuthHeader {
+            name: h.clone(),
+            var: format!("wicket_auth_h{i}"),
+            from: format!(
+                "upstream_http_{}",
+                h.as_str().to_ascii_lowercase().replace('-', "_")
+            ),
+        })
+        .collect();
+    let mut auth = ExternalAuth {
+        location: String::new(),
+        target,
+        host: spec.url.host_header(),
+        tls_name: match spec.url.host_header().rsplit_once(':') {
+            Some((h, p)) if spec.url.port.is_some() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                h.to_string()
+            }
+            _ => spec.url.host_header(),
+        },
+        https: spec.url.https,
+        method: spec.method,
+        request_redirect: spec.request_redirect.clone(),
+        response_headers,
+        set_headers,
+        cache_key: None,
+        cache_valid: Vec::new(),
+        always_set_cookie: spec.always_set_cookie,
+        signin: None,
+        escape_uri: signin.is_some(),
+        unreachable: unreachable.clone(),
+        global,
+    };
+    let id = short_hash(&format!("{auth:?}{signin:?}{:?}", spec.cache_key), 8);
+    auth.location = format!("/_wicket_auth_{id}");
+    if let Some(key) = &spec.cache_key {
+        auth.cache_key = Some(format!("$host{}{}", auth.location, key.as_str()));
+        auth.cache_valid = spec
+            .cache_duration
+            .iter()
+            .map(|d| d.split_whitespace().map(String::from).collect())
+            .collect();
+    }
+    auth.signin = signin.map(|url| (format!("@wicket_signin_{id}"), url));
+    let warning = unreachable.map(|e| {
+        format!(
+            "the auth service {} cannot be reached ({e}): requests are answered 500 until it can",
+            spec.url.text
+        )
+    });
+    Ok((auth, upstream, warning))
 }
 
 /// The zones and the location's limits of one Ingress's
