@@ -61,6 +61,8 @@ pub struct Config {
     pub cors_maps: Vec<CorsMap>,
     /// Some external auth is cached (`auth-cache-key`): the cache zone.
     pub auth_cache: bool,
+    /// The canaries of the locations, each once (their maps).
+    pub canaries: Vec<Arc<CanaryChoice>>,
     /// The optional nginx modules that are loaded.
     pub modules: Modules,
     /// Endpoints change without a reload (`--dynamic-endpoints` and the
@@ -618,6 +620,9 @@ pub enum Action {
     Proxy {
         upstream: String,
         rewrite: Option<Rewrite>,
+        /// A canary Ingress's backend beside `upstream`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        canary: Option<Arc<CanaryChoice>>,
     },
     /// Answer with a status and no upstream: 404 for no route, 503 for a
     /// backend without ready endpoints.
@@ -631,6 +636,37 @@ pub enum Action {
         code: u16,
         reason: String,
     },
+}
+
+/// A canary: a second upstream for a location, and which requests go to
+/// it. nginx chooses (maps at the http level, `split_clients` for the
+/// weight); the balancer then picks an endpoint of the chosen upstream.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct CanaryChoice {
+    /// `wicket_canary_HASH`: the upstream name a request goes to.
+    pub var: String,
+    pub main: String,
+    pub canary: String,
+    /// `http_NAME` of `canary-by-header`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_var: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_pattern: Option<String>,
+    /// `cookie_NAME` of `canary-by-cookie`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookie_var: Option<String>,
+    /// The share by weight, `12.5%`, when it is neither none nor all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<String>,
+    /// Every request not decided by header or cookie (weight = total).
+    pub weight_all: bool,
+    /// The canary Ingress (`namespace/name`), for the comment.
+    pub ingress: String,
+    /// What the final map reads: `HEADER:COOKIE:WEIGHT`, each `1`, `0` or
+    /// empty (the variables of the maps above, or a constant).
+    pub source: String,
 }
 
 /// `rewrite "(?i)^REGEX" TARGET break;`
@@ -669,6 +705,7 @@ impl Config {
             limit_zones,
             cors_maps,
             auth_cache,
+            canaries,
             modules,
             dynamic_endpoints,
         } = self;
@@ -715,6 +752,7 @@ impl Config {
             && *limit_zones == old.limit_zones
             && *cors_maps == old.cors_maps
             && *auth_cache == old.auth_cache
+            && *canaries == old.canaries
             && *modules == old.modules;
         (same && !changed.is_empty()).then_some(changed)
     }

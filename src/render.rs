@@ -741,6 +741,7 @@ struct Head<'a> {
     cors_maps: &'a [crate::config::CorsMap],
     /// Some external auth is cached: the cache zone.
     auth_cache: bool,
+    canaries: &'a [std::sync::Arc<crate::config::CanaryChoice>],
     /// The zones' keys that exempt networks, once each.
     limit_keys: Vec<&'a crate::config::LimitZone>,
 }
@@ -772,6 +773,7 @@ impl<'a> Head<'a> {
             limit_zones: &c.limit_zones,
             cors_maps: &c.cors_maps,
             auth_cache: c.auth_cache,
+            canaries: &c.canaries,
             limit_keys: {
                 let mut seen = std::collections::BTreeSet::new();
                 c.limit_zones

@@ -2516,3 +2516,194 @@ async fn global_external_auth_with_opt_outs_and_exempt_paths() {
     );
     assert_told(&w, &[("g/plain", "global-auth-url")]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_by_header_cookie_and_weight() {
+    let (stable, stable_svc) = web("c", "stable").await;
+    let (beta, beta_svc) = web("c", "beta").await;
+    let main = |name: &str, host: &str| site("c", name, host, "stable", &[]);
+    let canary = |name: &str, host: &str, pairs: &[(&str, &str)]| {
+        let mut all = vec![("canary", "true")];
+        all.extend_from_slice(pairs);
+        site("c", name, host, "beta", &all)
+    };
+    let w = Wicket::start(&[
+        ("svc.yaml", &format!("{stable_svc}---\n{beta_svc}")),
+        (
+            "mixed.yaml",
+            &format!(
+                "{}---\n{}",
+                main("mixed", "mixed.test"),
+                canary(
+                    "mixed-canary",
+                    "mixed.test",
+                    &[
+                        ("canary-by-header", "X-Canary"),
+                        ("canary-by-cookie", "canary_user"),
+                        ("canary-weight", "30"),
+                    ],
+                ),
+            ),
+        ),
+        (
+            "value.yaml",
+            &format!(
+                "{}---\n{}",
+                main("value", "value.test"),
+                canary(
+                    "value-canary",
+                    "value.test",
+                    &[
+                        ("canary-by-header", "X-Version"),
+                        ("canary-by-header-value", "v2"),
+                    ],
+                ),
+            ),
+        ),
+        (
+            "pattern.yaml",
+            &format!(
+                "{}---\n{}",
+                main("pattern", "pattern.test"),
+                canary(
+                    "pattern-canary",
+                    "pattern.test",
+                    &[
+                        ("canary-by-header", "X-Version"),
+                        ("canary-by-header-pattern", "^v[23]$"),
+                    ],
+                ),
+            ),
+        ),
+        (
+            "all.yaml",
+            &format!(
+                "{}---\n{}",
+                main("all", "all.test"),
+                canary(
+                    "all-canary",
+                    "all.test",
+                    &[("canary-weight", "10"), ("canary-weight-total", "10")],
+                ),
+            ),
+        ),
+        (
+            "lonely.yaml",
+            &canary("lonely", "lonely.test", &[("canary-weight", "100")]),
+        ),
+        (
+            "guarded.yaml",
+            &format!(
+                "{}---\n{}",
+                main("guarded", "guarded.test"),
+                canary(
+                    "guarded-canary",
+                    "guarded.test",
+                    &[
+                        ("canary-weight", "100"),
+                        ("auth-url", "http://127.0.0.1:9/")
+                    ],
+                ),
+            ),
+        ),
+    ])
+    .await;
+    let who = |head: &str, body: &[u8]| -> String {
+        assert_eq!(status_of(head), 200, "{head}");
+        serde_json::from_slice::<serde_json::Value>(body).unwrap()["service"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let ask = |host: &'static str, extra: String| {
+        let port = w.http;
+        async move {
+            let (head, body) = raw(
+                port,
+                LO,
+                &format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n"),
+            )
+            .await;
+            who(&head, &body)
+        }
+    };
+    // Header first, then cookie, then weight.
+    let cases = [
+        ("X-Canary: always\r\n", "beta"),
+        ("X-Canary: never\r\n", "stable"),
+        (
+            "X-Canary: never\r\nCookie: canary_user=always\r\n",
+            "stable",
+        ),
+        ("X-Canary: always\r\nCookie: canary_user=never\r\n", "beta"),
+        ("Cookie: canary_user=always\r\n", "beta"),
+        ("X-Canary: maybe\r\nCookie: canary_user=always\r\n", "beta"),
+    ];
+    for (extra, expected) in cases {
+        for _ in 0..10 {
+            assert_eq!(
+                ask("mixed.test", extra.to_string()).await,
+                expected,
+                "{extra}"
+            );
+        }
+    }
+    // `never` by cookie beats the weight.
+    for _ in 0..50 {
+        assert_eq!(
+            ask("mixed.test", "Cookie: canary_user=never\r\n".into()).await,
+            "stable"
+        );
+    }
+    // The weight: 30% of 600 requests, within bounds more than five
+    // standard deviations wide.
+    let mut to_beta = 0;
+    for _ in 0..600 {
+        if ask("mixed.test", String::new()).await == "beta" {
+            to_beta += 1;
+        }
+    }
+    assert!(
+        (120..=240).contains(&to_beta),
+        "{to_beta} of 600 to the canary"
+    );
+
+    // An exact value, or a pattern; any other value (and no header) goes
+    // to the main backend when there is no weight.
+    for (host, value, expected) in [
+        ("value.test", "v2", "beta"),
+        ("value.test", "v3", "stable"),
+        ("value.test", "always", "stable"),
+        ("pattern.test", "v2", "beta"),
+        ("pattern.test", "v3", "beta"),
+        ("pattern.test", "v4", "stable"),
+    ] {
+        assert_eq!(
+            ask(host, format!("X-Version: {value}\r\n")).await,
+            expected,
+            "{host} {value}"
+        );
+    }
+    assert_eq!(ask("value.test", String::new()).await, "stable");
+    // The whole weight: every request.
+    for _ in 0..20 {
+        assert_eq!(ask("all.test", String::new()).await, "beta");
+    }
+    // A canary alone makes no route; one with a protection annotation is
+    // refused (its traffic would not be protected by it).
+    assert_eq!(
+        status_of(&get_from(&w, LO, "lonely.test", "/", "").await),
+        404
+    );
+    for _ in 0..20 {
+        assert_eq!(ask("guarded.test", String::new()).await, "stable");
+    }
+    assert_told(
+        &w,
+        &[
+            ("c/lonely", "a canary alone makes no route"),
+            ("c/guarded-canary", "set it on the main Ingress"),
+        ],
+    );
+    drop((stable, beta));
+}

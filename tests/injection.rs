@@ -230,7 +230,18 @@ fn companions(name: &str) -> String {
         "x-forwarded-prefix" => format!("{P}/rewrite-target: /, "),
         "permanent-redirect-code" => format!("{P}/permanent-redirect: /moved, "),
         "temporal-redirect-code" => format!("{P}/temporal-redirect: /moved, "),
+        n if n.starts_with("canary-") => format!("{P}/canary: \"true\", "),
         _ => String::new(),
+    }
+}
+
+/// The rule of a case's Ingress: a canary's is the good Ingress's path,
+/// so its values reach the config.
+fn rule_for(name: &str) -> String {
+    if name.starts_with("canary") {
+        rule("good.example.com", "/", "Prefix", "web", "{name: http}")
+    } else {
+        default_rule()
     }
 }
 
@@ -297,7 +308,7 @@ fn registry_fields() -> Vec<AnyField> {
                 "x",
                 "p",
                 &format!("{}{P}/{name}: {}", companions(name), y(v)),
-                &default_rule(),
+                &rule_for(name),
             )
         };
         out.push(AnyField {
@@ -309,7 +320,7 @@ fn registry_fields() -> Vec<AnyField> {
                 "x",
                 "p",
                 companions(row.name).trim_end_matches(", "),
-                &default_rule(),
+                &rule_for(row.name),
             ),
             ingress: true,
             variables: matches!(row.name, "permanent-redirect" | "temporal-redirect")

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod auth;
 pub mod backend;
+pub mod canary;
 pub mod cors;
 pub mod extauth;
 pub mod headers;
@@ -42,6 +43,7 @@ pub struct Annotations {
     pub extauth: extauth::ExtAuth,
     pub limits: limits::Limits,
     pub cors: cors::Cors,
+    pub canary: canary::Canary,
     pub tls: tls::Tls,
     pub server: server::ServerAnnotations,
 }
@@ -266,6 +268,7 @@ pub fn parse_ingress(
         extauth: extauth::parse(reader, errors),
         limits: limits::parse(reader, errors),
         cors: cors::parse(reader, errors),
+        canary: canary::parse(reader, errors),
         tls: tls::parse(reader, errors),
         server: server::parse(reader, errors),
     }

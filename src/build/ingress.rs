@@ -146,6 +146,15 @@ pub fn parse(
     let mut reader = Reader::new(ing.metadata.annotations.as_ref(), annotations_prefix);
     let annotations = annotations::parse_ingress(&mut reader, &mut errors.0, policy);
     problems.extend(reader.unsupported(&object, &mut errors.0));
+    if annotations.canary.enabled {
+        canary_keys(&reader, &object, &mut errors.0, problems);
+    } else if annotations.canary.configured {
+        problems.push(Problem::warning(
+            &object,
+            Some(reader.field("canary")),
+            "canary-* annotations without canary: \"true\" do nothing",
+        ));
+    }
     let regex = annotations.rewrite.regex();
 
     let ns = namespace
@@ -335,4 +344,37 @@ fn backend(
         cluster_ip: false,
         variant: None,
     })
+}
+
+/// The other annotations of a canary Ingress: its traffic goes through the
+/// main Ingress's locations, whose settings apply (as in ingress-nginx), so
+/// its own are not used. A protection key would then protect nothing: it
+/// rejects the canary (set it on the main Ingress) rather than be ignored.
+fn canary_keys(
+    reader: &Reader<'_>,
+    object: &ObjectRef,
+    errors: &mut Vec<FieldError>,
+    problems: &mut Vec<Problem>,
+) {
+    for (name, row, read) in reader.keys() {
+        let Some(row) = row else { continue };
+        if row.family == "canary" || !read || !row.support.acted_on() {
+            continue;
+        }
+        if row.protection {
+            errors.push(FieldError {
+                field: reader.field(name),
+                value: String::new(),
+                error: Invalid(
+                    "a canary Ingress's traffic is served by the main Ingress's locations, with their protection: set it on the main Ingress".into(),
+                ),
+            });
+        } else {
+            problems.push(Problem::warning(
+                object,
+                Some(reader.field(name)),
+                "not used on a canary Ingress: the main Ingress's settings apply to its traffic",
+            ));
+        }
+    }
 }

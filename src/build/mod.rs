@@ -381,6 +381,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         settings: &settings,
         location_policies: Vec::new(),
         location_policies_open: Vec::new(),
+        canaries: BTreeMap::new(),
         flag_upstream: None,
         log_vars,
         https_port: opts.https_port,
@@ -545,6 +546,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         limit_zones: limit_zones.into_values().collect(),
         cors_maps: cors_maps.into_values().collect(),
         auth_cache,
+        canaries: b.canaries.values().cloned().collect(),
         global_error_pages,
         modules: opts.modules.clone(),
         dynamic_endpoints: dynamic_endpoints(opts),
@@ -701,6 +703,11 @@ impl<'p> Routes<'p> {
         Some(&self.0[i].1)
     }
 
+    fn get_mut(&mut self, key: &RouteKey) -> Option<&mut Route<'p>> {
+        let i = self.0.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        Some(&mut self.0[i].1)
+    }
+
     /// Adds a route, replacing the one with the same key (as a map does).
     fn insert(&mut self, key: RouteKey, route: Route<'p>) {
         match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
@@ -786,6 +793,8 @@ struct Builder<'p, 'c> {
     https_port: u16,
     /// Hosts some Ingress lists under `spec.tls`.
     tls_hosts: BTreeSet<HostPattern>,
+    /// The canaries of the routes, by variable.
+    canaries: BTreeMap<String, Arc<crate::config::CanaryChoice>>,
 }
 
 /// What the oldest Ingress of a host sets for the whole host.
@@ -822,6 +831,7 @@ impl<'p> Builder<'p, '_> {
             Resolution::Upstream(upstream) => Action::Proxy {
                 upstream,
                 rewrite: None,
+                canary: None,
             },
             Resolution::Empty { upstream, reason } => {
                 self.problems.push(Problem::warning(
@@ -832,6 +842,7 @@ impl<'p> Builder<'p, '_> {
                 Action::Proxy {
                     upstream,
                     rewrite: None,
+                    canary: None,
                 }
             }
             Resolution::Unavailable(reason) => {
@@ -1142,6 +1153,7 @@ impl<'p> Builder<'p, '_> {
                     Resolution::Upstream(upstream) => Action::Proxy {
                         upstream,
                         rewrite: None,
+                        canary: None,
                     },
                     Resolution::Empty { upstream, reason } => {
                         self.problems.push(Problem::warning(
@@ -1152,6 +1164,7 @@ impl<'p> Builder<'p, '_> {
                         Action::Proxy {
                             upstream,
                             rewrite: None,
+                            canary: None,
                         }
                     }
                     Resolution::Unavailable(reason) => {
@@ -1209,7 +1222,13 @@ impl<'p> Builder<'p, '_> {
 
     fn collect_routes(&mut self) {
         let parsed = self.parsed;
+        let mut canaries = Vec::new();
         for (idx, ing) in parsed.iter().enumerate() {
+            // A canary's paths join the main Ingress's, once those are known.
+            if ing.annotations.canary.enabled {
+                canaries.push(idx);
+                continue;
+            }
             for rule in &ing.rules {
                 for path in &rule.paths {
                     let key = route_key(&path.matcher);
@@ -1290,6 +1309,103 @@ impl<'p> Builder<'p, '_> {
                             parsed[w].key
                         ),
                     ));
+                }
+            }
+        }
+        for idx in canaries {
+            self.add_canary(idx);
+        }
+    }
+
+    /// Adds a canary Ingress's paths to the main routes of the same host
+    /// and path.
+    fn add_canary(&mut self, idx: usize) {
+        let ing = &self.parsed[idx];
+        if ing.default_backend.is_some() {
+            self.problems.push(Problem::warning(
+                &ing.object,
+                Some("spec.defaultBackend".into()),
+                "a canary Ingress's default backend is not used (as in ingress-nginx)",
+            ));
+        }
+        for rule in &ing.rules {
+            let host = rule
+                .host
+                .as_ref()
+                .map_or("every host".to_string(), |h| format!("host {h}"));
+            for path in &rule.paths {
+                let key = route_key(&path.matcher);
+                let found = match &rule.host {
+                    Some(h) => self.hosts.get(h).and_then(|r| r.routes.get(&key)),
+                    None => self.any.routes.get(&key),
+                };
+                let warn = |b: &mut Self, msg: String| {
+                    b.problems
+                        .push(Problem::warning(&ing.object, Some(path.field.clone()), msg));
+                };
+                let Some(main) = found else {
+                    warn(
+                        self,
+                        format!(
+                            "no Ingress serves this path for {host}: a canary alone makes no route"
+                        ),
+                    );
+                    continue;
+                };
+                let main_ing = main.ing;
+                let Action::Proxy {
+                    upstream: main_upstream,
+                    canary: existing,
+                    ..
+                } = &main.action
+                else {
+                    warn(
+                        self,
+                        format!(
+                            "the main Ingress {} does not proxy this path for {host}; the canary is not used",
+                            self.parsed[main_ing].key
+                        ),
+                    );
+                    continue;
+                };
+                if let Some(c) = existing {
+                    warn(
+                        self,
+                        format!(
+                            "this path for {host} already has the canary {}; not used",
+                            c.ingress
+                        ),
+                    );
+                    continue;
+                }
+                let main_upstream = main_upstream.clone();
+                let canary_upstream = match self.backends.resolve(&path.backend) {
+                    Resolution::Upstream(u) => u,
+                    Resolution::Empty { reason, .. } | Resolution::Unavailable(reason) => {
+                        warn(
+                            self,
+                            format!("{reason}: every request goes to the main backend"),
+                        );
+                        continue;
+                    }
+                };
+                let choice = Arc::new(canary_choice(
+                    &ing.annotations.canary,
+                    &main_upstream,
+                    &canary_upstream,
+                    &ing.key.to_string(),
+                ));
+                self.canaries.insert(choice.var.clone(), choice.clone());
+                let routes = match &rule.host {
+                    Some(h) => &mut self.hosts.get_mut(h).expect("found above").routes,
+                    None => &mut self.any.routes,
+                };
+                if let Some(Route {
+                    action: Action::Proxy { canary, .. },
+                    ..
+                }) = routes.get_mut(&key)
+                {
+                    *canary = Some(choice);
                 }
             }
         }
@@ -1746,9 +1862,72 @@ impl<'a> OldServers<'a> {
     }
 }
 
+/// How requests are split between a location's main upstream and its
+/// canary's, named by a hash of all of it.
+fn canary_choice(
+    c: &crate::annotations::canary::Canary,
+    main: &str,
+    canary: &str,
+    ingress: &str,
+) -> crate::config::CanaryChoice {
+    let weight = (c.weight > 0 && c.weight < c.weight_total).then(|| {
+        // split_clients takes at most two decimals; at least 0.01%.
+        let pct = (f64::from(c.weight) * 100.0 / f64::from(c.weight_total)).max(0.01);
+        let text = format!("{pct:.2}");
+        format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
+    });
+    let mut choice = crate::config::CanaryChoice {
+        var: String::new(),
+        main: main.to_string(),
+        canary: canary.to_string(),
+        header_var: c
+            .header
+            .as_ref()
+            .map(|h| format!("http_{}", h.as_str().to_ascii_lowercase().replace('-', "_"))),
+        header_value: c.header.as_ref().and(c.header_value.clone()),
+        header_pattern: c.header.as_ref().and(
+            c.header_value
+                .is_none()
+                .then(|| c.header_pattern.clone())
+                .flatten(),
+        ),
+        cookie_var: c.cookie.as_ref().map(|n| format!("cookie_{}", n.as_str())),
+        weight,
+        weight_all: c.weight_total > 0 && c.weight == c.weight_total,
+        ingress: ingress.to_string(),
+        source: String::new(),
+    };
+    use sha2::Digest;
+    let id = hex::encode(&sha2::Sha256::digest(format!("{choice:?}").as_bytes())[..6]);
+    choice.var = format!("wicket_canary_{id}");
+    let v = &choice.var;
+    let h = if choice.header_var.is_some() {
+        format!("${v}_h")
+    } else {
+        String::new()
+    };
+    let k = if choice.cookie_var.is_some() {
+        format!("${v}_c")
+    } else {
+        String::new()
+    };
+    let w = match (&choice.weight, choice.weight_all) {
+        (Some(_), _) => format!("${v}_w"),
+        (None, true) => "1".to_string(),
+        (None, false) => String::new(),
+    };
+    choice.source = format!("{h}:{k}:{w}");
+    choice
+}
+
 /// Adds the Ingress's `rewrite-target` to a proxying action.
 fn with_rewrite(action: &Action, ing: &ParsedIngress, matcher: &PathMatch) -> Action {
-    let (Action::Proxy { upstream, .. }, Some(target)) = (action, &ing.annotations.rewrite.target)
+    let (
+        Action::Proxy {
+            upstream, canary, ..
+        },
+        Some(target),
+    ) = (action, &ing.annotations.rewrite.target)
     else {
         return action.clone();
     };
@@ -1765,6 +1944,7 @@ fn with_rewrite(action: &Action, ing: &ParsedIngress, matcher: &PathMatch) -> Ac
             regex,
             target: target.clone(),
         }),
+        canary: canary.clone(),
     }
 }
 
