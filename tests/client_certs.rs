@@ -1,0 +1,589 @@
+//! Client certificates (`auth-tls-*`), end to end: `wicket serve` with the
+//! real nginx, real TLS handshakes from clients with and without
+//! certificates signed by a CA made here, and an echo backend that shows
+//! the `ssl-client-*` headers nginx sent it.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
+const P: &str = "nginx.ingress.kubernetes.io";
+
+// ---------------------------------------------------------------- objects
+
+/// `metadata` lines with these annotations under ingress-nginx's prefix.
+fn annotated(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::from("  annotations:\n");
+    for (k, v) in pairs {
+        out.push_str(&format!(
+            "    {P}/{k}: {}\n",
+            serde_json::to_string(v).unwrap()
+        ));
+    }
+    out
+}
+
+/// An Ingress with one host and `path` (Prefix) to `svc`:80, with these
+/// annotations, listing the host under `spec.tls` with the Secret `site`.
+fn site(ns: &str, name: &str, host: &str, path: &str, pairs: &[(&str, &str)]) -> String {
+    ingress(
+        ns,
+        name,
+        &annotated(pairs),
+        host,
+        &[(path, "Prefix", "web", 80)],
+    )
+    .replace(
+        "spec:\n",
+        &format!("spec:\n  tls:\n  - hosts: [{host}]\n    secretName: site\n"),
+    )
+}
+
+/// An Opaque Secret with these keys.
+fn secret(ns: &str, name: &str, data: &[(&str, &str)]) -> String {
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let mut out = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: Opaque\nstringData:\n"
+    );
+    for (k, v) in data {
+        out.push_str(&format!("  {k}: |\n{}", indent(v)));
+    }
+    out
+}
+
+/// Each Ingress (`namespace/name`) has a log line naming it with `why`.
+fn assert_told(w: &Wicket, told: &[(&str, &str)]) {
+    let logs = w.logs();
+    for (name, why) in told {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains(&format!("ingress {name}")) && l.contains(why)),
+            "{name}: no reason with {why:?}\n{logs}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- certificates
+
+/// A CA that signs client certificates.
+struct Ca {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca {
+            pem,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A client certificate for `cn` (with this serial number), signed by
+    /// the CA: (certificate, key) in PEM.
+    fn client(&self, cn: &str, serial: u64) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A revocation list naming these serial numbers.
+    fn crl(&self, revoked: &[u64]) -> String {
+        rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+}
+
+/// Offers a client certificate when the server asks for one, and
+/// remembers that it asked.
+#[derive(Debug)]
+struct Offer {
+    key: Option<Arc<rustls::sign::CertifiedKey>>,
+    asked: Arc<AtomicBool>,
+}
+
+impl rustls::client::ResolvesClientCert for Offer {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.asked.store(true, Ordering::SeqCst);
+        self.key.clone()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// An HTTPS client (every name is 127.0.0.1) that trusts `server_ca` and
+/// offers `identity` (a certificate and key, PEM) when asked for one; and
+/// whether a server asked.
+fn client_with(
+    server_ca: &str,
+    identity: Option<&(String, String)>,
+) -> (reqwest::Client, Arc<AtomicBool>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(server_ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let key = identity.map(|(cert, key)| {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .map(|c| c.unwrap())
+            .collect();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let signing = rustls::crypto::ring::default_provider()
+            .key_provider
+            .load_private_key(key)
+            .unwrap();
+        Arc::new(rustls::sign::CertifiedKey::new(chain, signing))
+    });
+    let asked = Arc::new(AtomicBool::new(false));
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(Offer {
+            key,
+            asked: asked.clone(),
+        }));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let c = reqwest::Client::builder()
+        .dns_resolver(Arc::new(Loopback))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .tls_backend_preconfigured(cfg)
+        .build()
+        .unwrap();
+    (c, asked)
+}
+
+struct Loopback;
+
+impl reqwest::dns::Resolve for Loopback {
+    fn resolve(&self, _: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async {
+            let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(std::net::SocketAddr::from(
+                ([127, 0, 0, 1], 0),
+            )));
+            Ok(addrs)
+        })
+    }
+}
+
+/// GET over HTTPS with a new client (a new TLS handshake): the answer,
+/// and whether nginx asked for a client certificate.
+async fn get_tls(
+    w: &Wicket,
+    server_ca: &str,
+    identity: Option<&(String, String)>,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (Answer, bool) {
+    let (c, asked) = client_with(server_ca, identity);
+    let url = w.https_url(host, path);
+    let mut req = c.get(&url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e:?}\n{}", w.logs()));
+    let a = Answer {
+        status: r.status().as_u16(),
+        version: r.version(),
+        headers: r.headers().clone(),
+        text: r.text().await.unwrap(),
+    };
+    (a, asked.load(Ordering::SeqCst))
+}
+
+/// The header the echo backend received, if any.
+fn seen(a: &Answer, name: &str) -> Option<String> {
+    a.echo()?["headers"][name].as_str().map(str::to_string)
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates() {
+    let e = Echo::start("web", LO, 0).await;
+    let ca = Ca::new("Test Client CA");
+    let stranger = Ca::new("Some Other CA");
+    let alice = ca.client("alice", 10);
+    let bob = ca.client("bob", 11);
+    let revoked = ca.client("mallory", 12);
+    let forged = stranger.client("alice", 10);
+    let hosts = [
+        "on.test",
+        "optional.test",
+        "cn.test",
+        "errpage.test",
+        "missing.test",
+        "cross.test",
+        "plain.test",
+        "noredirect.test",
+        "crl.test",
+        "noca.test",
+    ];
+    let (server_cert, server_key) = cert_for(&hosts);
+    let files = [
+        (
+            "svc.yaml",
+            service(
+                "c",
+                "web",
+                80,
+                None,
+                e.addr.port(),
+                &[(IpAddr::V4(LO), true)],
+            ),
+        ),
+        (
+            "site.yaml",
+            tls_secret("c", "site", &server_cert, &server_key),
+        ),
+        ("ca.yaml", secret("c", "client-ca", &[("ca.crt", &ca.pem)])),
+        (
+            "ca-crl.yaml",
+            secret(
+                "c",
+                "client-ca-crl",
+                &[("ca.crt", &ca.pem), ("ca.crl", &ca.crl(&[12]))],
+            ),
+        ),
+        (
+            "other-ns.yaml",
+            secret("other", "client-ca", &[("ca.crt", &ca.pem)]),
+        ),
+        ("noca.yaml", secret("c", "no-ca", &[("tls.crt", &ca.pem)])),
+        // on.test: verified, the certificate passed on. Ingresses from
+        // files are taken in name order: on-a decides for the host.
+        (
+            "on-a.yaml",
+            site(
+                "c",
+                "on-a",
+                "on.test",
+                "/",
+                &[
+                    ("auth-tls-secret", "c/client-ca"),
+                    ("auth-tls-pass-certificate-to-upstream", "true"),
+                ],
+            ),
+        ),
+        // Other verification on the same host: answers 503 there.
+        (
+            "on-b.yaml",
+            site(
+                "c",
+                "on-b",
+                "on.test",
+                "/b",
+                &[
+                    ("auth-tls-secret", "client-ca"),
+                    ("auth-tls-verify-client", "off"),
+                ],
+            ),
+        ),
+        // No auth-tls: verified as the host is.
+        ("on-c.yaml", site("c", "on-c", "on.test", "/c", &[])),
+        (
+            "optional.yaml",
+            site(
+                "c",
+                "optional",
+                "optional.test",
+                "/",
+                &[
+                    ("auth-tls-secret", "client-ca"),
+                    ("auth-tls-verify-client", "optional"),
+                    ("auth-tls-verify-depth", "2"),
+                ],
+            ),
+        ),
+        (
+            "cn.yaml",
+            site(
+                "c",
+                "cn",
+                "cn.test",
+                "/",
+                &[
+                    ("auth-tls-secret", "client-ca"),
+                    ("auth-tls-match-cn", "CN=(alice|carol)$"),
+                ],
+            ),
+        ),
+        (
+            "errpage.yaml",
+            site(
+                "c",
+                "errpage",
+                "errpage.test",
+                "/",
+                &[
+                    ("auth-tls-secret", "client-ca"),
+                    (
+                        "auth-tls-error-page",
+                        "https://login.example.com/certificate",
+                    ),
+                ],
+            ),
+        ),
+        (
+            "missing.yaml",
+            site(
+                "c",
+                "missing",
+                "missing.test",
+                "/",
+                &[("auth-tls-secret", "nope")],
+            ),
+        ),
+        (
+            "cross.yaml",
+            site(
+                "c",
+                "cross",
+                "cross.test",
+                "/",
+                &[("auth-tls-secret", "other/client-ca")],
+            ),
+        ),
+        (
+            "noca-ing.yaml",
+            site(
+                "c",
+                "noca",
+                "noca.test",
+                "/",
+                &[("auth-tls-secret", "no-ca")],
+            ),
+        ),
+        ("plain.yaml", site("c", "plain", "plain.test", "/", &[])),
+        (
+            "noredirect.yaml",
+            site(
+                "c",
+                "noredirect",
+                "noredirect.test",
+                "/",
+                &[("auth-tls-secret", "client-ca"), ("ssl-redirect", "false")],
+            ),
+        ),
+        (
+            "crl.yaml",
+            site(
+                "c",
+                "crl",
+                "crl.test",
+                "/",
+                &[("auth-tls-secret", "client-ca-crl")],
+            ),
+        ),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let w = Wicket::start(&files).await;
+    let sc = server_cert.as_str();
+
+    // Verified: a certificate of the CA gets through, with the headers
+    // ingress-nginx sets and the escaped PEM.
+    let (a, asked) = get_tls(&w, sc, Some(&alice), "on.test", "/", &[]).await;
+    assert_eq!(a.status, 200, "{}\n{}", a.text, w.logs());
+    assert!(asked);
+    assert_eq!(seen(&a, "ssl-client-verify").as_deref(), Some("SUCCESS"));
+    assert_eq!(
+        seen(&a, "ssl-client-subject-dn").as_deref(),
+        Some("CN=alice")
+    );
+    assert_eq!(
+        seen(&a, "ssl-client-issuer-dn").as_deref(),
+        Some("CN=Test Client CA")
+    );
+    let pem = seen(&a, "ssl-client-cert").unwrap();
+    assert!(pem.starts_with("-----BEGIN%20CERTIFICATE-----%0A"), "{pem}");
+    // Without a certificate, or with one of another CA: nginx's 400.
+    let (a, asked) = get_tls(&w, sc, None, "on.test", "/", &[]).await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    assert!(asked);
+    let (a, _) = get_tls(&w, sc, Some(&forged), "on.test", "/", &[]).await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    // The client cannot pose as verified.
+    let (a, _) = get_tls(
+        &w,
+        sc,
+        None,
+        "on.test",
+        "/",
+        &[("ssl-client-verify", "SUCCESS")],
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    // Plain HTTP is sent to HTTPS (ssl-redirect), never served unverified.
+    let a = w.get("on.test", "/").await;
+    assert_eq!(a.status, 308, "{}", a.text);
+    // Another Ingress of the host: verified as the host is.
+    let (a, _) = get_tls(&w, sc, None, "on.test", "/c", &[]).await;
+    assert_eq!(a.status, 400);
+    let (a, _) = get_tls(&w, sc, Some(&alice), "on.test", "/c", &[]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(seen(&a, "ssl-client-verify").as_deref(), Some("SUCCESS"));
+    // One that asks for other verification answers 503 there.
+    let (a, _) = get_tls(&w, sc, Some(&alice), "on.test", "/b", &[]).await;
+    assert_eq!(a.status, 503, "{}", a.text);
+    assert_told(
+        &w,
+        &[
+            (
+                "c/on-b",
+                "verifies client certificates as ingress c/on-a sets them",
+            ),
+            ("c/on-b", "takes it from ingress c/on-a"),
+        ],
+    );
+
+    // optional: a client without a certificate gets through, and the
+    // backend is told; a bad certificate is still refused.
+    let (a, asked) = get_tls(
+        &w,
+        sc,
+        None,
+        "optional.test",
+        "/",
+        &[
+            ("ssl-client-verify", "SUCCESS"),
+            ("ssl-client-cert", "forged"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(asked);
+    assert_eq!(seen(&a, "ssl-client-verify").as_deref(), Some("NONE"));
+    // Without pass-certificate-to-upstream, the client's header is removed.
+    assert_eq!(seen(&a, "ssl-client-cert"), None);
+    let (a, _) = get_tls(&w, sc, Some(&bob), "optional.test", "/", &[]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(seen(&a, "ssl-client-verify").as_deref(), Some("SUCCESS"));
+    assert_eq!(seen(&a, "ssl-client-subject-dn").as_deref(), Some("CN=bob"));
+    let (a, _) = get_tls(&w, sc, Some(&forged), "optional.test", "/", &[]).await;
+    assert_eq!(a.status, 400);
+
+    // auth-tls-match-cn: 403 for a subject that does not match.
+    let (a, _) = get_tls(&w, sc, Some(&alice), "cn.test", "/", &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let (a, _) = get_tls(&w, sc, Some(&bob), "cn.test", "/", &[]).await;
+    assert_eq!(a.status, 403, "{}", a.text);
+    let (a, _) = get_tls(&w, sc, None, "cn.test", "/", &[]).await;
+    assert_eq!(a.status, 400);
+
+    // auth-tls-error-page: a redirect instead of the 400.
+    let (a, _) = get_tls(&w, sc, None, "errpage.test", "/", &[]).await;
+    assert_eq!(a.status, 302, "{}", a.text);
+    assert_eq!(
+        a.headers.get("location").unwrap(),
+        "https://login.example.com/certificate"
+    );
+    let (a, _) = get_tls(&w, sc, Some(&forged), "errpage.test", "/", &[]).await;
+    assert_eq!(a.status, 302);
+    let (a, _) = get_tls(&w, sc, Some(&alice), "errpage.test", "/", &[]).await;
+    assert_eq!(a.status, 200);
+
+    // A revoked certificate (ca.crl) is refused, others are not.
+    let (a, _) = get_tls(&w, sc, Some(&revoked), "crl.test", "/", &[]).await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    let (a, _) = get_tls(&w, sc, Some(&alice), "crl.test", "/", &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+
+    // No redirect to HTTPS: plain HTTP gets 403, HTTPS is verified.
+    let a = w.get("noredirect.test", "/").await;
+    assert_eq!(a.status, 403, "{}", a.text);
+    let (a, _) = get_tls(&w, sc, Some(&alice), "noredirect.test", "/", &[]).await;
+    assert_eq!(a.status, 200);
+
+    // Unusable CAs: 503 for that host, with or without a certificate, and
+    // over plain HTTP; the Ingress is told why.
+    for host in ["missing.test", "cross.test", "noca.test"] {
+        for id in [None, Some(&alice)] {
+            let (a, _) = get_tls(&w, sc, id, host, "/", &[]).await;
+            assert_eq!(a.status, 503, "{host}: {}", a.text);
+        }
+        let a = w.get(host, "/").await;
+        assert_eq!(a.status, 503, "{host}");
+    }
+    assert_told(
+        &w,
+        &[
+            ("c/missing", "secret c/nope not found"),
+            ("c/cross", "allow-cross-namespace-resources"),
+            ("c/noca", "no ca.crt"),
+        ],
+    );
+
+    // A host without auth-tls on the same nginx: never asked for a
+    // certificate, served, and told nothing about one.
+    let (a, asked) = get_tls(
+        &w,
+        sc,
+        Some(&alice),
+        "plain.test",
+        "/",
+        &[("ssl-client-verify", "SUCCESS")],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(!asked, "plain.test asked for a client certificate");
+    assert_eq!(seen(&a, "ssl-client-subject-dn"), None);
+    let (a, asked) = get_tls(&w, sc, None, "plain.test", "/", &[]).await;
+    assert_eq!(a.status, 200);
+    assert!(!asked);
+}
