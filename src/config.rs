@@ -447,6 +447,11 @@ pub struct Location {
     /// (Boxed: most locations have none, and a location is copied often.)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vars: Option<Box<LocationVars>>,
+    /// A path of `no-tls-redirect-locations` (ACME's HTTP challenges): on
+    /// a server that verifies client certificates, plain HTTP requests are
+    /// served there too (as ingress-nginx served them), not refused.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub plain_http: bool,
 }
 
 /// `return CODE https://HOST[:PORT]URI` for plain HTTP requests.

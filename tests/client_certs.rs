@@ -252,10 +252,36 @@ fn seen(a: &Answer, name: &str) -> Option<String> {
     a.echo()?["headers"][name].as_str().map(str::to_string)
 }
 
-// ---------------------------------------------------------------- tests
+// ---------------------------------------------------------------- fixture
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_certificates() {
+/// `wicket serve` with one host per case, an echo backend, a CA with
+/// client certificates, and one of another CA.
+struct Fixture {
+    w: Wicket,
+    _echo: Echo,
+    /// The certificate every host presents (for the clients to trust).
+    server: String,
+    alice: (String, String),
+    bob: (String, String),
+    /// Revoked in the CRL of `client-ca-crl`.
+    revoked: (String, String),
+    /// "alice", signed by another CA.
+    forged: (String, String),
+}
+
+impl Fixture {
+    async fn get(
+        &self,
+        id: Option<&(String, String)>,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (Answer, bool) {
+        get_tls(&self.w, &self.server, id, host, path, headers).await
+    }
+}
+
+async fn fixture() -> Fixture {
     let e = Echo::start("web", LO, 0).await;
     let ca = Ca::new("Test Client CA");
     let stranger = Ca::new("Some Other CA");
@@ -274,6 +300,8 @@ async fn client_certificates() {
         "noredirect.test",
         "crl.test",
         "noca.test",
+        "bad.test",
+        "nosecret.test",
     ];
     let (server_cert, server_key) = cert_for(&hosts);
     let files = [
@@ -337,6 +365,18 @@ async fn client_certificates() {
         ),
         // No auth-tls: verified as the host is.
         ("on-c.yaml", site("c", "on-c", "on.test", "/c", &[])),
+        // An ACME HTTP challenge (no-tls-redirect-locations): served over
+        // plain HTTP.
+        (
+            "on-acme.yaml",
+            site(
+                "c",
+                "on-acme",
+                "on.test",
+                "/.well-known/acme-challenge",
+                &[],
+            ),
+        ),
         (
             "optional.yaml",
             site(
@@ -431,15 +471,53 @@ async fn client_certificates() {
                 &[("auth-tls-secret", "client-ca-crl")],
             ),
         ),
+        // A value that does not parse rejects the Ingress.
+        (
+            "bad.yaml",
+            site(
+                "c",
+                "bad",
+                "bad.test",
+                "/",
+                &[
+                    ("auth-tls-secret", "client-ca"),
+                    ("auth-tls-verify-client", "maybe"),
+                ],
+            ),
+        ),
+        // Another auth-tls-* key without the Secret: 503.
+        (
+            "nosecret.yaml",
+            site(
+                "c",
+                "nosecret",
+                "nosecret.test",
+                "/",
+                &[("auth-tls-match-cn", "CN=alice")],
+            ),
+        ),
     ];
     let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let w = Wicket::start(&files).await;
-    let sc = server_cert.as_str();
+    Fixture {
+        w: Wicket::start(&files).await,
+        _echo: e,
+        server: server_cert,
+        alice,
+        bob,
+        revoked,
+        forged,
+    }
+}
 
-    // Verified: a certificate of the CA gets through, with the headers
-    // ingress-nginx sets and the escaped PEM.
-    let (a, asked) = get_tls(&w, sc, Some(&alice), "on.test", "/", &[]).await;
-    assert_eq!(a.status, 200, "{}\n{}", a.text, w.logs());
+// ---------------------------------------------------------------- tests
+
+/// A certificate of the CA gets through, with the headers ingress-nginx
+/// sets and the escaped PEM; none, or one of another CA, gets nginx's 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_of_the_ca_is_accepted_and_others_are_refused() {
+    let f = fixture().await;
+    let (a, asked) = f.get(Some(&f.alice), "on.test", "/", &[]).await;
+    assert_eq!(a.status, 200, "{}\n{}", a.text, f.w.logs());
     assert!(asked);
     assert_eq!(seen(&a, "ssl-client-verify").as_deref(), Some("SUCCESS"));
     assert_eq!(
@@ -452,37 +530,37 @@ async fn client_certificates() {
     );
     let pem = seen(&a, "ssl-client-cert").unwrap();
     assert!(pem.starts_with("-----BEGIN%20CERTIFICATE-----%0A"), "{pem}");
-    // Without a certificate, or with one of another CA: nginx's 400.
-    let (a, asked) = get_tls(&w, sc, None, "on.test", "/", &[]).await;
+    let (a, asked) = f.get(None, "on.test", "/", &[]).await;
     assert_eq!(a.status, 400, "{}", a.text);
     assert!(asked);
-    let (a, _) = get_tls(&w, sc, Some(&forged), "on.test", "/", &[]).await;
+    let (a, _) = f.get(Some(&f.forged), "on.test", "/", &[]).await;
     assert_eq!(a.status, 400, "{}", a.text);
     // The client cannot pose as verified.
-    let (a, _) = get_tls(
-        &w,
-        sc,
-        None,
-        "on.test",
-        "/",
-        &[("ssl-client-verify", "SUCCESS")],
-    )
-    .await;
+    let (a, _) = f
+        .get(None, "on.test", "/", &[("ssl-client-verify", "SUCCESS")])
+        .await;
     assert_eq!(a.status, 400);
-    // Plain HTTP is sent to HTTPS (ssl-redirect), never served unverified.
-    let a = w.get("on.test", "/").await;
-    assert_eq!(a.status, 308, "{}", a.text);
-    // Another Ingress of the host: verified as the host is.
-    let (a, _) = get_tls(&w, sc, None, "on.test", "/c", &[]).await;
+    // A revoked certificate (ca.crl) is refused, others are not.
+    let (a, _) = f.get(Some(&f.revoked), "crl.test", "/", &[]).await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    let (a, _) = f.get(Some(&f.alice), "crl.test", "/", &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+}
+
+/// The host's verification covers every Ingress of the host; one that
+/// asks for other verification answers 503 there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_verifies_for_all_its_ingresses() {
+    let f = fixture().await;
+    let (a, _) = f.get(None, "on.test", "/c", &[]).await;
     assert_eq!(a.status, 400);
-    let (a, _) = get_tls(&w, sc, Some(&alice), "on.test", "/c", &[]).await;
+    let (a, _) = f.get(Some(&f.alice), "on.test", "/c", &[]).await;
     assert_eq!(a.status, 200);
     assert_eq!(seen(&a, "ssl-client-verify").as_deref(), Some("SUCCESS"));
-    // One that asks for other verification answers 503 there.
-    let (a, _) = get_tls(&w, sc, Some(&alice), "on.test", "/b", &[]).await;
+    let (a, _) = f.get(Some(&f.alice), "on.test", "/b", &[]).await;
     assert_eq!(a.status, 503, "{}", a.text);
     assert_told(
-        &w,
+        &f.w,
         &[
             (
                 "c/on-b",
@@ -491,99 +569,145 @@ async fn client_certificates() {
             ("c/on-b", "takes it from ingress c/on-a"),
         ],
     );
+}
 
-    // optional: a client without a certificate gets through, and the
-    // backend is told; a bad certificate is still refused.
-    let (a, asked) = get_tls(
-        &w,
-        sc,
-        None,
-        "optional.test",
-        "/",
-        &[
-            ("ssl-client-verify", "SUCCESS"),
-            ("ssl-client-cert", "forged"),
-        ],
-    )
-    .await;
+/// optional: a client without a certificate gets through and the backend
+/// is told; a bad certificate is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_lets_a_client_without_a_certificate_through() {
+    let f = fixture().await;
+    let (a, asked) = f
+        .get(
+            None,
+            "optional.test",
+            "/",
+            &[
+                ("ssl-client-verify", "SUCCESS"),
+                ("ssl-client-cert", "forged"),
+            ],
+        )
+        .await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert!(asked);
     assert_eq!(seen(&a, "ssl-client-verify").as_deref(), Some("NONE"));
     // Without pass-certificate-to-upstream, the client's header is removed.
     assert_eq!(seen(&a, "ssl-client-cert"), None);
-    let (a, _) = get_tls(&w, sc, Some(&bob), "optional.test", "/", &[]).await;
+    let (a, _) = f.get(Some(&f.bob), "optional.test", "/", &[]).await;
     assert_eq!(a.status, 200);
     assert_eq!(seen(&a, "ssl-client-verify").as_deref(), Some("SUCCESS"));
     assert_eq!(seen(&a, "ssl-client-subject-dn").as_deref(), Some("CN=bob"));
-    let (a, _) = get_tls(&w, sc, Some(&forged), "optional.test", "/", &[]).await;
+    let (a, _) = f.get(Some(&f.forged), "optional.test", "/", &[]).await;
     assert_eq!(a.status, 400);
+}
 
-    // auth-tls-match-cn: 403 for a subject that does not match.
-    let (a, _) = get_tls(&w, sc, Some(&alice), "cn.test", "/", &[]).await;
+/// auth-tls-match-cn: 403 for a subject that does not match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn match_cn_refuses_other_subjects() {
+    let f = fixture().await;
+    let (a, _) = f.get(Some(&f.alice), "cn.test", "/", &[]).await;
     assert_eq!(a.status, 200, "{}", a.text);
-    let (a, _) = get_tls(&w, sc, Some(&bob), "cn.test", "/", &[]).await;
+    let (a, _) = f.get(Some(&f.bob), "cn.test", "/", &[]).await;
     assert_eq!(a.status, 403, "{}", a.text);
-    let (a, _) = get_tls(&w, sc, None, "cn.test", "/", &[]).await;
+    let (a, _) = f.get(None, "cn.test", "/", &[]).await;
     assert_eq!(a.status, 400);
+}
 
-    // auth-tls-error-page: a redirect instead of the 400.
-    let (a, _) = get_tls(&w, sc, None, "errpage.test", "/", &[]).await;
-    assert_eq!(a.status, 302, "{}", a.text);
-    assert_eq!(
-        a.headers.get("location").unwrap(),
-        "https://login.example.com/certificate"
-    );
-    let (a, _) = get_tls(&w, sc, Some(&forged), "errpage.test", "/", &[]).await;
-    assert_eq!(a.status, 302);
-    let (a, _) = get_tls(&w, sc, Some(&alice), "errpage.test", "/", &[]).await;
+/// auth-tls-error-page: a redirect instead of the 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_page_redirects_a_client_that_failed() {
+    let f = fixture().await;
+    for id in [None, Some(&f.forged)] {
+        let (a, _) = f.get(id, "errpage.test", "/", &[]).await;
+        assert_eq!(a.status, 302, "{}", a.text);
+        assert_eq!(
+            a.headers.get("location").unwrap(),
+            "https://login.example.com/certificate"
+        );
+    }
+    let (a, _) = f.get(Some(&f.alice), "errpage.test", "/", &[]).await;
     assert_eq!(a.status, 200);
+}
 
-    // A revoked certificate (ca.crl) is refused, others are not.
-    let (a, _) = get_tls(&w, sc, Some(&revoked), "crl.test", "/", &[]).await;
-    assert_eq!(a.status, 400, "{}", a.text);
-    let (a, _) = get_tls(&w, sc, Some(&alice), "crl.test", "/", &[]).await;
-    assert_eq!(a.status, 200, "{}", a.text);
-
-    // No redirect to HTTPS: plain HTTP gets 403, HTTPS is verified.
-    let a = w.get("noredirect.test", "/").await;
+/// Only HTTPS can verify: plain HTTP is redirected to HTTPS
+/// (ssl-redirect) or refused with 403, except ACME's HTTP challenges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_is_never_served_unverified() {
+    let f = fixture().await;
+    for path in ["/", "/c"] {
+        let a = f.w.get("on.test", path).await;
+        assert_eq!(a.status, 308, "{path}: {}", a.text);
+    }
+    let a = f.w.get("noredirect.test", "/").await;
     assert_eq!(a.status, 403, "{}", a.text);
-    let (a, _) = get_tls(&w, sc, Some(&alice), "noredirect.test", "/", &[]).await;
+    let (a, _) = f.get(Some(&f.alice), "noredirect.test", "/", &[]).await;
     assert_eq!(a.status, 200);
+    // no-tls-redirect-locations (ACME): served over plain HTTP, as in
+    // ingress-nginx; verified over HTTPS.
+    let a =
+        f.w.get("on.test", "/.well-known/acme-challenge/token")
+            .await;
+    assert_eq!(a.who(), "web");
+    assert_eq!(seen(&a, "ssl-client-verify"), None);
+    let (a, _) = f
+        .get(None, "on.test", "/.well-known/acme-challenge/token", &[])
+        .await;
+    assert_eq!(a.status, 400);
+}
 
-    // Unusable CAs: 503 for that host, with or without a certificate, and
-    // over plain HTTP; the Ingress is told why.
-    for host in ["missing.test", "cross.test", "noca.test"] {
-        for id in [None, Some(&alice)] {
-            let (a, _) = get_tls(&w, sc, id, host, "/", &[]).await;
+/// CAs that cannot be used: 503 for that host, with or without a
+/// certificate, over HTTPS and plain HTTP, the Ingress told why; other
+/// hosts keep serving. A value that does not parse rejects the Ingress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_cas_answer_503_and_other_hosts_keep_serving() {
+    let f = fixture().await;
+    for host in ["missing.test", "cross.test", "noca.test", "nosecret.test"] {
+        for id in [None, Some(&f.alice)] {
+            let (a, _) = f.get(id, host, "/", &[]).await;
             assert_eq!(a.status, 503, "{host}: {}", a.text);
         }
-        let a = w.get(host, "/").await;
-        assert_eq!(a.status, 503, "{host}");
+        // (Without a Secret the host verifies nothing, and plain HTTP
+        // is sent to HTTPS, which answers 503.)
+        let a = f.w.get(host, "/").await;
+        let want = if host == "nosecret.test" { 308 } else { 503 };
+        assert_eq!(a.status, want, "{host}");
     }
     assert_told(
-        &w,
+        &f.w,
         &[
             ("c/missing", "secret c/nope not found"),
             ("c/cross", "allow-cross-namespace-resources"),
             ("c/noca", "no ca.crt"),
+            ("c/nosecret", "without auth-tls-secret"),
+            ("c/bad", "auth-tls-verify-client"),
         ],
     );
+    // Rejected: not served at all (the catch-all server answers).
+    let a = f.w.get("bad.test", "/").await;
+    assert_eq!(a.status, 404, "{}", a.text);
+    let (a, _) = f.get(None, "plain.test", "/", &[]).await;
+    assert_eq!(a.status, 200);
+}
 
-    // A host without auth-tls on the same nginx: never asked for a
-    // certificate, served, and told nothing about one.
-    let (a, asked) = get_tls(
-        &w,
-        sc,
-        Some(&alice),
-        "plain.test",
-        "/",
-        &[("ssl-client-verify", "SUCCESS")],
-    )
-    .await;
+/// A host without auth-tls on the same nginx: never asked for a
+/// certificate, served, and nothing about one reaches its backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_without_auth_tls_asks_for_no_certificate() {
+    let f = fixture().await;
+    let (a, asked) = f
+        .get(
+            Some(&f.alice),
+            "plain.test",
+            "/",
+            &[("ssl-client-verify", "SUCCESS")],
+        )
+        .await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert!(!asked, "plain.test asked for a client certificate");
     assert_eq!(seen(&a, "ssl-client-subject-dn"), None);
-    let (a, asked) = get_tls(&w, sc, None, "plain.test", "/", &[]).await;
+    let (a, asked) = f.get(None, "plain.test", "/", &[]).await;
     assert_eq!(a.status, 200);
     assert!(!asked);
+    // While the host next to it does.
+    let (_, asked) = f.get(None, "on.test", "/", &[]).await;
+    assert!(asked);
 }

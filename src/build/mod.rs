@@ -1453,6 +1453,7 @@ impl<'p> Builder<'p, '_> {
                 policy: None,
                 https_redirect: None,
                 vars: None,
+                plain_http: false,
             },
         };
 
@@ -1693,6 +1694,12 @@ impl<'p> Builder<'p, '_> {
             }
             _ => None,
         };
+        let plain_http = ing.is_some()
+            && self
+                .settings
+                .no_tls_redirect_locations
+                .iter()
+                .any(|p| path.starts_with(p.as_str()));
         Location {
             matcher,
             action,
@@ -1701,6 +1708,7 @@ impl<'p> Builder<'p, '_> {
             policy,
             https_redirect,
             vars,
+            plain_http,
         }
     }
 
