@@ -711,3 +711,128 @@ async fn a_host_without_auth_tls_asks_for_no_certificate() {
     let (_, asked) = f.get(None, "on.test", "/", &[]).await;
     assert!(asked);
 }
+
+// ---------------------------------------------------------------- the model
+
+/// `build` alone, on these manifests (with the Service `web` and a Secret
+/// `client-ca` with a CA, in namespace `c`).
+fn built(yaml: &str) -> wicket::build::Build {
+    let ca = Ca::new("Model CA");
+    let base = format!(
+        "{}---\n{}---\n{yaml}",
+        service("c", "web", 80, None, 8080, &[(IpAddr::V4(LO), true)]),
+        secret("c", "client-ca", &[("ca.crt", &ca.pem)])
+    );
+    let mut cluster = wicket::cluster::Cluster::default();
+    for o in wicket::source::manifest::parse(&base, false)
+        .unwrap()
+        .objects
+    {
+        cluster.insert(o);
+    }
+    let mut cert = wicket::certs::generate_default().unwrap();
+    cert.name = "default".into();
+    let opts = wicket::build::Options {
+        class: wicket::build::ClassOptions {
+            watch_without_class: true,
+            by_name: true,
+            ..Default::default()
+        },
+        backend_policy: wicket::build::backends::BackendPolicy {
+            allow_local: true,
+            ..Default::default()
+        },
+        ..wicket::build::Options::new(80, 443, cert)
+    };
+    wicket::build::build(&cluster, &opts)
+}
+
+fn with_created(ing: &str, when: &str) -> String {
+    ing.replacen(
+        "metadata:\n",
+        &format!("metadata:\n  creationTimestamp: \"{when}\"\n"),
+        1,
+    )
+}
+
+/// The oldest Ingress of the host decides, whatever the names; a host
+/// without a certificate of its own names the default one (nginx asks for
+/// client certificates per TLS context).
+#[test]
+fn the_oldest_ingress_of_the_host_decides() {
+    let old = with_created(
+        &ingress(
+            "c",
+            "z-old",
+            &annotated(&[("auth-tls-secret", "client-ca")]),
+            "h.test",
+            &[("/", "Prefix", "web", 80)],
+        ),
+        "2020-01-01T00:00:00Z",
+    );
+    let new = with_created(
+        &ingress(
+            "c",
+            "a-new",
+            &annotated(&[
+                ("auth-tls-secret", "client-ca"),
+                ("auth-tls-verify-client", "optional"),
+            ]),
+            "h.test",
+            &[("/new", "Prefix", "web", 80)],
+        ),
+        "2024-01-01T00:00:00Z",
+    );
+    let b = built(&format!("{old}---\n{new}"));
+    let s = b
+        .config
+        .servers
+        .iter()
+        .find(|s| s.server_name == "h.test")
+        .unwrap();
+    let ca = s.client_auth.as_ref().expect("the host verifies");
+    assert_eq!(ca.ingress, "c/z-old");
+    assert_eq!(ca.verify, wicket::annotations::tls::VerifyClient::On);
+    assert_eq!(s.certificate.as_deref(), Some("default"));
+    for l in &s.locations {
+        let from = l.source.as_ref().map(|x| x.name.as_str());
+        match (&l.action, from) {
+            (wicket::config::Action::Status { code, reason }, Some("a-new")) => {
+                assert_eq!(*code, 503);
+                assert!(reason.contains("as ingress c/z-old sets them"), "{reason}");
+            }
+            (a, Some("a-new")) => panic!("a-new served: {a:?}"),
+            _ => {}
+        }
+    }
+    assert!(b.config.trusted.iter().any(|t| t.name == ca.trusted));
+}
+
+/// Rules without a host are served by the catch-all server, which verifies
+/// no client certificate: an Ingress that asks for it answers 503 there.
+#[test]
+fn the_catch_all_server_does_not_serve_an_ingress_that_verifies() {
+    let b = built(&ingress(
+        "c",
+        "anyhost",
+        &annotated(&[("auth-tls-secret", "client-ca")]),
+        "",
+        &[("/", "Prefix", "web", 80)],
+    ));
+    assert!(b.config.default_server.client_auth.is_none());
+    let served: Vec<_> = b
+        .config
+        .default_server
+        .locations
+        .iter()
+        .filter(|l| l.source.as_ref().is_some_and(|s| s.name == "anyhost"))
+        .collect();
+    assert!(!served.is_empty());
+    for l in served {
+        assert!(
+            matches!(&l.action, wicket::config::Action::Status { code: 503, reason } if reason.contains("needs a host")),
+            "{:?}",
+            l.action
+        );
+    }
+}
