@@ -372,7 +372,7 @@ pub static ANNOTATIONS: &[Annotation] = &[
         "authtls",
         Server,
         PROTECTS,
-        Supported,
+        Differs("a number from 0 (the default, 1, as in ingress-nginx) to 64"),
         "2",
     ),
     row(
