@@ -355,7 +355,7 @@ pub static ANNOTATIONS: &[Annotation] = &[
         Server,
         PROTECTS,
         Differs(
-            "ns/name or name with ca.crt (and optionally ca.crl), another namespace only with allow-cross-namespace-resources; a Secret that is missing or unusable makes the Ingress's locations answer 503, and its hosts too (ingress-nginx: 403); plain HTTP gets 403 unless ssl-redirect sends it to HTTPS (ingress-nginx served it unverified); another Ingress of the host with other auth-tls-* answers 503 there",
+            "ns/name or name with ca.crt (and optionally ca.crl), another namespace only with allow-cross-namespace-resources; a Secret that is missing or unusable makes the Ingress's locations answer 503, and its hosts too (ingress-nginx: 403); plain HTTP gets 403 unless ssl-redirect sends it to HTTPS or the path is one of no-tls-redirect-locations (ingress-nginx served it unverified); another Ingress of the host with other auth-tls-* answers 503 there",
         ),
         "client-ca",
     ),
