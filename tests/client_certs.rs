@@ -267,6 +267,8 @@ struct Fixture {
     revoked: (String, String),
     /// "alice", signed by another CA.
     forged: (String, String),
+    /// That other CA.
+    stranger: String,
 }
 
 impl Fixture {
@@ -506,6 +508,7 @@ async fn fixture() -> Fixture {
         bob,
         revoked,
         forged,
+        stranger: stranger.pem.clone(),
     }
 }
 
@@ -710,6 +713,43 @@ async fn a_host_without_auth_tls_asks_for_no_certificate() {
     // While the host next to it does.
     let (_, asked) = f.get(None, "on.test", "/", &[]).await;
     assert!(asked);
+}
+
+/// What alice and the forged alice get on optional.test.
+async fn statuses(f: &Fixture) -> (u16, u16) {
+    let (a, _) = f.get(Some(&f.alice), "optional.test", "/", &[]).await;
+    let (b, _) = f.get(Some(&f.forged), "optional.test", "/", &[]).await;
+    (a.status, b.status)
+}
+
+/// The Secret changes: the host verifies with the new CA after the
+/// reload, and a Secret that goes away makes the host answer 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_secret_takes_effect() {
+    let f = fixture().await;
+    assert_eq!(statuses(&f).await, (200, 400));
+    f.w.replace(
+        "ca.yaml",
+        &secret("c", "client-ca", &[("ca.crt", &f.stranger)]),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while statuses(&f).await != (400, 200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never the new CA\n{}",
+            f.w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::remove_file(f.w.path("ca.yaml")).unwrap();
+    while statuses(&f).await != (503, 503) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never 503\n{}",
+            f.w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 // ---------------------------------------------------------------- the model
