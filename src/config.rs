@@ -47,7 +47,8 @@ pub struct Config {
     /// headers for every backend (`proxy-set-headers`).
     pub response_headers: Vec<ExpandableHeader>,
     pub request_headers: Vec<ExpandableHeader>,
-    /// CA bundles that locations verify backends with, written to
+    /// CA bundles that locations verify backends with and servers verify
+    /// client certificates with (and their revocation lists), written to
     /// `certs/NAME.ca.crt`.
     pub trusted: Vec<Trusted>,
     /// Named locations of the global `custom-http-errors`, in every server.
@@ -390,6 +391,49 @@ pub struct Server {
     /// each).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub external_auths: Vec<Arc<ExternalAuth>>,
+    /// Client certificates (`auth-tls-*` of the oldest Ingress of the host
+    /// that sets `auth-tls-secret`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
+    /// That Ingress's CAs are not usable, for this reason: the whole
+    /// server answers 503 (nothing on it is served unverified).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_auth_denied: Option<String>,
+}
+
+/// How a server verifies client certificates, with the files it reads.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct ClientAuth {
+    /// The CAs: a [`Trusted`] name (`ssl_client_certificate`).
+    pub trusted: String,
+    /// The revocation lists (`ca.crl`): a [`Trusted`] name (`ssl_crl`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crl: Option<String>,
+    pub verify: crate::annotations::tls::VerifyClient,
+    pub verify_depth: u32,
+    /// `error_page 495 496 = URL`: a redirect instead of nginx's 400.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_page: Option<crate::values::AbsoluteUrl>,
+    /// `ssl-client-cert` carries the escaped PEM (else it is removed).
+    pub pass_certificate: bool,
+    /// A verified certificate whose subject DN does not match gets 403.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub match_cn: Option<crate::values::SubjectPattern>,
+    /// The Ingress that set it (`namespace/name`).
+    pub ingress: String,
+}
+
+impl ClientAuth {
+    /// Whether both verify the same way (whoever set them).
+    pub fn same_as(&self, other: &ClientAuth) -> bool {
+        ClientAuth {
+            ingress: String::new(),
+            ..self.clone()
+        } == ClientAuth {
+            ingress: String::new(),
+            ..other.clone()
+        }
+    }
 }
 
 /// How a location matches the request path.
@@ -461,6 +505,11 @@ pub struct Location {
     /// (Boxed: most locations have none, and a location is copied often.)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vars: Option<Box<LocationVars>>,
+    /// A path of `no-tls-redirect-locations` (ACME's HTTP challenges): on
+    /// a server that verifies client certificates, plain HTTP requests are
+    /// served there too (as ingress-nginx served them), not refused.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub plain_http: bool,
 }
 
 /// `return CODE https://HOST[:PORT]URI` for plain HTTP requests.

@@ -1440,7 +1440,7 @@ async fn protection_wicket_cannot_honour_never_reaches_the_backend() {
             ),
             (
                 "tls.yaml",
-                &guard("tls", "tls.test", &[("auth-tls-secret", "s/ca")]),
+                &guard("tls", "tls.test", &[("auth-tls-secret", "s/ca;")]),
             ),
             (
                 "waf.yaml",

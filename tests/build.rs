@@ -285,7 +285,7 @@ fn a_protection_annotation_wicket_cannot_honour_rejects_the_ingress() {
         "  annotations:\n    nginx.ingress.kubernetes.io/auth-snippet: \"return 200;\"\n",
         "  annotations:\n    nginx.ingress.kubernetes.io/whitelist-source-range: 10.0.0.0/8;\n",
         "  annotations:\n    nginx.ingress.kubernetes.io/enable-modsecurity: \"true\"\n",
-        "  annotations:\n    nginx.ingress.kubernetes.io/auth-tls-secret: shop/ca\n",
+        "  annotations:\n    nginx.ingress.kubernetes.io/auth-tls-secret: shop/ca\n    nginx.ingress.kubernetes.io/auth-tls-verify-client: sometimes\n",
     ] {
         let b = run(&format!(
             "{BACKENDS}{}",

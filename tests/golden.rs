@@ -84,6 +84,11 @@ fn tls() {
 }
 
 #[test]
+fn client_certificates() {
+    golden("client-certs", "tests/fixtures/golden/client-certs");
+}
+
+#[test]
 fn regex_and_rewrite() {
     golden("regex", "tests/fixtures/golden/regex");
 }

@@ -231,6 +231,9 @@ fn companions(name: &str) -> String {
         "permanent-redirect-code" => format!("{P}/permanent-redirect: /moved, "),
         "temporal-redirect-code" => format!("{P}/temporal-redirect: /moved, "),
         n if n.starts_with("canary-") => format!("{P}/canary: \"true\", "),
+        n if n.starts_with("auth-tls-") && n != "auth-tls-secret" => {
+            format!("{P}/auth-tls-secret: client-ca, ")
+        }
         _ => String::new(),
     }
 }
@@ -243,6 +246,27 @@ fn rule_for(name: &str) -> String {
     } else {
         default_rule()
     }
+}
+
+/// Objects a row needs beside its Ingress: the other `auth-tls-*` rows a
+/// Secret with a CA, so that their values reach the config (the example
+/// of `auth-tls-secret` itself names no Secret that exists: the host then
+/// answers 503, as for any valid name).
+fn companion_objects(name: &str) -> String {
+    static CA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if !name.starts_with("auth-tls-") || name == "auth-tls-secret" {
+        return String::new();
+    }
+    let pem = CA.get_or_init(|| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    });
+    let indent: String = pem.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: client-ca, namespace: p}}\nstringData:\n  ca.crt: |\n{indent}---\n"
+    )
 }
 
 /// A harmless value for a row: the value itself when it is a plain word
@@ -304,24 +328,26 @@ fn registry_fields() -> Vec<AnyField> {
         .filter(|r| r.support.acted_on())
     {
         let ingress = |name: &'static str, v: &str| {
-            ingress_with(
-                "x",
-                "p",
-                &format!("{}{P}/{name}: {}", companions(name), y(v)),
-                &rule_for(name),
-            )
+            companion_objects(name)
+                + &ingress_with(
+                    "x",
+                    "p",
+                    &format!("{}{P}/{name}: {}", companions(name), y(v)),
+                    &rule_for(name),
+                )
         };
         out.push(AnyField {
             name: format!("annotation {}", row.name),
             make: Box::new(move |v| ingress(row.name, v)),
             twin: Box::new(move |v| row_twin(row, v)),
             // An empty value counts as not set.
-            broken: ingress_with(
-                "x",
-                "p",
-                companions(row.name).trim_end_matches(", "),
-                &rule_for(row.name),
-            ),
+            broken: companion_objects(row.name)
+                + &ingress_with(
+                    "x",
+                    "p",
+                    companions(row.name).trim_end_matches(", "),
+                    &rule_for(row.name),
+                ),
             ingress: true,
             variables: matches!(row.name, "permanent-redirect" | "temporal-redirect")
                 .then_some(redirect_variable as fn(&str) -> bool),

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use crate::cluster::{Cluster, ObjectKey};
 use crate::cluster::{Kind, ObjectRef};
 use crate::config::{
-    Action, Certificate, Config, ErrorPage, Location, LocationPolicy, Match, Rewrite, Server,
-    Source,
+    Action, Certificate, ClientAuth, Config, ErrorPage, Location, LocationPolicy, Match, Rewrite,
+    Server, Source,
 };
 use crate::problem::Problem;
 use crate::settings::Settings;
@@ -386,6 +386,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         log_vars,
         https_port: opts.https_port,
         tls_hosts: BTreeSet::new(),
+        default_cert: String::new(),
     };
     b.collect_routes();
     if b.any.default.is_none()
@@ -409,6 +410,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     };
 
     let default_cert = default_certificate.name.clone();
+    b.default_cert = default_cert.clone();
     let hosts = std::mem::take(&mut b.hosts);
     let any = std::mem::take(&mut b.any);
     // Server-wide annotations: the oldest Ingress of each host decides.
@@ -795,6 +797,10 @@ struct Builder<'p, 'c> {
     tls_hosts: BTreeSet<HostPattern>,
     /// The canaries of the routes, by variable.
     canaries: BTreeMap<String, Arc<crate::config::CanaryChoice>>,
+    /// The default certificate's name: a server that verifies client
+    /// certificates names it when it has none of its own, for a TLS
+    /// context of its own (nginx asks for client certificates per context).
+    default_cert: String,
 }
 
 /// What the oldest Ingress of a host sets for the whole host.
@@ -805,6 +811,9 @@ struct ServerWide {
     app_root: Option<crate::values::PlainPath>,
     ssl_ciphers: Option<crate::values::CipherList>,
     prefer_server_ciphers: Option<bool>,
+    /// `auth-tls-*`: the Ingress that decides, and its settings or why
+    /// they are not usable.
+    client_auth: Option<(usize, Result<ClientAuth, String>)>,
 }
 
 impl<'p> Builder<'p, '_> {
@@ -1009,6 +1018,13 @@ impl<'p> Builder<'p, '_> {
                 }
                 if claim("ssl-ciphers", a.tls.ssl_ciphers.is_some(), self.problems) {
                     wide.ssl_ciphers = a.tls.ssl_ciphers.clone();
+                }
+                if claim(
+                    "auth-tls-secret",
+                    self.policies[i].client_auth.is_some(),
+                    self.problems,
+                ) {
+                    wide.client_auth = self.policies[i].client_auth.clone().map(|c| (i, c));
                 }
                 if claim(
                     "ssl-prefer-server-ciphers",
@@ -1487,6 +1503,32 @@ impl<'p> Builder<'p, '_> {
         server
     }
 
+    /// Why a location of Ingress `ing` on a server must answer 503 for its
+    /// client certificates: it sets `auth-tls-*`, and the server verifies
+    /// them otherwise (as an older Ingress says) or not at all (the
+    /// catch-all server). Fail closed: never served with weaker
+    /// verification than its own annotations ask for.
+    fn client_auth_conflict(
+        &self,
+        ing: usize,
+        host: Option<&HostPattern>,
+        wide: &ServerWide,
+    ) -> Option<String> {
+        let own = self.policies[ing].client_auth.as_ref()?;
+        let Some(host) = host else {
+            return Some("auth-tls-* needs a host: the server for requests whose host no rule names does not verify client certificates".into());
+        };
+        match &wide.client_auth {
+            Some((w, _)) if *w == ing => None,
+            Some((_, Ok(theirs))) if own.as_ref().is_ok_and(|o| o.same_as(theirs)) => None,
+            Some((w, _)) => Some(format!(
+                "host {host} verifies client certificates as ingress {} sets them, not as this one does",
+                self.parsed[*w].key
+            )),
+            None => Some(format!("host {host} does not verify client certificates")),
+        }
+    }
+
     fn source(&self, ing: usize, field: &str) -> Source {
         let p = &self.parsed[ing];
         Source {
@@ -1534,9 +1576,24 @@ impl<'p> Builder<'p, '_> {
                         (self.flag_source.clone().expect("set with the flag"), None)
                     }
                 };
+                let action = match ing.and_then(|i| self.client_auth_conflict(i, host, &wide)) {
+                    Some(reason) => {
+                        let i = ing.expect("a conflict is an Ingress's");
+                        problems.push(Problem::warning(
+                            &self.parsed[i].object,
+                            Some(format!(
+                                "metadata.annotations[\"{}/auth-tls-secret\"]",
+                                self.prefix
+                            )),
+                            format!("{reason}; its locations there answer 503"),
+                        ));
+                        Action::Status { code: 503, reason }
+                    }
+                    None => action.clone(),
+                };
                 let mut l = self.location(
                     Match::Root,
-                    action.clone(),
+                    action,
                     Some(source),
                     None,
                     ing,
@@ -1563,6 +1620,7 @@ impl<'p> Builder<'p, '_> {
                 policy: None,
                 https_redirect: None,
                 vars: None,
+                plain_http: false,
             },
         };
 
@@ -1581,7 +1639,20 @@ impl<'p> Builder<'p, '_> {
             let rule = route.path.field.split(".http").next().unwrap_or_default();
             rules.insert((route.ing, rule));
             let source = Some(self.source(route.ing, &route.path.field));
-            let action = with_rewrite(&route.action, ing, &route.path.matcher);
+            let action = match self.client_auth_conflict(route.ing, host, &wide) {
+                Some(reason) => {
+                    problems.push(Problem::warning(
+                        &ing.object,
+                        Some(format!(
+                            "metadata.annotations[\"{}/auth-tls-secret\"]",
+                            self.prefix
+                        )),
+                        format!("{reason}; its locations there answer 503"),
+                    ));
+                    Action::Status { code: 503, reason }
+                }
+                None => with_rewrite(&route.action, ing, &route.path.matcher),
+            };
             let snippet = snippet(ing.annotations.snippets.configuration.as_ref());
             let path = match &route.path.matcher {
                 PathMatch::Exact(p) | PathMatch::Prefix(p) => p.as_str(),
@@ -1718,6 +1789,18 @@ impl<'p> Builder<'p, '_> {
             }
         }
         external_auths.sort_by(|a, b| a.location.cmp(&b.location));
+        let (client_auth, client_auth_denied) = match wide.client_auth {
+            Some((_, Ok(c))) => (Some(c), None),
+            Some((_, Err(e))) => (None, Some(e)),
+            None => (None, None),
+        };
+        // Its own TLS context: nginx asks for client certificates per
+        // context, and a server without a certificate keeps the default
+        // server's.
+        let certificate = match (&client_auth, certificate) {
+            (Some(_), None) => Some(self.default_cert.clone()),
+            (_, c) => c,
+        };
         let server = Arc::new(Server {
             server_name: host.map_or("_".to_string(), HostPattern::server_name),
             host: host.cloned(),
@@ -1743,6 +1826,8 @@ impl<'p> Builder<'p, '_> {
             app_root: wide.app_root,
             error_pages: error_pages.into_iter().collect(),
             external_auths,
+            client_auth,
+            client_auth_denied,
         });
         BuiltServer {
             server,
@@ -1796,6 +1881,12 @@ impl<'p> Builder<'p, '_> {
             }
             _ => None,
         };
+        let plain_http = ing.is_some()
+            && self
+                .settings
+                .no_tls_redirect_locations
+                .iter()
+                .any(|p| path.starts_with(p.as_str()));
         Location {
             matcher,
             action,
@@ -1804,6 +1895,7 @@ impl<'p> Builder<'p, '_> {
             policy,
             https_redirect,
             vars,
+            plain_http,
         }
     }
 

@@ -1,6 +1,7 @@
 //! What one Ingress's annotations mean for its locations, once the objects
 //! they name are looked up: the ConfigMaps of `custom-headers` and
-//! `fastcgi-params-configmap`, the Secret of `proxy-ssl-secret`. A named
+//! `fastcgi-params-configmap`, the Secrets of `proxy-ssl-secret`,
+//! `auth-secret` and `auth-tls-secret`. A named
 //! object that is missing, in another namespace without
 //! `allow-cross-namespace-resources`, or unusable makes the Ingress's
 //! locations answer 503 (as ingress-nginx's denied locations did), with a
@@ -17,7 +18,7 @@ use crate::annotations::backend::{ObjectName, Protocol};
 use crate::annotations::extauth::{AuthHost, AuthSpec, AuthUrl};
 use crate::cluster::{Cluster, ObjectKey};
 use crate::config::{
-    AccessRule, AccessRules, AuthHeader, BasicAuth, Certificate, CorsMap, CorsPolicy,
+    AccessRule, AccessRules, AuthHeader, BasicAuth, Certificate, ClientAuth, CorsMap, CorsPolicy,
     ExpandableHeader, ExternalAuth, FastCgi, FastCgiParam, Htpasswd, LimitZone, LiteralHeader,
     LocationLimits, LocationPolicy, ProxySslFiles, Trusted,
 };
@@ -40,6 +41,10 @@ pub struct IngressPolicy {
     pub cors_maps: Vec<CorsMap>,
     /// The upstreams of its external auth service.
     pub auth_upstreams: Vec<crate::config::Upstream>,
+    /// Client certificates (`auth-tls-*`), for the hosts this Ingress
+    /// decides (the oldest that sets `auth-tls-secret`): the server's
+    /// settings, or why its CAs are not usable. `None`: not set.
+    pub client_auth: Option<Result<ClientAuth, String>>,
 }
 
 /// The effective `allow`/`deny` rules of a location: `block-cidrs` first,
@@ -301,6 +306,21 @@ pub fn of(
             );
         }
         p.proxy_ssl = Some(files);
+    }
+    if let Some(client) = &a.tls.client {
+        match client_auth(client, ing, cluster, settings) {
+            Ok((auth, files)) => {
+                out.trusted.extend(files);
+                out.client_auth = Some(Ok(auth));
+            }
+            Err((e, name)) => {
+                deny(e.clone(), name, problems);
+                // Without a Secret there is nothing for a host to take.
+                if client.secret.is_some() {
+                    out.client_auth = Some(Err(e));
+                }
+            }
+        }
     }
     let c = &a.cors;
     if !c.enabled && c.configured {
@@ -679,6 +699,44 @@ fn limits(
         }
     }
     (out, zones)
+}
+
+/// The client certificate settings of `auth-tls-*` with the CA (and CRL)
+/// files, or why they are not usable (and the annotation to blame): fail
+/// closed, the Ingress's locations then answer 503.
+fn client_auth(
+    c: &crate::annotations::tls::ClientTls,
+    ing: &ParsedIngress,
+    cluster: &Cluster,
+    settings: &Settings,
+) -> Result<(ClientAuth, Vec<Trusted>), (String, &'static str)> {
+    let Some(name) = &c.secret else {
+        return Err((
+            "auth-tls-* annotations without auth-tls-secret, which names the CAs to verify client certificates with".into(),
+            "auth-tls-secret",
+        ));
+    };
+    let ns = namespace_of(name, ing, settings).map_err(|e| (e, "auth-tls-secret"))?;
+    let key = ObjectKey::new(ns, name.name.as_str());
+    let secret = cluster
+        .secrets
+        .get(&key)
+        .ok_or_else(|| (format!("secret {key} not found"), "auth-tls-secret"))?;
+    let (ca, crl) = tls::client_ca_files(secret)
+        .map_err(|e| (format!("secret {key}: {e}"), "auth-tls-secret"))?;
+    let ca = tls::trusted(ca, format!("secret {key} (ca.crt)"));
+    let crl = crl.map(|pem| tls::trusted(pem, format!("secret {key} (ca.crl)")));
+    let auth = ClientAuth {
+        trusted: ca.name.clone(),
+        crl: crl.as_ref().map(|t| t.name.clone()),
+        verify: c.verify,
+        verify_depth: c.verify_depth,
+        error_page: c.error_page.clone(),
+        pass_certificate: c.pass_certificate,
+        match_cn: c.match_cn.clone(),
+        ingress: ing.key.to_string(),
+    };
+    Ok((auth, std::iter::once(ca).chain(crl).collect()))
 }
 
 /// The users' file of `auth-type: basic`, or why there is none (and the

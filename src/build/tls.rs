@@ -184,6 +184,35 @@ pub fn client_files(secret: &Secret) -> Result<(Option<TlsPair>, Option<String>)
     Ok((pair, ca))
 }
 
+/// Parses PEM certificate revocation lists: each must be an X.509 CRL.
+/// Returns them re-encoded.
+pub fn parse_crl(pem_data: &[u8]) -> Result<String, String> {
+    use rustls::pki_types::CertificateRevocationListDer;
+    let crls: Vec<CertificateRevocationListDer<'static>> =
+        CertificateRevocationListDer::pem_slice_iter(pem_data)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("ca.crl is not valid PEM: {e}"))?;
+    if crls.is_empty() {
+        return Err("ca.crl holds no revocation list".into());
+    }
+    let mut out = String::new();
+    for c in &crls {
+        x509_parser::parse_x509_crl(c.as_ref())
+            .map_err(|e| format!("ca.crl holds something that is not a revocation list: {e}"))?;
+        out.push_str(&pem("X509 CRL", c.as_ref()));
+    }
+    Ok(out)
+}
+
+/// The files of a Secret for client certificates (`auth-tls-secret`): the
+/// CAs (`ca.crt`, required) and revocation lists (`ca.crl`, optional).
+pub fn client_ca_files(secret: &Secret) -> Result<(String, Option<String>), String> {
+    let ca = secret_value(secret, "ca.crt").ok_or("the secret has no ca.crt")?;
+    let ca = parse_ca(ca)?;
+    let crl = secret_value(secret, "ca.crl").map(parse_crl).transpose()?;
+    Ok((ca, crl))
+}
+
 /// A CA bundle as the config holds it, named by a hash of its content.
 pub fn trusted(pem: String, source: String) -> crate::config::Trusted {
     let name = hex::encode(&Sha256::digest(pem.as_bytes())[..12]);
@@ -229,6 +258,61 @@ mod tests {
         // PEM framing around something that is not a certificate
         let fake = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(parse_pair(fake.as_bytes(), k.as_bytes()).is_err());
+    }
+
+    fn secret(data: &[(&str, &str)]) -> Secret {
+        Secret {
+            string_data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn client_ca_files_need_a_ca_and_take_a_crl() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&key).unwrap();
+        let issuer = rcgen::Issuer::new(params, key);
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .unwrap()
+        .pem()
+        .unwrap();
+        let (c, r) = client_ca_files(&secret(&[("ca.crt", &ca.pem())])).unwrap();
+        assert!(c.starts_with("-----BEGIN CERTIFICATE-----\n"));
+        assert!(r.is_none());
+        let (_, r) = client_ca_files(&secret(&[("ca.crt", &ca.pem()), ("ca.crl", &crl)])).unwrap();
+        assert!(r.unwrap().starts_with("-----BEGIN X509 CRL-----\n"));
+        // Missing, empty or garbage: refused.
+        assert!(
+            client_ca_files(&secret(&[("tls.crt", &ca.pem())]))
+                .unwrap_err()
+                .contains("no ca.crt")
+        );
+        assert!(client_ca_files(&secret(&[("ca.crt", "")])).is_err());
+        assert!(client_ca_files(&secret(&[("ca.crt", "nonsense")])).is_err());
+        let fake = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(client_ca_files(&secret(&[("ca.crt", fake)])).is_err());
+        let fake = "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n";
+        assert!(client_ca_files(&secret(&[("ca.crt", &ca.pem()), ("ca.crl", fake)])).is_err());
+        // A certificate where a CRL belongs is not one.
+        assert!(client_ca_files(&secret(&[("ca.crt", &ca.pem()), ("ca.crl", &ca.pem())])).is_err());
     }
 
     #[test]

@@ -12,9 +12,9 @@ use serde::Serialize;
 
 pub mod nginx;
 pub use nginx::{
-    Cidr, CipherList, Expandable, HeaderName, HeaderValue, HostPort, MatchPattern, NginxTime,
-    PlainPath, Protocols, RedirectUrl, Seconds, Size, parse_bool, parse_codes, parse_count,
-    parse_list, parse_mime_types, parse_on_off,
+    AbsoluteUrl, Cidr, CipherList, Expandable, HeaderName, HeaderValue, HostPort, MatchPattern,
+    NginxTime, PlainPath, Protocols, RedirectUrl, Seconds, Size, SubjectPattern, parse_bool,
+    parse_codes, parse_count, parse_list, parse_mime_types, parse_on_off,
 };
 
 /// Why a string is not a valid value of its type. The message does not repeat

@@ -624,6 +624,67 @@ pub fn parse_mime_types(s: &str) -> Result<Vec<String>, Invalid> {
     Ok(out)
 }
 
+/// Where `auth-tls-error-page` sends a client whose certificate failed:
+/// an absolute `http://` or `https://` URL of URI characters, without
+/// variables. (ingress-nginx also took a path or a named location: an
+/// internal redirect to one of the host's own locations, which would serve
+/// a request whose certificate failed.)
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct AbsoluteUrl(String);
+
+impl AbsoluteUrl {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        if !(s.starts_with("http://") || s.starts_with("https://")) {
+            return invalid("must be an http:// or https:// URL");
+        }
+        if s.contains(['$', '{', '}']) {
+            return invalid("a URL here may not name variables ('$', '{', '}')");
+        }
+        RedirectUrl::parse(s)?;
+        Ok(AbsoluteUrl(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `auth-tls-match-cn`: a regular expression on the client certificate's
+/// subject DN (`$ssl_client_s_dn`, such as `CN=client,O=Example`), which
+/// must start with `CN=` (as ingress-nginx requires), of printable ASCII,
+/// checked with the PCRE2 library nginx uses. A `$`, escaped or not, may only end the
+/// expression or a branch (an anchor), never start a name, so that nothing
+/// in it reads as an nginx variable.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct SubjectPattern(String);
+
+impl SubjectPattern {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        if !s.starts_with("CN=") {
+            return invalid("must start with \"CN=\"");
+        }
+        if s.len() > 1024 || !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return invalid("must be at most 1024 printable ASCII characters");
+        }
+        let b = s.as_bytes();
+        for (i, c) in b.iter().enumerate() {
+            if *c == b'$' && !matches!(b.get(i + 1), None | Some(b'|' | b')')) {
+                return invalid("'$' may only end the expression or a branch");
+            }
+        }
+        pcre2::bytes::RegexBuilder::new()
+            .build(s)
+            .map_err(|e| Invalid(format!("not a valid regular expression: {e}")))?;
+        Ok(SubjectPattern(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -989,5 +1050,68 @@ mod known_tests {
         assert!(MatchPattern::parse("~*(").is_err());
         assert!(MatchPattern::parse("curl/7.0").is_ok());
         assert!(MatchPattern::parse("a$b").is_err());
+    }
+
+    #[test]
+    fn absolute_urls_for_error_pages() {
+        for ok in [
+            "https://example.com/cert-error",
+            "http://10.0.0.1:8080/x?y=1",
+            "https://login.example.com",
+        ] {
+            assert_eq!(AbsoluteUrl::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in [
+            "",
+            "/error",
+            "@named",
+            "example.com/error",
+            "https://$host/error",
+            "https://example.com/$request_uri",
+            "https://example.com/${x}",
+            "https://example.com/a b",
+            "https://example.com/a\nb",
+            "https://example.com/a\"b",
+            "https://example.com/{",
+            "https://exa mple.com/",
+            "https://user@example.com/",
+            "javascript:alert(1)",
+        ] {
+            assert!(AbsoluteUrl::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn subject_patterns() {
+        for ok in [
+            "CN=client",
+            "CN=(alice|bob)",
+            "CN=client$",
+            "CN=a$|CN=b$",
+            "CN=client\\.example\\.com",
+            "CN=a{2}",
+            "CN=a;b",
+            "CN=\"quoted\"",
+        ] {
+            assert_eq!(SubjectPattern::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in [
+            "",
+            "client",
+            "cn=client",
+            " CN=client",
+            "CN=(",
+            "CN=a\nb",
+            "CN=a\rb",
+            "CN=a\tb",
+            "CN=$host",
+            "CN=a${x}",
+            "CN=a$b",
+            "CN=\\\\$host",
+            "CN=\\$host",
+            "CN=é",
+        ] {
+            assert!(SubjectPattern::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }
