@@ -738,12 +738,15 @@ struct Head<'a> {
     cors_maps: &'a [crate::config::CorsMap],
     /// The zones' keys that exempt networks, once each.
     limit_keys: Vec<&'a crate::config::LimitZone>,
+    modsecurity: Option<&'a crate::config::ModSecurityHttp>,
 }
 
 impl<'a> Head<'a> {
     fn of(c: &'a Config) -> Self {
         let s = &c.settings;
-        let load_modules = c.modules.to_load(s.enable_brotli, c.dynamic_endpoints);
+        let load_modules =
+            c.modules
+                .to_load(s.enable_brotli, c.dynamic_endpoints, c.modsecurity.is_some());
         Head {
             dynamic_endpoints: c.dynamic_endpoints,
             http_port: c.http_port,
@@ -766,6 +769,7 @@ impl<'a> Head<'a> {
             global_error_pages: &c.global_error_pages,
             limit_zones: &c.limit_zones,
             cors_maps: &c.cors_maps,
+            modsecurity: c.modsecurity.as_ref(),
             limit_keys: {
                 let mut seen = std::collections::BTreeSet::new();
                 c.limit_zones

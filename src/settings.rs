@@ -198,6 +198,16 @@ pub struct Settings {
     pub denylist_source_range: Vec<Cidr>,
     pub service_upstream: bool,
 
+    /// `enable-modsecurity`: ModSecurity in every location (the Ingresses
+    /// that say `enable-modsecurity: "false"` excepted).
+    pub enable_modsecurity: bool,
+    /// `enable-owasp-modsecurity-crs`: the OWASP Core Rule Set, blocking,
+    /// in every location (ModSecurity on with it).
+    pub enable_owasp_modsecurity_crs: bool,
+    /// `modsecurity-snippet`: ModSecurity rules at the http level, after
+    /// wicket's.
+    pub modsecurity_snippet: Option<crate::annotations::modsecurity::Rules>,
+
     /// Protection keys that are set but not supported: every Ingress they
     /// apply to is refused, with these reasons (key, why).
     pub refused: Vec<(String, String)>,
@@ -290,6 +300,9 @@ impl Default for Settings {
             whitelist_source_range: Vec::new(),
             denylist_source_range: Vec::new(),
             service_upstream: false,
+            enable_modsecurity: false,
+            enable_owasp_modsecurity_crs: false,
+            modsecurity_snippet: None,
             refused: Vec::new(),
         }
     }
@@ -450,6 +463,14 @@ impl Settings {
             "whitelist-source-range" => s.whitelist_source_range = ranges(value)?,
             "denylist-source-range" => s.denylist_source_range = ranges(value)?,
             "service-upstream" => s.service_upstream = parse_bool(value)?,
+            "enable-modsecurity" => s.enable_modsecurity = parse_bool(value)?,
+            "enable-owasp-modsecurity-crs" => s.enable_owasp_modsecurity_crs = parse_bool(value)?,
+            "modsecurity-snippet" => {
+                s.modsecurity_snippet = Some(crate::annotations::modsecurity::Rules::parse(
+                    value,
+                    crate::annotations::modsecurity::MAX_GLOBAL_RULES_LEN,
+                )?)
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -614,6 +635,10 @@ mod tests {
             ("gzip-types", "text/html; gzip off"),
             ("no-tls-redirect-locations", "/.well-known/$x"),
             ("worker-processes", "0"),
+            ("enable-modsecurity", "on;"),
+            ("enable-owasp-modsecurity-crs", "yes"),
+            ("modsecurity-snippet", "SecRuleEngine On\0"),
+            ("modsecurity-snippet", "SecAction \"id:949110,pass\""),
         ] {
             let mut s = Settings::default();
             assert!(s.apply(k, v).is_err(), "{k}={v:?} accepted");
@@ -623,7 +648,7 @@ mod tests {
     #[test]
     fn an_unsupported_protection_key_refuses() {
         let cm: ConfigMap = serde_yaml::from_str(
-            "metadata: {name: c}\ndata: {global-auth-url: 'https://auth.example.com', enable-modsecurity: 'false'}",
+            "metadata: {name: c}\ndata: {global-auth-url: 'https://auth.example.com', global-auth-method: 'false'}",
         )
         .unwrap();
         let r = ObjectRef::new(Kind::ConfigMap, ObjectKey::new("ns", "c"));

@@ -50,6 +50,8 @@ fn opts() -> Options {
             set_misc: true,
             subs_filter: true,
             lua: true,
+            modsecurity: true,
+            crs: true,
         },
         dynamic_endpoints: false,
     }
@@ -563,6 +565,8 @@ fn a_setting_that_needs_a_missing_module_is_reported() {
         set_misc: false,
         subs_filter: false,
         lua: false,
+        modsecurity: false,
+        crs: false,
     };
     o.configmap = Some("shop/settings".parse().unwrap());
     let yaml = format!(

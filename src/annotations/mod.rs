@@ -10,6 +10,7 @@ pub mod backend;
 pub mod cors;
 pub mod headers;
 pub mod limits;
+pub mod modsecurity;
 pub mod proxy;
 pub mod redirect;
 pub mod registry;
@@ -40,6 +41,7 @@ pub struct Annotations {
     pub auth: auth::Auth,
     pub limits: limits::Limits,
     pub cors: cors::Cors,
+    pub modsecurity: modsecurity::ModSecurity,
     pub tls: tls::Tls,
     pub server: server::ServerAnnotations,
 }
@@ -263,6 +265,7 @@ pub fn parse_ingress(
         auth: auth::parse(reader, errors),
         limits: limits::parse(reader, errors),
         cors: cors::parse(reader, errors),
+        modsecurity: modsecurity::parse(reader, errors, policy.allow_snippets),
         tls: tls::parse(reader, errors),
         server: server::parse(reader, errors),
     }
