@@ -506,18 +506,20 @@ fn modsecurity(
         // The http level has all it needs.
         return Ok(None);
     }
-    let mut files = Vec::new();
-    if crs && !global_crs {
-        files.push(BLOCK_FILE.to_string());
-    } else if !crs {
-        files.push(NO_CRS_FILE.to_string());
-    }
+    // libmodsecurity keeps the first value a setting (SecRuleEngine...)
+    // is given at a level, and a location's over the http level's: the
+    // Ingress's own rules come first.
     let own = m.snippet.as_ref().map(|r| RulesFile {
         name: r.file_name(),
         content: r.as_str().to_string(),
         source: format!("ingress {}", ing.key),
     });
-    files.extend(own.as_ref().map(|f| f.name.clone()));
+    let mut files: Vec<String> = own.iter().map(|f| f.name.clone()).collect();
+    if crs && !global_crs {
+        files.push(BLOCK_FILE.to_string());
+    } else if !crs {
+        files.push(NO_CRS_FILE.to_string());
+    }
     Ok(Some((
         ModSecurityPolicy {
             on: true,
@@ -560,15 +562,20 @@ pub fn modsecurity_http(
     // Every location may add these.
     add(ms::BLOCK_FILE, ms::BLOCK_RULES.into(), "wicket");
     add(ms::NO_CRS_FILE, ms::NO_CRS_RULES.into(), "wicket");
-    let mut http = vec![add(ms::BASE_FILE, ms::BASE_RULES.into(), "wicket")];
-    if (global_crs || crs_used) && modules.crs {
-        http.push(add(ms::CRS_FILE, ms::crs_rules(), "wicket"));
-        if global_crs {
-            http.push(ms::BLOCK_FILE.to_string());
-        }
-    }
+    // libmodsecurity keeps the first value a setting (SecRuleEngine...) is
+    // given at a level: the admin's rules first, then the engine the global
+    // CRS asks for, then the base settings.
+    let mut http = Vec::new();
     if let Some(r) = &settings.modsecurity_snippet {
         http.push(add(&r.file_name(), r.as_str().to_string(), "configmap"));
+    }
+    let crs = (global_crs || crs_used) && modules.crs;
+    if crs && global_crs {
+        http.push(ms::BLOCK_FILE.to_string());
+    }
+    http.push(add(ms::BASE_FILE, ms::BASE_RULES.into(), "wicket"));
+    if crs {
+        http.push(add(ms::CRS_FILE, ms::crs_rules(), "wicket"));
     }
     Some(crate::config::ModSecurityHttp {
         on: global_on,
