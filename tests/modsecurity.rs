@@ -190,11 +190,24 @@ async fn a_modsecurity_snippet_is_refused_unless_snippets_are_allowed() {
         &[("modsecurity-snippet", rules)],
     );
     let other = site("s", "other", "other.test", "web", &[]);
+    // The Ingress's own settings win over wicket's: the core rules only
+    // detect here.
+    let quiet = site(
+        "s",
+        "quiet",
+        "quiet.test",
+        "web",
+        &[
+            ("enable-owasp-core-rules", "true"),
+            ("modsecurity-snippet", "SecRuleEngine DetectionOnly"),
+        ],
+    );
     let w = Wicket::start_with(
         &[
             ("svc.yaml", &svc),
             ("ing.yaml", &ing),
             ("other.yaml", &other),
+            ("quiet.yaml", &quiet),
             ("cm.yaml", &settings("s", &[])),
         ],
         &["--configmap", "s/settings"],
@@ -226,6 +239,7 @@ async fn a_modsecurity_snippet_is_refused_unless_snippets_are_allowed() {
         status(&w, "other.test", "/", "User-Agent: block-ua\r\n").await,
         200
     );
+    assert_eq!(status(&w, "quiet.test", SQLI, "").await, 200);
     // They are in a file of their own, not in nginx.conf.
     let conf = std::fs::read_to_string(w.state_dir().join("nginx.conf")).unwrap();
     assert!(!conf.contains("block-ua"), "{conf}");

@@ -910,7 +910,7 @@ pub static ANNOTATIONS: &[Annotation] = &[
         Ingress,
         PROTECTS,
         Differs(
-            "refused unless allow-snippet-annotations is \"true\"; turns ModSecurity on by itself; written to a rules file of wicket's, read after the base rules (its SecRuleEngine wins); rule ids 200000-200099 and 900000-999999 (wicket's and the CRS's) are refused",
+            "refused unless allow-snippet-annotations is \"true\"; turns ModSecurity on by itself; written to a rules file of wicket's, read before wicket's own (its settings, such as SecRuleEngine DetectionOnly, win); rule ids 200000-200099 and 900000-999999 (wicket's and the CRS's) are refused",
         ),
         "SecRuleEngine On",
     ),
@@ -2389,7 +2389,7 @@ pub static KEYS: &[Key] = &[
         "modsecurity-snippet",
         PROTECTS,
         Differs(
-            "rules read at the http level after wicket's base rules and the CRS, wherever ModSecurity is on; ingress-nginx put them instead of its base file, and only with enable-modsecurity",
+            "rules at the http level, read before wicket's base rules and the CRS (its settings, such as SecRuleEngine, win), wherever ModSecurity is on; ingress-nginx put them instead of its base file, and only with enable-modsecurity",
         ),
         "",
         "SecRuleEngine On",
