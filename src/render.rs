@@ -744,9 +744,11 @@ struct Head<'a> {
 impl<'a> Head<'a> {
     fn of(c: &'a Config) -> Self {
         let s = &c.settings;
-        let load_modules =
-            c.modules
-                .to_load(s.enable_brotli, c.dynamic_endpoints, c.modsecurity.is_some());
+        let load_modules = c.modules.to_load(
+            s.enable_brotli,
+            c.dynamic_endpoints,
+            c.modsecurity.is_some(),
+        );
         Head {
             dynamic_endpoints: c.dynamic_endpoints,
             http_port: c.http_port,

@@ -94,7 +94,10 @@ async fn the_core_rules_block_an_injection_where_they_are_on() {
     let (plain, plain_svc) = web("m", "plain").await;
     let (detect, detect_svc) = web("m", "detect").await;
     let files = [
-        ("svc.yaml", format!("{crs_svc}---\n{plain_svc}---\n{detect_svc}")),
+        (
+            "svc.yaml",
+            format!("{crs_svc}---\n{plain_svc}---\n{detect_svc}"),
+        ),
         (
             "crs.yaml",
             site(
@@ -341,4 +344,259 @@ async fn without_the_module_an_ingress_asking_for_it_answers_503() {
             .any(|l| l.contains("modsecurity") && !l.trim_start().starts_with('#')),
         "{conf}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_modsecurity_refuses_leave_their_ingress_out_and_the_rest_served() {
+    let (_e, svc) = web("q", "web").await;
+    let bad = site(
+        "q",
+        "bad",
+        "bad.test",
+        "web",
+        &[("modsecurity-snippet", "SecRuleEngine Sometimes")],
+    );
+    let w = Wicket::start_with(
+        &[
+            ("svc.yaml", &svc),
+            (
+                "cm.yaml",
+                &settings("q", &[("allow-snippet-annotations", "true")]),
+            ),
+            (
+                "good.yaml",
+                &site(
+                    "q",
+                    "good",
+                    "good.test",
+                    "web",
+                    &[("enable-owasp-core-rules", "true")],
+                ),
+            ),
+            ("bad.yaml", &bad),
+        ],
+        &["--configmap", "q/settings"],
+    )
+    .await;
+    w.eventually("good.test", "/", "served", |a| a.status == 200)
+        .await;
+    assert_eq!(status(&w, "good.test", SQLI, "").await, 403);
+    assert_eq!(status(&w, "bad.test", "/", "").await, 404);
+    assert_told(&w, "q/bad", "quarantined");
+}
+
+// ------------------------------------------------- build and nginx -t alone
+
+fn build_with(yaml: &str, modules: wicket::config::Modules) -> wicket::build::Build {
+    let mut cluster = wicket::cluster::Cluster::default();
+    for o in wicket::source::manifest::parse(yaml, false)
+        .unwrap()
+        .objects
+    {
+        cluster.insert(o);
+    }
+    let mut c = wicket::certs::generate_default().unwrap();
+    c.name = "default".into();
+    let opts = wicket::build::Options {
+        class: wicket::build::ClassOptions {
+            watch_without_class: true,
+            by_name: true,
+            ..Default::default()
+        },
+        configmap: Some("b/settings".parse().unwrap()),
+        modules,
+        ..wicket::build::Options::new(80, 443, c)
+    };
+    wicket::build::build(&cluster, &opts)
+}
+
+/// `nginx -t` on a rendered config with its ModSecurity files.
+fn nginx_t(b: &wicket::build::Build) -> String {
+    let text = wicket::render::Renderer::embedded()
+        .unwrap()
+        .render(&b.config, &wicket::render::RenderEnv::default())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["certs", "tmp", "modsecurity", wicket::nginx::CONTROL_DIR] {
+        std::fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    for c in &b.config.certificates {
+        std::fs::write(
+            dir.path().join(format!("certs/{}.crt", c.name)),
+            &c.cert_pem,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join(format!("certs/{}.key", c.name)), &c.key_pem).unwrap();
+    }
+    for f in &b.config.modsecurity_files {
+        std::fs::write(
+            dir.path().join(format!("modsecurity/{}.conf", f.name)),
+            &f.content,
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.path().join("nginx.conf"), &text).unwrap();
+    let out = std::process::Command::new(nginx_binary())
+        .current_dir(dir.path())
+        .args(["-t", "-q", "-p"])
+        .arg(dir.path())
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nginx -t refused the config: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+const BACKEND: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: b}\nspec: {ports: [{port: 80}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: b, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{port: 8080}]\nendpoints: [{addresses: [10.0.0.1]}]\n";
+
+fn every_annotation() -> String {
+    format!(
+        "{BACKEND}---\n{}---\n{}---\n{}",
+        settings(
+            "b",
+            &[
+                ("allow-snippet-annotations", "true"),
+                ("modsecurity-snippet", "SecRequestBodyAccess On"),
+            ]
+        ),
+        site(
+            "b",
+            "waf",
+            "waf.test",
+            "web",
+            &[
+                ("enable-modsecurity", "true"),
+                ("enable-owasp-core-rules", "true"),
+                ("modsecurity-transaction-id", "$request_id"),
+                (
+                    "modsecurity-snippet",
+                    "SecRule ARGS:x \"@streq y\" \"id:1001,phase:1,deny\"",
+                ),
+            ],
+        ),
+        site("b", "plain", "plain.test", "web", &[]),
+    )
+}
+
+#[test]
+fn nginx_accepts_the_config_with_and_without_the_module() {
+    let with = build_with(&every_annotation(), modules());
+    let text = nginx_t(&with);
+    // Parsed once, at the http level: the CRS is named once.
+    assert_eq!(text.matches("wicket-crs.conf").count(), 1, "{text}");
+    assert!(text.contains("ngx_http_modsecurity_module.so"));
+    // The admin's rules first (a setting keeps its first value), then the
+    // base, then the CRS.
+    let http: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("    modsecurity_rules_file"))
+        .collect();
+    assert_eq!(http.len(), 3, "{http:?}");
+    assert!(http[1].contains("wicket-base") && http[2].contains("wicket-crs"));
+
+    let mut without = modules();
+    without.modsecurity = false;
+    let b = build_with(&every_annotation(), without);
+    let text = nginx_t(&b);
+    assert!(!text.contains("ngx_http_modsecurity_module.so"), "{text}");
+    assert!(b.config.modsecurity_files.is_empty());
+    let problems: Vec<String> = b.problems.iter().map(ToString::to_string).collect();
+    assert!(
+        problems.iter().any(|p| p.contains("ingress b/waf")
+            && p.contains("libnginx-mod-http-modsecurity")
+            && p.contains("answer 503")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn the_core_rules_without_their_package_fail_closed() {
+    let mut m = modules();
+    m.crs = false;
+    let yaml = format!(
+        "{BACKEND}---\n{}---\n{}",
+        site(
+            "b",
+            "crs",
+            "crs.test",
+            "web",
+            &[("enable-owasp-core-rules", "true")]
+        ),
+        site(
+            "b",
+            "detect",
+            "detect.test",
+            "web",
+            &[("enable-modsecurity", "true")]
+        ),
+    );
+    let b = build_with(&yaml, m);
+    nginx_t(&b);
+    let status = |host: &str| {
+        let s = b
+            .config
+            .servers
+            .iter()
+            .find(|s| s.server_name == host)
+            .unwrap();
+        s.locations
+            .iter()
+            .find(|l| l.source.is_some())
+            .map(|l| matches!(l.action, wicket::config::Action::Status { code: 503, .. }))
+            .unwrap()
+    };
+    assert!(status("crs.test"), "the CRS is missing: 503");
+    assert!(!status("detect.test"), "the neighbour is served");
+    assert!(
+        b.problems
+            .iter()
+            .any(|p| p.to_string().contains("modsecurity-crs"))
+    );
+}
+
+#[test]
+fn keys_that_do_nothing_are_reported() {
+    let yaml = format!(
+        "{BACKEND}---\n{}---\n{}",
+        site(
+            "b",
+            "tx",
+            "tx.test",
+            "web",
+            &[("modsecurity-transaction-id", "$request_id")]
+        ),
+        site(
+            "b",
+            "off",
+            "off.test",
+            "web",
+            &[
+                ("enable-modsecurity", "false"),
+                ("enable-owasp-core-rules", "true")
+            ],
+        ),
+    );
+    let b = build_with(&yaml, modules());
+    let problems: Vec<String> = b.problems.iter().map(ToString::to_string).collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("ingress b/tx") && p.contains("does nothing")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("ingress b/off") && p.contains("do nothing")),
+        "{problems:#?}"
+    );
+    // Nothing turns ModSecurity on: the module is not loaded.
+    assert!(b.config.modsecurity.is_none());
+    let text = nginx_t(&b);
+    assert!(!text.contains("ngx_http_modsecurity_module"), "{text}");
 }

@@ -64,7 +64,8 @@ pub fn crs_rules() -> String {
 }
 
 /// What a location with the CRS adds: the engine blocks.
-pub const BLOCK_RULES: &str = "# wicket: the rules block (enable-owasp-core-rules).\nSecRuleEngine On\n";
+pub const BLOCK_RULES: &str =
+    "# wicket: the rules block (enable-owasp-core-rules).\nSecRuleEngine On\n";
 
 /// What a location without the CRS adds: the CRS, if another location
 /// loaded it at the http level, is not run here.
@@ -109,10 +110,15 @@ impl Rules {
         if s.chars()
             .any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
         {
-            return Err(Invalid("the rules may not contain control characters".into()));
+            return Err(Invalid(
+                "the rules may not contain control characters".into(),
+            ));
         }
         for id in rule_ids(s) {
-            if let Some((lo, hi)) = RESERVED_IDS.iter().find(|(lo, hi)| (*lo..=*hi).contains(&id)) {
+            if let Some((lo, hi)) = RESERVED_IDS
+                .iter()
+                .find(|(lo, hi)| (*lo..=*hi).contains(&id))
+            {
                 return Err(Invalid(format!(
                     "rule id {id} is one wicket's rules use ({lo}-{hi}): a rule id given twice makes nginx refuse the whole config"
                 )));
@@ -251,14 +257,20 @@ mod tests {
                 ("enable-modsecurity", "true"),
                 ("enable-owasp-core-rules", "True"),
                 ("modsecurity-transaction-id", "modsecurity-$request_id"),
-                ("modsecurity-snippet", "SecRuleEngine On\nSecRule REQUEST_HEADERS:User-Agent \"block-ua\" \"log,deny,id:107,status:403\""),
+                (
+                    "modsecurity-snippet",
+                    "SecRuleEngine On\nSecRule REQUEST_HEADERS:User-Agent \"block-ua\" \"log,deny,id:107,status:403\"",
+                ),
             ],
             true,
         );
         assert!(e.is_empty(), "{e:?}");
         assert_eq!(m.enable, Some(true));
         assert_eq!(m.owasp, Some(true));
-        assert_eq!(m.transaction_id.unwrap().as_str(), "modsecurity-$request_id");
+        assert_eq!(
+            m.transaction_id.unwrap().as_str(),
+            "modsecurity-$request_id"
+        );
         assert!(m.snippet.unwrap().as_str().ends_with("status:403\"\n"));
     }
 
@@ -272,8 +284,14 @@ mod tests {
             ("modsecurity-transaction-id", ""),
             ("modsecurity-snippet", ""),
             ("modsecurity-snippet", "SecRuleEngine On\0"),
-            ("modsecurity-snippet", "SecRule ARGS \"x\" \"id:942100,deny\""),
-            ("modsecurity-snippet", "SecRule ARGS \"x\" \"ID : '200002',deny\""),
+            (
+                "modsecurity-snippet",
+                "SecRule ARGS \"x\" \"id:942100,deny\"",
+            ),
+            (
+                "modsecurity-snippet",
+                "SecRule ARGS \"x\" \"ID : '200002',deny\"",
+            ),
         ] {
             let (_, e) = parsed(&[(k, v)], true);
             assert_eq!(e.len(), 1, "{k}={v:?} accepted");
@@ -290,7 +308,9 @@ mod tests {
     #[test]
     fn rule_ids_are_found() {
         assert_eq!(
-            rule_ids("SecRule A \"b\" \"id:107,phase:1\"\nSecAction \"id: '9', pass\" # valid:3\nSecRule X y \"uid:5\""),
+            rule_ids(
+                "SecRule A \"b\" \"id:107,phase:1\"\nSecAction \"id: '9', pass\" # valid:3\nSecRule X y \"uid:5\""
+            ),
             [107, 9]
         );
     }
