@@ -560,6 +560,49 @@ fn the_core_rules_without_their_package_fail_closed() {
 }
 
 #[test]
+fn a_rule_id_of_the_global_rules_is_refused_in_an_ingress() {
+    let yaml = format!(
+        "{BACKEND}---\n{}---\n{}---\n{}",
+        settings(
+            "b",
+            &[
+                ("allow-snippet-annotations", "true"),
+                (
+                    "modsecurity-snippet",
+                    "SecRule ARGS:a \"@streq b\" \"id:108,phase:1,deny\"",
+                ),
+            ]
+        ),
+        site(
+            "b",
+            "dup",
+            "dup.test",
+            "web",
+            &[(
+                "modsecurity-snippet",
+                "SecRule ARGS:c \"@streq d\" \"id:108,phase:1,deny\"",
+            )],
+        ),
+        site(
+            "b",
+            "plain",
+            "plain.test",
+            "web",
+            &[("enable-modsecurity", "true")]
+        ),
+    );
+    let b = build_with(&yaml, modules());
+    nginx_t(&b);
+    let problems: Vec<String> = b.problems.iter().map(ToString::to_string).collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("ingress b/dup") && p.contains("rule id 108")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
 fn keys_that_do_nothing_are_reported() {
     let yaml = format!(
         "{BACKEND}---\n{}---\n{}",

@@ -502,6 +502,22 @@ fn modsecurity(
             blame,
         ));
     }
+    if let (Some(own), Some(global)) = (&m.snippet, &settings.modsecurity_snippet) {
+        use crate::annotations::modsecurity::rule_ids;
+        let global = rule_ids(global.as_str());
+        if let Some(id) = rule_ids(own.as_str())
+            .into_iter()
+            .find(|i| global.contains(i))
+        {
+            // A rule id given twice makes nginx refuse the whole config.
+            return Err((
+                format!(
+                    "modsecurity-snippet: rule id {id} is one the global modsecurity-snippet uses"
+                ),
+                Some("modsecurity-snippet"),
+            ));
+        }
+    }
     if !m.any() && global_crs {
         // The http level has all it needs.
         return Ok(None);
