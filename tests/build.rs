@@ -286,7 +286,7 @@ fn a_protection_annotation_wicket_cannot_honour_rejects_the_ingress() {
         "  annotations:\n    nginx.ingress.kubernetes.io/auth-type: digest\n    nginx.ingress.kubernetes.io/auth-secret: basic-auth\n",
         "  annotations:\n    nginx.ingress.kubernetes.io/auth-url: https://auth.example.com/check\n",
         "  annotations:\n    nginx.ingress.kubernetes.io/whitelist-source-range: 10.0.0.0/8;\n",
-        "  annotations:\n    nginx.ingress.kubernetes.io/enable-modsecurity: \"true\"\n",
+        "  annotations:\n    nginx.ingress.kubernetes.io/auth-tls-verify-client: \"on\"\n",
         "  annotations:\n    nginx.ingress.kubernetes.io/auth-tls-secret: shop/ca\n",
     ] {
         let b = run(&format!(
