@@ -64,6 +64,12 @@ pub struct Config {
     pub auth_cache: bool,
     /// The canaries of the locations, each once (their maps).
     pub canaries: Vec<Arc<CanaryChoice>>,
+    /// ModSecurity at the http level: `None` when no location uses it (or
+    /// its module is not installed), and the module is not loaded.
+    pub modsecurity: Option<ModSecurityHttp>,
+    /// The rules files of ModSecurity (`modsecurity/NAME.conf`), sorted by
+    /// name.
+    pub modsecurity_files: Vec<RulesFile>,
     /// The optional nginx modules that are loaded.
     pub modules: Modules,
     /// Endpoints change without a reload (`--dynamic-endpoints` and the
@@ -98,6 +104,13 @@ pub struct Modules {
     /// `lua-resty-core`): the balancer that takes endpoint changes without
     /// a reload.
     pub lua: bool,
+    /// `ngx_http_modsecurity_module` (Debian's
+    /// `libnginx-mod-http-modsecurity`): ModSecurity, loaded only when an
+    /// Ingress or the global ConfigMap turns it on.
+    pub modsecurity: bool,
+    /// The OWASP Core Rule Set of Debian's `modsecurity-crs` (its setup
+    /// file and rules folder).
+    pub crs: bool,
 }
 
 /// The file of the headers-more module.
@@ -112,6 +125,12 @@ pub const SET_MISC_MODULE: &str = "ngx_http_set_misc_module.so";
 pub const SUBS_FILTER_MODULE: &str = "ngx_http_subs_filter_module.so";
 /// The file of the Lua module.
 pub const LUA_MODULE: &str = "ngx_http_lua_module.so";
+/// The file of the ModSecurity module.
+pub const MODSECURITY_MODULE: &str = "ngx_http_modsecurity_module.so";
+/// The OWASP Core Rule Set's setup file and rules, from Debian's
+/// `modsecurity-crs`.
+pub const CRS_SETUP: &str = "/etc/modsecurity/crs/crs-setup.conf";
+pub const CRS_RULES: &str = "/usr/share/modsecurity-crs/rules";
 
 impl Modules {
     /// The modules installed in `dir`.
@@ -123,12 +142,15 @@ impl Modules {
             set_misc: dir.join(NDK_MODULE).is_file() && dir.join(SET_MISC_MODULE).is_file(),
             subs_filter: dir.join(SUBS_FILTER_MODULE).is_file(),
             lua: dir.join(NDK_MODULE).is_file() && dir.join(LUA_MODULE).is_file(),
+            modsecurity: dir.join(MODSECURITY_MODULE).is_file(),
+            crs: std::path::Path::new(CRS_SETUP).is_file()
+                && std::path::Path::new(CRS_RULES).is_dir(),
         }
     }
 
     /// The `.so` files to load, in order (a module before those that need
-    /// it); brotli and Lua only when they are used.
-    pub fn to_load(&self, brotli: bool, lua: bool) -> Vec<String> {
+    /// it); brotli, Lua and ModSecurity only when they are used.
+    pub fn to_load(&self, brotli: bool, lua: bool, modsecurity: bool) -> Vec<String> {
         let lua = self.lua && lua;
         let dir = std::path::Path::new(&self.dir);
         let files = [
@@ -138,6 +160,7 @@ impl Modules {
             (lua, LUA_MODULE),
             (self.subs_filter, SUBS_FILTER_MODULE),
             (self.brotli && brotli, BROTLI_MODULE),
+            (self.modsecurity && modsecurity, MODSECURITY_MODULE),
         ];
         files
             .iter()
@@ -295,6 +318,50 @@ pub struct Htpasswd {
 impl fmt::Debug for Htpasswd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Htpasswd")
+            .field("name", &self.name)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// ModSecurity at the http level: `modsecurity on|off` and the rules every
+/// location inherits (parsed once, here).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ModSecurityHttp {
+    /// The global `enable-modsecurity` (or `enable-owasp-modsecurity-crs`).
+    pub on: bool,
+    /// [`RulesFile`] names, in order.
+    pub files: Vec<String>,
+}
+
+/// ModSecurity in a location.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct ModSecurityPolicy {
+    /// `modsecurity on`; `false`: `off` (an Ingress that turns the global
+    /// setting off).
+    pub on: bool,
+    /// The OWASP Core Rule Set runs here.
+    pub crs: bool,
+    /// [`RulesFile`] names added to the http level's, in order.
+    pub files: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<Expandable>,
+}
+
+/// A ModSecurity rules file wicket writes to `modsecurity/NAME.conf`
+/// (read by nginx's master when it loads the config).
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct RulesFile {
+    pub name: String,
+    #[serde(skip)]
+    pub content: String,
+    /// `wicket`, `configmap`, or `ingress NAMESPACE/NAME`.
+    pub source: String,
+}
+
+impl fmt::Debug for RulesFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RulesFile")
             .field("name", &self.name)
             .field("source", &self.source)
             .finish_non_exhaustive()
@@ -568,6 +635,9 @@ pub struct LocationPolicy {
     /// External authentication (`auth-url`, or the global `global-auth-url`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_auth: Option<Arc<ExternalAuth>>,
+    /// ModSecurity (`enable-modsecurity`, `enable-owasp-core-rules`...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modsecurity: Option<ModSecurityPolicy>,
     /// `limit-connections`, `limit-rps`, `limit-rpm`: zones of
     /// [`Config::limit_zones`].
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -755,6 +825,8 @@ impl Config {
             cors_maps,
             auth_cache,
             canaries,
+            modsecurity,
+            modsecurity_files,
             modules,
             dynamic_endpoints,
         } = self;
@@ -802,6 +874,8 @@ impl Config {
             && *cors_maps == old.cors_maps
             && *auth_cache == old.auth_cache
             && *canaries == old.canaries
+            && *modsecurity == old.modsecurity
+            && *modsecurity_files == old.modsecurity_files
             && *modules == old.modules;
         (same && !changed.is_empty()).then_some(changed)
     }

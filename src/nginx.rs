@@ -13,6 +13,7 @@
 //! certs/NAME.crt|.key    certificates, mode 0600, in a 0700 folder
 //! auth/NAME.htpasswd     basic authentication's users (read by the workers:
 //!                        theirs alone, 0400, when wicket runs as root)
+//! modsecurity/NAME.conf  ModSecurity's rules (read by the master, 0600)
 //! tmp/                   nginx's temporary files (tmp/auth-cache: the
 //!                        answers of auth services, with auth-cache-key)
 //! nginx.pid
@@ -55,6 +56,8 @@ pub const STATUS_SOCKET: &str = "control/wicket-status.sock";
 pub const CONTROL_DIR: &str = "control";
 /// The users' files of basic authentication (`auth/NAME.htpasswd`).
 pub const AUTH_DIR: &str = "auth";
+/// ModSecurity's rules files (`modsecurity/NAME.conf`).
+pub const MODSECURITY_DIR: &str = "modsecurity";
 /// Where upstreams without endpoints send requests, with dynamic endpoints
 /// (a server of the config answering 503).
 pub const UNAVAILABLE_SOCKET: &str = "wicket-unavailable.sock";
@@ -265,6 +268,7 @@ impl Nginx {
             })?;
         make_dir(&opts.state_dir.join("certs"), 0o700)?;
         make_dir(&opts.state_dir.join(CONTROL_DIR), 0o700)?;
+        make_dir(&opts.state_dir.join(MODSECURITY_DIR), 0o700)?;
         // Workers read the users' files of basic authentication for every
         // request: as root, they can pass through (0711) to files that are
         // theirs alone (see write_certificates).
@@ -497,6 +501,14 @@ impl Nginx {
             }
             write_atomic(&path, content.as_bytes(), 0o600)?;
         }
+        let rules = self.opts.state_dir.join(MODSECURITY_DIR);
+        for f in &config.modsecurity_files {
+            let path = rules.join(format!("{}.conf", f.name));
+            if std::fs::read(&path).is_ok_and(|old| old == f.content.as_bytes()) {
+                continue;
+            }
+            write_atomic(&path, f.content.as_bytes(), 0o600)?;
+        }
         let auth = self.opts.state_dir.join(AUTH_DIR);
         for h in &config.htpasswd {
             let path = auth.join(format!("{}.htpasswd", h.name));
@@ -532,7 +544,16 @@ impl Nginx {
             .iter()
             .map(|h| format!("{}.htpasswd", h.name))
             .collect();
-        for (dir, used) in [("certs", &used), (AUTH_DIR, &htpasswd)] {
+        let rules: BTreeSet<String> = config
+            .modsecurity_files
+            .iter()
+            .map(|f| format!("{}.conf", f.name))
+            .collect();
+        for (dir, used) in [
+            ("certs", &used),
+            (AUTH_DIR, &htpasswd),
+            (MODSECURITY_DIR, &rules),
+        ] {
             let Ok(entries) = std::fs::read_dir(self.opts.state_dir.join(dir)) else {
                 continue;
             };

@@ -744,12 +744,17 @@ struct Head<'a> {
     canaries: &'a [std::sync::Arc<crate::config::CanaryChoice>],
     /// The zones' keys that exempt networks, once each.
     limit_keys: Vec<&'a crate::config::LimitZone>,
+    modsecurity: Option<&'a crate::config::ModSecurityHttp>,
 }
 
 impl<'a> Head<'a> {
     fn of(c: &'a Config) -> Self {
         let s = &c.settings;
-        let load_modules = c.modules.to_load(s.enable_brotli, c.dynamic_endpoints);
+        let load_modules = c.modules.to_load(
+            s.enable_brotli,
+            c.dynamic_endpoints,
+            c.modsecurity.is_some(),
+        );
         Head {
             dynamic_endpoints: c.dynamic_endpoints,
             http_port: c.http_port,
@@ -774,6 +779,7 @@ impl<'a> Head<'a> {
             cors_maps: &c.cors_maps,
             auth_cache: c.auth_cache,
             canaries: &c.canaries,
+            modsecurity: c.modsecurity.as_ref(),
             limit_keys: {
                 let mut seen = std::collections::BTreeSet::new();
                 c.limit_zones

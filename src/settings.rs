@@ -198,6 +198,16 @@ pub struct Settings {
     pub denylist_source_range: Vec<Cidr>,
     pub service_upstream: bool,
 
+    /// `enable-modsecurity`: ModSecurity in every location (the Ingresses
+    /// that say `enable-modsecurity: "false"` excepted).
+    pub enable_modsecurity: bool,
+    /// `enable-owasp-modsecurity-crs`: the OWASP Core Rule Set, blocking,
+    /// in every location (ModSecurity on with it).
+    pub enable_owasp_modsecurity_crs: bool,
+    /// `modsecurity-snippet`: ModSecurity rules at the http level, after
+    /// wicket's.
+    pub modsecurity_snippet: Option<crate::annotations::modsecurity::Rules>,
+
     /// Protection keys that are set but not supported: every Ingress they
     /// apply to is refused, with these reasons (key, why).
     pub refused: Vec<(String, String)>,
@@ -298,6 +308,9 @@ impl Default for Settings {
             whitelist_source_range: Vec::new(),
             denylist_source_range: Vec::new(),
             service_upstream: false,
+            enable_modsecurity: false,
+            enable_owasp_modsecurity_crs: false,
+            modsecurity_snippet: None,
             refused: Vec::new(),
             global_auth: Default::default(),
             no_auth_locations: vec!["/.well-known/acme-challenge".into()],
@@ -471,6 +484,14 @@ impl Settings {
             }
             "enable-auth-access-log" => s.enable_auth_access_log = parse_bool(value)?,
             k if k.starts_with("global-auth-") => return s.global_auth.apply(k, value),
+            "enable-modsecurity" => s.enable_modsecurity = parse_bool(value)?,
+            "enable-owasp-modsecurity-crs" => s.enable_owasp_modsecurity_crs = parse_bool(value)?,
+            "modsecurity-snippet" => {
+                s.modsecurity_snippet = Some(crate::annotations::modsecurity::Rules::parse(
+                    value,
+                    crate::annotations::modsecurity::MAX_GLOBAL_RULES_LEN,
+                )?)
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -650,6 +671,10 @@ mod tests {
             ("gzip-types", "text/html; gzip off"),
             ("no-tls-redirect-locations", "/.well-known/$x"),
             ("worker-processes", "0"),
+            ("enable-modsecurity", "on;"),
+            ("enable-owasp-modsecurity-crs", "yes"),
+            ("modsecurity-snippet", "SecRuleEngine On\0"),
+            ("modsecurity-snippet", "SecAction \"id:949110,pass\""),
         ] {
             let mut s = Settings::default();
             assert!(s.apply(k, v).is_err(), "{k}={v:?} accepted");

@@ -1443,10 +1443,6 @@ async fn protection_wicket_cannot_honour_never_reaches_the_backend() {
                 &guard("tls", "tls.test", &[("auth-tls-secret", "s/ca;")]),
             ),
             (
-                "waf.yaml",
-                &guard("waf", "waf.test", &[("enable-modsecurity", "true")]),
-            ),
-            (
                 "bad-range.yaml",
                 &guard(
                     "bad-range",
@@ -1461,13 +1457,7 @@ async fn protection_wicket_cannot_honour_never_reaches_the_backend() {
     .await;
     // Every guarded host answers the catch-all 404; the backend is never
     // reached, and its neighbour is served.
-    for host in [
-        "basic.test",
-        "url.test",
-        "tls.test",
-        "waf.test",
-        "range.test",
-    ] {
+    for host in ["basic.test", "url.test", "tls.test", "range.test"] {
         for path in ["/", "/x", "/secret/file"] {
             assert_eq!(
                 status_of(&get_from(&w, LO, host, path, "").await),
@@ -1488,7 +1478,6 @@ async fn protection_wicket_cannot_honour_never_reaches_the_backend() {
             ("s/basic", "auth-type"),
             ("s/url", "auth-snippet"),
             ("s/tls", "auth-tls-secret"),
-            ("s/waf", "enable-modsecurity"),
             ("s/bad-range", "whitelist-source-range"),
         ],
     );

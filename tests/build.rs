@@ -50,6 +50,8 @@ fn opts() -> Options {
             set_misc: true,
             subs_filter: true,
             lua: true,
+            modsecurity: true,
+            crs: true,
         },
         dynamic_endpoints: false,
     }
@@ -284,7 +286,6 @@ fn a_protection_annotation_wicket_cannot_honour_rejects_the_ingress() {
         "  annotations:\n    nginx.ingress.kubernetes.io/auth-type: digest\n    nginx.ingress.kubernetes.io/auth-secret: basic-auth\n",
         "  annotations:\n    nginx.ingress.kubernetes.io/auth-snippet: \"return 200;\"\n",
         "  annotations:\n    nginx.ingress.kubernetes.io/whitelist-source-range: 10.0.0.0/8;\n",
-        "  annotations:\n    nginx.ingress.kubernetes.io/enable-modsecurity: \"true\"\n",
         "  annotations:\n    nginx.ingress.kubernetes.io/auth-tls-secret: shop/ca\n    nginx.ingress.kubernetes.io/auth-tls-verify-client: sometimes\n",
     ] {
         let b = run(&format!(
@@ -563,6 +564,8 @@ fn a_setting_that_needs_a_missing_module_is_reported() {
         set_misc: false,
         subs_filter: false,
         lua: false,
+        modsecurity: false,
+        crs: false,
     };
     o.configmap = Some("shop/settings".parse().unwrap());
     let yaml = format!(

@@ -349,8 +349,14 @@ fn registry_fields() -> Vec<AnyField> {
                     &rule_for(row.name),
                 ),
             ingress: true,
-            variables: matches!(row.name, "permanent-redirect" | "temporal-redirect")
-                .then_some(redirect_variable as fn(&str) -> bool),
+            variables: match row.name {
+                "permanent-redirect" | "temporal-redirect" => {
+                    Some(redirect_variable as fn(&str) -> bool)
+                }
+                // An nginx expression, of variables nginx knows.
+                "modsecurity-transaction-id" => Some(known_variable as fn(&str) -> bool),
+                _ => None,
+            },
         });
     }
     for row in registry::KEYS.iter().filter(|r| r.support.acted_on()) {

@@ -12,6 +12,7 @@ pub mod cors;
 pub mod extauth;
 pub mod headers;
 pub mod limits;
+pub mod modsecurity;
 pub mod proxy;
 pub mod redirect;
 pub mod registry;
@@ -44,6 +45,7 @@ pub struct Annotations {
     pub limits: limits::Limits,
     pub cors: cors::Cors,
     pub canary: canary::Canary,
+    pub modsecurity: modsecurity::ModSecurity,
     pub tls: tls::Tls,
     pub server: server::ServerAnnotations,
 }
@@ -269,6 +271,7 @@ pub fn parse_ingress(
         limits: limits::parse(reader, errors),
         cors: cors::parse(reader, errors),
         canary: canary::parse(reader, errors),
+        modsecurity: modsecurity::parse(reader, errors, policy.allow_snippets),
         tls: tls::parse(reader, errors),
         server: server::parse(reader, errors),
     }

@@ -630,8 +630,10 @@ pub static ANNOTATIONS: &[Annotation] = &[
         "modsecurity",
         Ingress,
         PROTECTS,
-        Unsupported("not supported yet (part 2: traffic policy)"),
-        "",
+        Differs(
+            "ModSecurity's recommended base rules, detection only, as in ingress-nginx, parsed once at the http level; without Debian's libnginx-mod-http-modsecurity the Ingress's locations answer 503",
+        ),
+        "true",
     ),
     row(
         "enable-opentelemetry",
@@ -654,8 +656,10 @@ pub static ANNOTATIONS: &[Annotation] = &[
         "modsecurity",
         Ingress,
         PROTECTS,
-        Unsupported("not supported yet (part 2: traffic policy)"),
-        "",
+        Differs(
+            "the OWASP CRS (Debian's modsecurity-crs) blocks: SecRuleEngine On, 403 for what it scores as an attack (ingress-nginx only detected unless a snippet said On); turns ModSecurity on by itself (only enable-modsecurity: \"false\" turns it off); without the module or the CRS the locations answer 503",
+        ),
+        "true",
     ),
     row(
         "enable-rewrite-log",
@@ -933,16 +937,18 @@ pub static ANNOTATIONS: &[Annotation] = &[
         "modsecurity",
         Ingress,
         PROTECTS,
-        Unsupported("not supported yet (part 2: traffic policy)"),
-        "",
+        Differs(
+            "refused unless allow-snippet-annotations is \"true\"; turns ModSecurity on by itself; written to a rules file of wicket's, read before wicket's own (its settings, such as SecRuleEngine DetectionOnly, win); rule ids 200000-200099 and 900000-999999 (wicket's and the CRS's) are refused",
+        ),
+        "SecRuleEngine On",
     ),
     row(
         "modsecurity-transaction-id",
         "modsecurity",
         Ingress,
         PROTECTS,
-        Unsupported("not supported yet (part 2: traffic policy)"),
-        "",
+        Supported,
+        "$request_id",
     ),
     row(
         "opentelemetry-operation-name",
@@ -1829,11 +1835,11 @@ pub static KEYS: &[Key] = &[
     key(
         "enable-modsecurity",
         PROTECTS,
-        Unsupported(
-            "not supported yet (part 2); while it is \"true\" (or set, for the snippet), every Ingress is refused",
+        Differs(
+            "ModSecurity with its recommended base rules (detection only) in every location, an Ingress's enable-modsecurity: \"false\" excepted; without the module every Ingress it applies to answers 503",
         ),
-        "",
-        "",
+        "false",
+        "true",
     ),
     key(
         "enable-multi-accept",
@@ -1866,11 +1872,11 @@ pub static KEYS: &[Key] = &[
     key(
         "enable-owasp-modsecurity-crs",
         PROTECTS,
-        Unsupported(
-            "not supported yet (part 2); while it is \"true\" (or set, for the snippet), every Ingress is refused",
+        Differs(
+            "the CRS blocks (SecRuleEngine On, which the global modsecurity-snippet may change) in every location, and turns ModSecurity on by itself; ingress-nginx only detected, and only with enable-modsecurity",
         ),
-        "",
-        "",
+        "false",
+        "true",
     ),
     key(
         "enable-pathtype-validation",
@@ -2382,11 +2388,11 @@ pub static KEYS: &[Key] = &[
     key(
         "modsecurity-snippet",
         PROTECTS,
-        Unsupported(
-            "not supported yet (part 2); while it is \"true\" (or set, for the snippet), every Ingress is refused",
+        Differs(
+            "rules at the http level, read before wicket's base rules and the CRS (its settings, such as SecRuleEngine, win), wherever ModSecurity is on; ingress-nginx put them instead of its base file, and only with enable-modsecurity",
         ),
         "",
-        "",
+        "SecRuleEngine On",
     ),
     key(
         "nginx-status-ipv4-whitelist",

@@ -1,5 +1,5 @@
 //! `server-snippet`, `configuration-snippet`, `stream-snippet` and
-//! `auth-snippet`: raw nginx configuration from the Ingress. Refused (the
+//! `auth-snippet` (`modsecurity-snippet` is in [`super::modsecurity`]): raw nginx configuration from the Ingress. Refused (the
 //! Ingress is rejected) unless the global setting
 //! `allow-snippet-annotations` is `"true"`; turning it on gives Ingress
 //! authors the controller's power. Even then a snippet must be whole
@@ -60,7 +60,7 @@ pub struct Snippets {
 /// Snippet annotations wicket does not put anywhere yet: refused unless
 /// snippets are allowed, and then reported with their registry note (the
 /// auth snippet, a protection key, then rejects the Ingress).
-const OTHERS: &[&str] = &["stream-snippet", "auth-snippet", "modsecurity-snippet"];
+const OTHERS: &[&str] = &["stream-snippet", "auth-snippet"];
 
 pub fn parse(reader: &mut Reader<'_>, errors: &mut Vec<FieldError>, allowed: bool) -> Snippets {
     let mut out = Snippets::default();

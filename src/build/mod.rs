@@ -292,9 +292,21 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     let mut limit_zones: BTreeMap<String, crate::config::LimitZone> = BTreeMap::new();
     let mut cors_maps: BTreeMap<String, crate::config::CorsMap> = BTreeMap::new();
     let mut auth_upstreams: BTreeMap<String, crate::config::Upstream> = BTreeMap::new();
+    let mut modsecurity_files: BTreeMap<String, crate::config::RulesFile> = BTreeMap::new();
+    // Whether a location turns ModSecurity on, and one runs the CRS.
+    let (mut modsecurity_on, mut crs_used) = (false, false);
     for (pol, found) in policies {
         for u in &pol.auth_upstreams {
             auth_upstreams.insert(u.name.clone(), u.clone());
+        }
+        for f in &pol.modsecurity_files {
+            modsecurity_files.insert(f.name.clone(), f.clone());
+        }
+        if pol.denied.is_none()
+            && let Some(m) = pol.location.as_ref().and_then(|l| l.modsecurity.as_ref())
+        {
+            modsecurity_on |= m.on;
+            crs_used |= m.on && m.crs;
         }
         for m in &pol.cors_maps {
             cors_maps.insert(m.name.clone(), m.clone());
@@ -527,6 +539,13 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         .filter(|s| !s.server_name.starts_with('~'))
         .count()
         + www_redirects.len();
+    let modsecurity = crate::build::policy::modsecurity_http(
+        &settings,
+        &opts.modules,
+        modsecurity_on,
+        crs_used,
+        &mut modsecurity_files,
+    );
     let config = Config {
         http_port: opts.http_port,
         https_port: opts.https_port,
@@ -549,6 +568,8 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         cors_maps: cors_maps.into_values().collect(),
         auth_cache,
         canaries: b.canaries.values().cloned().collect(),
+        modsecurity,
+        modsecurity_files: modsecurity_files.into_values().collect(),
         global_error_pages,
         modules: opts.modules.clone(),
         dynamic_endpoints: dynamic_endpoints(opts),

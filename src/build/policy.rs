@@ -20,7 +20,7 @@ use crate::cluster::{Cluster, ObjectKey};
 use crate::config::{
     AccessRule, AccessRules, AuthHeader, BasicAuth, Certificate, ClientAuth, CorsMap, CorsPolicy,
     ExpandableHeader, ExternalAuth, FastCgi, FastCgiParam, Htpasswd, LimitZone, LiteralHeader,
-    LocationLimits, LocationPolicy, ProxySslFiles, Trusted,
+    LocationLimits, LocationPolicy, ModSecurityPolicy, Modules, ProxySslFiles, RulesFile, Trusted,
 };
 use crate::problem::{Printable, Problem};
 use crate::settings::Settings;
@@ -45,6 +45,8 @@ pub struct IngressPolicy {
     /// decides (the oldest that sets `auth-tls-secret`): the server's
     /// settings, or why its CAs are not usable. `None`: not set.
     pub client_auth: Option<Result<ClientAuth, String>>,
+    /// The ModSecurity rules files of its snippet.
+    pub modsecurity_files: Vec<RulesFile>,
 }
 
 /// The effective `allow`/`deny` rules of a location: `block-cidrs` first,
@@ -432,6 +434,31 @@ pub fn of(
             Err((e, key)) => deny(e, key, problems),
         }
     }
+    let mut warnings = Vec::new();
+    let found = modsecurity(ing, settings, modules, &mut warnings);
+    for (name, w) in warnings {
+        problems.push(Problem::warning(&ing.object, Some(field(name)), w));
+    }
+    let mut own_file = None;
+    let mut global_denied = None;
+    match found {
+        Ok(None) => {}
+        Ok(Some((m, file))) => {
+            p.modsecurity = Some(m);
+            own_file = file;
+        }
+        Err((reason, Some(name))) => deny(reason, name, problems),
+        Err((reason, None)) => global_denied = Some(reason),
+    }
+    out.modsecurity_files.extend(own_file);
+    if let Some(reason) = global_denied {
+        problems.push(Problem::warning(
+            &ing.object,
+            None,
+            format!("{reason}; its locations answer 503"),
+        ));
+        out.denied.get_or_insert(reason);
+    }
     let p = p.with_own_headers();
     if p != LocationPolicy::default() {
         out.location = Some(p);
@@ -650,6 +677,184 @@ fn external_auth(
         )
     });
     Ok((auth, upstream, warning))
+}
+
+/// What ModSecurity a location of this Ingress has, with the rules file of
+/// its snippet; or why it cannot be given (and the annotation that asked,
+/// `None` for the global keys): fail closed, the locations then answer 503.
+/// `Ok(None)`: the http level's setting applies as it is. `warnings` gets
+/// (annotation, text) for keys that do nothing.
+#[allow(clippy::type_complexity)]
+fn modsecurity(
+    ing: &ParsedIngress,
+    settings: &Settings,
+    modules: &Modules,
+    warnings: &mut Vec<(&'static str, String)>,
+) -> Result<Option<(ModSecurityPolicy, Option<RulesFile>)>, (String, Option<&'static str>)> {
+    use crate::annotations::modsecurity::{BLOCK_FILE, NO_CRS_FILE};
+    let m = &ing.annotations.modsecurity;
+    let global_crs = settings.enable_owasp_modsecurity_crs;
+    let global_on = settings.enable_modsecurity || global_crs;
+    let off = ModSecurityPolicy {
+        on: false,
+        crs: false,
+        files: Vec::new(),
+        transaction_id: None,
+    };
+    if m.enable == Some(false) {
+        if m.owasp == Some(true) || m.snippet.is_some() || m.transaction_id.is_some() {
+            warnings.push((
+                "enable-modsecurity",
+                "enable-modsecurity is \"false\": ModSecurity is off for this Ingress, and the other modsecurity annotations do nothing".into(),
+            ));
+        }
+        // `modsecurity off` only where the http level turns it on.
+        return Ok((global_on && modules.modsecurity).then_some((off, None)));
+    }
+    // The core rules or rules of its own turn ModSecurity on for the
+    // Ingress; only enable-modsecurity: "false" turns it off.
+    let asked = m.enable == Some(true) || m.owasp == Some(true) || m.snippet.is_some();
+    if !asked && !global_on {
+        if let Some(name) = [
+            (m.transaction_id.is_some(), "modsecurity-transaction-id"),
+            (m.owasp.is_some(), "enable-owasp-core-rules"),
+        ]
+        .iter()
+        .find_map(|(set, name)| set.then_some(*name))
+        {
+            warnings.push((
+                name,
+                "ModSecurity is not on for this Ingress (enable-modsecurity): this does nothing"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let blame = [
+        (m.owasp == Some(true), "enable-owasp-core-rules"),
+        (m.enable == Some(true), "enable-modsecurity"),
+        (m.snippet.is_some(), "modsecurity-snippet"),
+    ]
+    .iter()
+    .find_map(|(set, name)| set.then_some(*name));
+    let asker = match blame {
+        Some(name) => name.to_string(),
+        None if global_crs => "the global setting enable-owasp-modsecurity-crs".to_string(),
+        None => "the global setting enable-modsecurity".to_string(),
+    };
+    if !modules.modsecurity {
+        return Err((
+            format!(
+                "{asker} needs nginx's ModSecurity module (Debian's libnginx-mod-http-modsecurity), which is not installed"
+            ),
+            blame,
+        ));
+    }
+    let crs = m.owasp.unwrap_or(global_crs);
+    if crs && !modules.crs {
+        return Err((
+            format!(
+                "{asker} needs the OWASP Core Rule Set (Debian's modsecurity-crs, {}), which is not installed",
+                crate::config::CRS_SETUP
+            ),
+            blame,
+        ));
+    }
+    if let (Some(own), Some(global)) = (&m.snippet, &settings.modsecurity_snippet) {
+        use crate::annotations::modsecurity::rule_ids;
+        let global = rule_ids(global.as_str());
+        if let Some(id) = rule_ids(own.as_str())
+            .into_iter()
+            .find(|i| global.contains(i))
+        {
+            // A rule id given twice makes nginx refuse the whole config.
+            return Err((
+                format!(
+                    "modsecurity-snippet: rule id {id} is one the global modsecurity-snippet uses"
+                ),
+                Some("modsecurity-snippet"),
+            ));
+        }
+    }
+    if !m.any() && global_crs {
+        // The http level has all it needs.
+        return Ok(None);
+    }
+    // libmodsecurity keeps the first value a setting (SecRuleEngine...)
+    // is given at a level, and a location's over the http level's: the
+    // Ingress's own rules come first.
+    let own = m.snippet.as_ref().map(|r| RulesFile {
+        name: r.file_name(),
+        content: r.as_str().to_string(),
+        source: format!("ingress {}", ing.key),
+    });
+    let mut files: Vec<String> = own.iter().map(|f| f.name.clone()).collect();
+    if crs && !global_crs {
+        files.push(BLOCK_FILE.to_string());
+    } else if !crs {
+        files.push(NO_CRS_FILE.to_string());
+    }
+    Ok(Some((
+        ModSecurityPolicy {
+            on: true,
+            crs,
+            files,
+            transaction_id: m.transaction_id.clone(),
+        },
+        own,
+    )))
+}
+
+/// ModSecurity at the http level, and the files of wicket's rules it and
+/// the locations use (added to `files`): `None` (the module is not loaded)
+/// unless the global keys or a location turn it on.
+pub fn modsecurity_http(
+    settings: &Settings,
+    modules: &Modules,
+    location_on: bool,
+    crs_used: bool,
+    files: &mut BTreeMap<String, RulesFile>,
+) -> Option<crate::config::ModSecurityHttp> {
+    use crate::annotations::modsecurity as ms;
+    let global_crs = settings.enable_owasp_modsecurity_crs;
+    let global_on = settings.enable_modsecurity || global_crs;
+    if !modules.modsecurity || !(global_on || location_on) {
+        files.clear();
+        return None;
+    }
+    let mut add = |name: &str, content: String, source: &str| {
+        files.insert(
+            name.to_string(),
+            RulesFile {
+                name: name.to_string(),
+                content,
+                source: source.to_string(),
+            },
+        );
+        name.to_string()
+    };
+    // Every location may add these.
+    add(ms::BLOCK_FILE, ms::BLOCK_RULES.into(), "wicket");
+    add(ms::NO_CRS_FILE, ms::NO_CRS_RULES.into(), "wicket");
+    // libmodsecurity keeps the first value a setting (SecRuleEngine...) is
+    // given at a level: the admin's rules first, then the engine the global
+    // CRS asks for, then the base settings.
+    let mut http = Vec::new();
+    if let Some(r) = &settings.modsecurity_snippet {
+        http.push(add(&r.file_name(), r.as_str().to_string(), "configmap"));
+    }
+    let crs = (global_crs || crs_used) && modules.crs;
+    if crs && global_crs {
+        http.push(ms::BLOCK_FILE.to_string());
+    }
+    http.push(add(ms::BASE_FILE, ms::BASE_RULES.into(), "wicket"));
+    if crs {
+        http.push(add(ms::CRS_FILE, ms::crs_rules(), "wicket"));
+    }
+    Some(crate::config::ModSecurityHttp {
+        on: global_on,
+        files: http,
+    })
 }
 
 /// The zones and the location's limits of one Ingress's
