@@ -632,6 +632,9 @@ pub struct LocationPolicy {
     /// CORS (`enable-cors`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsPolicy>,
+    /// What the balancer policy of its upstreams reads (affinity, hashing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<BalanceVars>,
     /// External authentication (`auth-url`, or the global `global-auth-url`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_auth: Option<Arc<ExternalAuth>>,
@@ -840,8 +843,13 @@ impl Config {
                 service,
                 servers,
                 fixed,
+                policy,
             } = new;
-            if *name != was.name || *service != was.service || *fixed != was.fixed {
+            if *name != was.name
+                || *service != was.service
+                || *fixed != was.fixed
+                || *policy != was.policy
+            {
                 return None;
             }
             if *servers != was.servers {
@@ -893,6 +901,53 @@ pub struct Upstream {
     /// for `service-upstream`, an `ExternalName` written as an address):
     /// no balancer, which would cost every request for nothing.
     pub fixed: bool,
+    /// How the balancer chooses an endpoint, when not round robin.
+    pub policy: Option<BalancePolicy>,
+}
+
+/// The variables a location sets for its upstreams' balancer policy.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct BalanceVars {
+    /// `upstream-hash-by`: `$wicket_hash_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<Expandable>,
+    /// `upstream-hash-by-subset-size`: `$wicket_hash_subset`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subset: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<StickyCookie>,
+}
+
+/// Cookie affinity's cookie: `$wicket_sticky_name`, `$wicket_sticky_attrs`
+/// (what follows `NAME=VALUE`), `$wicket_sticky_expires` (seconds, for
+/// `Expires`), `$wicket_sticky_change` (change on failure).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct StickyCookie {
+    pub name: String,
+    /// `session-cookie-path`; else the location's path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `; Domain=...; Max-Age=...; SameSite=...[; Secure]`, validated parts.
+    pub attrs: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u32>,
+    pub change_on_failure: bool,
+}
+
+/// A balancer policy of an upstream (templates/balancer.lua): it reads
+/// its parameters from variables the location sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalancePolicy {
+    /// Cookie affinity, a random token per client hashed onto the
+    /// endpoints (`affinity-mode: balanced`).
+    Sticky,
+    /// Cookie affinity, the cookie naming the endpoint (`persistent`).
+    StickyPersistent,
+    /// `upstream-hash-by`: the key hashed onto the endpoints.
+    Hash,
+    /// `upstream-hash-by-subset`: onto a subset, then one at random.
+    HashSubset,
 }
 
 /// One server of an upstream: an endpoint address, or the DNS name of an

@@ -219,6 +219,15 @@ pub struct Settings {
     pub no_auth_locations: Vec<String>,
     /// `enable-auth-access-log`: log the auth subrequests.
     pub enable_auth_access_log: bool,
+    /// `load-balance`: the default of the annotation.
+    #[serde(skip)]
+    pub load_balance: Option<crate::annotations::balance::Method>,
+    /// `upstream-hash-by` (with `-subset`, `-subset-size`): the default of
+    /// the annotations.
+    #[serde(skip)]
+    pub upstream_hash_by: Option<Expandable>,
+    pub upstream_hash_by_subset: bool,
+    pub upstream_hash_by_subset_size: u32,
 }
 
 impl Default for Settings {
@@ -315,6 +324,10 @@ impl Default for Settings {
             global_auth: Default::default(),
             no_auth_locations: vec!["/.well-known/acme-challenge".into()],
             enable_auth_access_log: false,
+            load_balance: None,
+            upstream_hash_by: None,
+            upstream_hash_by_subset: false,
+            upstream_hash_by_subset_size: 3,
         }
     }
 }
@@ -483,6 +496,20 @@ impl Settings {
                     .collect::<Result<_, _>>()?
             }
             "enable-auth-access-log" => s.enable_auth_access_log = parse_bool(value)?,
+            "load-balance" => {
+                s.load_balance = (!value.is_empty())
+                    .then(|| crate::annotations::balance::method(value))
+                    .transpose()?
+            }
+            "upstream-hash-by" => {
+                s.upstream_hash_by = (!value.is_empty())
+                    .then(|| Expandable::parse(value, 256))
+                    .transpose()?
+            }
+            "upstream-hash-by-subset" => s.upstream_hash_by_subset = parse_bool(value)?,
+            "upstream-hash-by-subset-size" => {
+                s.upstream_hash_by_subset_size = parse_count(value, 1, 1024)?
+            }
             k if k.starts_with("global-auth-") => return s.global_auth.apply(k, value),
             "enable-modsecurity" => s.enable_modsecurity = parse_bool(value)?,
             "enable-owasp-modsecurity-crs" => s.enable_owasp_modsecurity_crs = parse_bool(value)?,
@@ -570,6 +597,13 @@ impl Settings {
                     format!("{}: {e}; the default is used", Quoted(value)),
                 )),
             }
+        }
+        if s.load_balance == Some(crate::annotations::balance::Method::Ewma) {
+            problems.push(Problem::warning(
+                object,
+                Some("data[\"load-balance\"]".into()),
+                "ewma is balanced round robin by wicket (its balancer has no latency tracking)",
+            ));
         }
         let get = |k: &str| data.and_then(|d| d.get(k)).map(String::as_str);
         s.apply_redirect(get("proxy-redirect-from"), get("proxy-redirect-to"));

@@ -1,7 +1,10 @@
 -- wicket's endpoint balancer (ARCHITECTURE.md, "Endpoints without a
 -- reload"). nginx.conf includes this file in init_by_lua_block; it holds no
 -- value from any object. Every upstream calls wicket.balance(NAME, COUNT),
--- COUNT being how many servers the upstream block lists. An upstream with
+-- COUNT being how many servers the upstream block lists; one with a
+-- policy (affinity, hashing) calls wicket.balance(NAME, COUNT, POLICY,
+-- "ADDR ADDR ..."), with its servers, and reads the policy's parameters
+-- from variables its location set ($wicket_hash_key, $wicket_sticky_*). An upstream with
 -- no update since nginx loaded the config keeps nginx's own round robin over
 -- those servers (the Lua code returns without choosing); one that wicket
 -- updated through /wicket/endpoints on the status socket is balanced here,
@@ -150,8 +153,116 @@ local function after_failed(u)
   return u.i % u.n + 1
 end
 
-function wicket.balance(name, servers)
+-- The endpoints of a policy upstream that got no update: the servers its
+-- block lists, as the config wrote them into its balancer call (parsed
+-- once per list).
+local static = {}
+
+local function static_list(name, list)
+  local s = static[name]
+  if s == nil or s.list ~= list then
+    local t = parse_list(list)
+    if t == nil then
+      return nil
+    end
+    s = { list = list, t = t }
+    static[name] = s
+  end
+  return s.t
+end
+
+-- Rendezvous hashing: the endpoint with the highest score for this key (a
+-- key keeps its endpoint while it exists; a new endpoint takes only the
+-- keys it scores highest for).
+local crc32 = ngx.crc32_short
+local function score(key, addr)
+  return crc32(key .. "\0" .. addr)
+end
+
+local function by_key(u, key)
+  local best, best_score = 1, -1
+  for j = 1, u.n do
+    local v = score(key, u.addr[j])
+    if v > best_score then
+      best, best_score = j, v
+    end
+  end
+  return best
+end
+
+-- The SIZE endpoints with the highest scores for the key, then one of them
+-- at random.
+local function by_key_subset(u, key, size)
+  if size >= u.n then
+    return math.random(u.n)
+  end
+  local ranked = {}
+  for j = 1, u.n do
+    ranked[j] = { j, score(key, u.addr[j]) }
+  end
+  table.sort(ranked, function(a, b) return a[2] > b[2] end)
+  return ranked[math.random(size)][1]
+end
+
+-- The cookie of affinity: NAME=VALUE with the attributes the location set.
+local function set_cookie(value)
+  local var = ngx.var
+  local path = var.wicket_sticky_path
+  if path == nil or path == "" then
+    path = var.location_path
+    -- A regular expression is no cookie path.
+    if path == nil or path == "" or find(path, "[^%w/%-%._~]") then
+      path = "/"
+    end
+  end
+  local parts = { var.wicket_sticky_name, "=", value, "; Path=", path, var.wicket_sticky_attrs or "" }
+  local expires = tonumber(var.wicket_sticky_expires or "")
+  if expires then
+    parts[#parts + 1] = "; Expires=" .. ngx.cookie_time(ngx.time() + expires)
+  end
+  if var.https == "on" and not find(var.wicket_sticky_attrs or "", "; Secure", 1, true) then
+    parts[#parts + 1] = "; Secure"
+  end
+  parts[#parts + 1] = "; HttpOnly"
+  var.wicket_sticky_set = concat(parts)
+end
+
+local md5 = ngx.md5
+
+-- The endpoint of a sticky upstream for this request, or nil (round robin
+-- then chooses, and the cookie is set to it).
+local function sticky(u, persistent, failed)
+  local var = ngx.var
+  local name = var.wicket_sticky_name
+  if name == nil or name == "" then
+    return nil
+  end
+  local value = var["cookie_" .. name]
+  if value ~= nil and not find(value, "^%x+$") then
+    value = nil
+  end
+  if persistent then
+    if value ~= nil and not failed then
+      for j = 1, u.n do
+        if md5(u.addr[j]) == value then
+          return j
+        end
+      end
+    end
+    return nil
+  end
+  if value == nil or (failed and var.wicket_sticky_change == "1") then
+    value = md5(ngx.now() .. " " .. math.random() .. " " .. ngx.worker.pid())
+    set_cookie(value)
+  end
+  return by_key(u, value)
+end
+
+function wicket.balance(name, servers, policy, list)
   local u = peers[name]
+  if u == nil and policy ~= nil then
+    u = static_list(name, list)
+  end
   if u == nil then
     return
   end
@@ -159,17 +270,47 @@ function wicket.balance(name, servers)
   if n == 0 then
     return set_current_peer(UNAVAILABLE)
   end
+  local failed = get_last_failure() ~= nil
   local i
-  if n == 1 then
-    i = 1
-  elseif get_last_failure() == nil then
-    i = u.i % n + 1
-    -- nginx gives a request as many tries as the config lists servers.
-    if n > servers then
-      set_more_tries(n - servers)
+  if policy == "hash" or policy == "hash-subset" then
+    local key = ngx.var.wicket_hash_key
+    if key ~= nil and key ~= "" and not failed then
+      if policy == "hash" then
+        i = by_key(u, key)
+      else
+        i = by_key_subset(u, key, tonumber(ngx.var.wicket_hash_subset or "") or 3)
+      end
     end
-  else
-    i = after_failed(u)
+  elseif policy == "sticky" or policy == "sticky-persistent" then
+    local persistent = policy == "sticky-persistent"
+    i = sticky(u, persistent, failed)
+    if i ~= nil and failed then
+      -- A retry goes elsewhere, whatever the cookie says.
+      i = nil
+    end
+    if i == nil then
+      if failed then
+        i = after_failed(u)
+      else
+        i = u.i % n + 1
+      end
+      if persistent and (not failed or ngx.var.wicket_sticky_change == "1") then
+        set_cookie(md5(u.addr[i]))
+      end
+    end
+  end
+  if i == nil then
+    if n == 1 then
+      i = 1
+    elseif not failed then
+      i = u.i % n + 1
+    else
+      i = after_failed(u)
+    end
+  end
+  if not failed and n > servers then
+    -- nginx gives a request as many tries as the config lists servers.
+    set_more_tries(n - servers)
   end
   u.i = i
   local ok, err = set_current_peer(u[2 * i - 1], u[2 * i])

@@ -2696,3 +2696,156 @@ async fn canary_by_header_cookie_and_weight() {
     );
     drop((stable, beta));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn affinity_keeps_a_client_on_one_endpoint_and_hashing_keeps_a_key() {
+    // Three endpoints of one Service, on three loopback addresses.
+    let port = free_port();
+    let mut pool = Vec::new();
+    for last in [2u8, 3, 4] {
+        pool.push(Echo::start("pool", Ipv4Addr::new(127, 0, 0, last), port).await);
+    }
+    let eps: Vec<(IpAddr, bool)> = pool.iter().map(|e| (e.addr.ip(), true)).collect();
+    let svc = service("a", "pool", 80, None, port, &eps);
+    let w = Wicket::start(&[
+        ("svc.yaml", &svc),
+        (
+            "sticky.yaml",
+            &site(
+                "a",
+                "sticky",
+                "sticky.test",
+                "pool",
+                &[
+                    ("affinity", "cookie"),
+                    ("session-cookie-name", "ROUTE"),
+                    ("session-cookie-max-age", "3600"),
+                    ("session-cookie-samesite", "Lax"),
+                ],
+            ),
+        ),
+        (
+            "persistent.yaml",
+            &site(
+                "a",
+                "persistent",
+                "persistent.test",
+                "pool",
+                &[("affinity", "cookie"), ("affinity-mode", "persistent")],
+            ),
+        ),
+        (
+            "hash.yaml",
+            &site(
+                "a",
+                "hash",
+                "hash.test",
+                "pool",
+                &[("upstream-hash-by", "$arg_user")],
+            ),
+        ),
+        (
+            "subset.yaml",
+            &site(
+                "a",
+                "subset",
+                "subset.test",
+                "pool",
+                &[
+                    ("upstream-hash-by", "$arg_user"),
+                    ("upstream-hash-by-subset", "true"),
+                    ("upstream-hash-by-subset-size", "2"),
+                ],
+            ),
+        ),
+        (
+            "plain.yaml",
+            &site(
+                "a",
+                "plain",
+                "plain.test",
+                "pool",
+                &[("load-balance", "ewma")],
+            ),
+        ),
+    ])
+    .await;
+    let endpoint = |body: &[u8]| -> String {
+        serde_json::from_slice::<serde_json::Value>(body).unwrap()["endpoint"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let ask = |host: &str, path: &str, extra: &str| {
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n");
+        let port = w.http;
+        async move { raw(port, LO, &req).await }
+    };
+    for (host, name) in [
+        ("sticky.test", "ROUTE"),
+        ("persistent.test", "INGRESSCOOKIE"),
+    ] {
+        // Clients without the cookie are spread, each told its cookie.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut cookies = Vec::new();
+        for _ in 0..30 {
+            let (head, body) = ask(host, "/", "").await;
+            assert_eq!(status_of(&head), 200, "{head}");
+            let set = header(&head, "Set-Cookie").unwrap_or_else(|| panic!("{host}: {head}"));
+            assert!(set.starts_with(&format!("{name}=")), "{set}");
+            assert!(
+                set.contains("; Path=/") && set.ends_with("; HttpOnly"),
+                "{set}"
+            );
+            if host == "sticky.test" {
+                assert!(set.contains("; Max-Age=3600; SameSite=Lax"), "{set}");
+            }
+            let value = set.split(';').next().unwrap().to_string();
+            cookies.push((value, endpoint(&body)));
+            seen.insert(endpoint(&body));
+        }
+        assert!(seen.len() >= 2, "{host}: every client on {seen:?}");
+        // A client with its cookie stays on its endpoint, and is not told
+        // again.
+        for (cookie, first) in cookies.iter().take(5) {
+            for _ in 0..10 {
+                let (head, body) = ask(host, "/", &format!("Cookie: {cookie}\r\n")).await;
+                assert_eq!(endpoint(&body), *first, "{host} {cookie}");
+                assert!(header(&head, "Set-Cookie").is_none(), "{head}");
+            }
+        }
+    }
+    // A persistent cookie that names no endpoint (one gone) gets a new one.
+    let (head, _) = ask("persistent.test", "/", "Cookie: INGRESSCOOKIE=00ff\r\n").await;
+    assert!(header(&head, "Set-Cookie").is_some(), "{head}");
+
+    // A hash key keeps its endpoint; keys are spread.
+    let mut seen = std::collections::BTreeSet::new();
+    for user in 0..20 {
+        let path = format!("/?user=u{user}");
+        let (_, body) = ask("hash.test", &path, "").await;
+        let first = endpoint(&body);
+        for _ in 0..5 {
+            let (_, body) = ask("hash.test", &path, "").await;
+            assert_eq!(endpoint(&body), first, "user {user}");
+        }
+        seen.insert(first);
+        // A subset of two: never more than two endpoints for one key.
+        let mut subset = std::collections::BTreeSet::new();
+        for _ in 0..12 {
+            let (_, body) = ask("subset.test", &path, "").await;
+            subset.insert(endpoint(&body));
+        }
+        assert!(subset.len() <= 2, "user {user}: {subset:?}");
+    }
+    assert!(seen.len() >= 2, "every key on {seen:?}");
+    // ewma: round robin, and told so.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let (_, body) = ask("plain.test", "/", "").await;
+        seen.insert(endpoint(&body));
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_told(&w, &[("a/plain", "ewma is balanced round robin")]);
+}

@@ -263,7 +263,7 @@ fn ingress_classes_decide_what_is_served() {
 
 #[test]
 fn unsupported_annotations_are_reported_and_ignored() {
-    let meta = "  annotations:\n    nginx.ingress.kubernetes.io/load-balance: ewma\n    nginx.ingress.kubernetes.io/grpc-backend: \"true\"\n    nginx.ingress.kubernetes.io/proxy-bodysize: 8m\n    nginx.ingress.kubernetes.io/proxy-body-size: 8m\n    example.com/unrelated: x\n";
+    let meta = "  annotations:\n    nginx.ingress.kubernetes.io/enable-opentelemetry: \"true\"\n    nginx.ingress.kubernetes.io/grpc-backend: \"true\"\n    nginx.ingress.kubernetes.io/proxy-bodysize: 8m\n    nginx.ingress.kubernetes.io/proxy-body-size: 8m\n    example.com/unrelated: x\n";
     let b = run(&format!(
         "{BACKENDS}{}",
         ingress("a", meta, &simple_rule("a.example.com", "/", "Prefix"))
@@ -273,8 +273,8 @@ fn unsupported_annotations_are_reported_and_ignored() {
     assert_eq!(
         lines,
         vec![
+            "ignored ingress shop/a: metadata.annotations[\"nginx.ingress.kubernetes.io/enable-opentelemetry\"]: Debian's nginx has no OpenTelemetry module; ignored",
             "ignored ingress shop/a: metadata.annotations[\"nginx.ingress.kubernetes.io/grpc-backend\"]: removed in ingress-nginx 0.21; use backend-protocol: GRPC; ignored",
-            "ignored ingress shop/a: metadata.annotations[\"nginx.ingress.kubernetes.io/load-balance\"]: not supported yet (part 2: traffic policy); ignored",
             "ignored ingress shop/a: metadata.annotations[\"nginx.ingress.kubernetes.io/proxy-bodysize\"]: not an ingress-nginx annotation; ignored",
         ]
     );

@@ -110,7 +110,7 @@ fn check_reports_every_ingress_and_annotation() {
         ),
         (
             "cors",
-            "  annotations:\n    nginx.ingress.kubernetes.io/load-balance: ewma\n    example.com/other: x\n",
+            "  annotations:\n    nginx.ingress.kubernetes.io/enable-opentelemetry: \"true\"\n    example.com/other: x\n",
         ),
         (
             "guarded",
@@ -118,7 +118,7 @@ fn check_reports_every_ingress_and_annotation() {
         ),
         (
             "elsewhere",
-            "  annotations:\n    kubernetes.io/ingress.class: other\n    nginx.ingress.kubernetes.io/load-balance: ewma\n",
+            "  annotations:\n    kubernetes.io/ingress.class: other\n    nginx.ingress.kubernetes.io/enable-opentelemetry: \"true\"\n",
         ),
     ]);
     let (code, stdout, stderr) = check(&dir, &["--output", "json"]);
@@ -153,8 +153,8 @@ fn check_reports_every_ingress_and_annotation() {
     assert_eq!(cors["accepted"], true);
     assert_eq!(
         cors["annotations"],
-        serde_json::json!([{"key": format!("{ANN}/load-balance"), "support": "unsupported",
-            "note": "not supported yet (part 2: traffic policy)"}]),
+        serde_json::json!([{"key": format!("{ANN}/enable-opentelemetry"), "support": "unsupported",
+            "note": "Debian's nginx has no OpenTelemetry module"}]),
         "an annotation of another prefix is not listed"
     );
     let guarded = by_name("guarded");
@@ -217,7 +217,7 @@ fn check_exit_codes() {
     // An unsupported annotation fails, even on an accepted Ingress.
     let unsupported = check_folder(&[(
         "a",
-        "  annotations:\n    nginx.ingress.kubernetes.io/load-balance: ewma\n",
+        "  annotations:\n    nginx.ingress.kubernetes.io/enable-opentelemetry: \"true\"\n",
     )]);
     assert_eq!(check(&unsupported, &[]).0, 1);
     // A rejected Ingress fails.

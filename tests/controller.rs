@@ -620,7 +620,7 @@ async fn render_against_the_cluster_prints_what_the_controller_would_serve() {
         &s.admin,
         &ingress_yaml("rn", "cors", "wicket", "cors.example.com", &[("/", "web")]).replace(
             "metadata:",
-            "metadata:\n  annotations: {nginx.ingress.kubernetes.io/load-balance: ewma}",
+            "metadata:\n  annotations: {nginx.ingress.kubernetes.io/enable-opentelemetry: \"true\"}",
         ),
     )
     .await;
@@ -671,7 +671,7 @@ async fn render_against_the_cluster_prints_what_the_controller_would_serve() {
             (
                 "cors".to_string(),
                 true,
-                vec!["nginx.ingress.kubernetes.io/load-balance unsupported".to_string()]
+                vec!["nginx.ingress.kubernetes.io/enable-opentelemetry unsupported".to_string()]
             ),
             ("site".to_string(), true, vec![]),
             ("theirs".to_string(), false, vec![]),

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod auth;
 pub mod backend;
+pub mod balance;
 pub mod canary;
 pub mod cors;
 pub mod extauth;
@@ -44,6 +45,7 @@ pub struct Annotations {
     pub extauth: extauth::ExtAuth,
     pub limits: limits::Limits,
     pub cors: cors::Cors,
+    pub balance: balance::Balance,
     pub canary: canary::Canary,
     pub modsecurity: modsecurity::ModSecurity,
     pub tls: tls::Tls,
@@ -270,6 +272,7 @@ pub fn parse_ingress(
         extauth: extauth::parse(reader, errors),
         limits: limits::parse(reader, errors),
         cors: cors::parse(reader, errors),
+        balance: balance::parse(reader, errors),
         canary: canary::parse(reader, errors),
         modsecurity: modsecurity::parse(reader, errors, policy.allow_snippets),
         tls: tls::parse(reader, errors),

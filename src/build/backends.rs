@@ -259,10 +259,12 @@ impl<'a, 'r> Backends<'a, 'r> {
         match (r, u) {
             (Resolution::Upstream(n), Some(mut u)) => {
                 u.name = rename(u.name);
+                u.policy = b.balance.filter(|_| !u.fixed);
                 (Resolution::Upstream(rename(n)), Some(u), refused)
             }
             (Resolution::Empty { upstream, reason }, Some(mut u)) => {
                 u.name = rename(u.name);
+                u.policy = b.balance.filter(|_| !u.fixed);
                 let upstream = rename(upstream);
                 (Resolution::Empty { upstream, reason }, Some(u), refused)
             }
@@ -481,6 +483,7 @@ fn upstream(
         service: format!("{service}:{port}"),
         servers,
         fixed,
+        policy: None,
     };
     (Resolution::Upstream(name), Some(u), refused)
 }

@@ -34,6 +34,8 @@ pub struct ServiceRef {
     /// whichever location asks, so a connection one location's TLS checks
     /// made would otherwise serve another's without its checks.
     pub variant: Option<String>,
+    /// The balancer policy of the Ingress (part of `variant`).
+    pub balance: Option<crate::config::BalancePolicy>,
 }
 
 /// How a path matches.
@@ -343,6 +345,7 @@ fn backend(
         port: port?,
         cluster_ip: false,
         variant: None,
+        balance: None,
     })
 }
 

@@ -246,7 +246,21 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
                             .backend
                             .service_upstream
                             .unwrap_or(settings.service_upstream);
+                        // The global balancing keys are the annotations'
+                        // defaults.
+                        let bal = &mut p.annotations.balance;
+                        if bal.hash.is_none()
+                            && let Some(key) = &settings.upstream_hash_by
+                        {
+                            bal.hash = Some(crate::annotations::balance::HashBy {
+                                key: key.clone(),
+                                subset: settings
+                                    .upstream_hash_by_subset
+                                    .then_some(settings.upstream_hash_by_subset_size),
+                            });
+                        }
                         let variant = upstream_variant(&p.annotations);
+                        let balance = balance_policy(&p.annotations);
                         for b in p
                             .rules
                             .iter_mut()
@@ -256,6 +270,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
                         {
                             b.cluster_ip = via_ip;
                             b.variant = variant.clone();
+                            b.balance = balance;
                         }
                         Ok(p)
                     }
@@ -346,6 +361,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
                 },
                 cluster_ip: false,
                 variant: None,
+                balance: None,
             })
         })
         .collect();
@@ -591,8 +607,15 @@ fn upstream_variant(a: &crate::annotations::Annotations) -> Option<String> {
     use crate::annotations::backend::Protocol;
     use std::hash::{Hash, Hasher};
     let proto = a.backend.protocol;
+    // A balancer policy gets upstreams of its own, named by the policy.
+    let policy = balance_policy(a).map(|p| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        p.hash(&mut h);
+        a.balance.hash.as_ref().map(|x| x.subset).hash(&mut h);
+        format!("lb{:06x}", h.finish() as u32 & 0xff_ffff)
+    });
     if matches!(proto, Protocol::Http | Protocol::AutoHttp) && a.tls.proxy.is_none() {
-        return None;
+        return policy;
     }
     let name = match proto {
         Protocol::Http | Protocol::AutoHttp => "http",
@@ -601,13 +624,38 @@ fn upstream_variant(a: &crate::annotations::Annotations) -> Option<String> {
         Protocol::Grpcs => "grpcs",
         Protocol::Fcgi => "fcgi",
     };
-    Some(match &a.tls.proxy {
+    let base = match &a.tls.proxy {
         Some(tls) => {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             tls.hash(&mut h);
             format!("{name}_{:08x}", h.finish() as u32)
         }
         None => name.to_string(),
+    };
+    Some(match policy {
+        Some(p) => format!("{base}_{p}"),
+        None => base,
+    })
+}
+
+/// The balancer policy an Ingress's annotations ask for: affinity first,
+/// as in ingress-nginx, then hashing.
+fn balance_policy(a: &crate::annotations::Annotations) -> Option<crate::config::BalancePolicy> {
+    use crate::config::BalancePolicy;
+    let b = &a.balance;
+    if let Some(c) = &b.affinity {
+        return Some(if c.persistent {
+            BalancePolicy::StickyPersistent
+        } else {
+            BalancePolicy::Sticky
+        });
+    }
+    b.hash.as_ref().map(|h| {
+        if h.subset.is_some() {
+            BalancePolicy::HashSubset
+        } else {
+            BalancePolicy::Hash
+        }
     })
 }
 
@@ -1185,6 +1233,7 @@ impl<'p> Builder<'p, '_> {
                     port: PortRef::Number(port),
                     cluster_ip: false,
                     variant: None,
+                    balance: None,
                 };
                 match self.backends.resolve_once(&backend) {
                     Resolution::Upstream(upstream) => Action::Proxy {
@@ -1885,8 +1934,12 @@ impl<'p> Builder<'p, '_> {
         let proxies = matches!(action, Action::Proxy { .. } | Action::Fallback { .. });
         let errors =
             !*no_global_errors || policy.as_ref().is_some_and(|p| !p.error_pages.is_empty());
-        let wants_vars =
-            proxies && (self.log_vars || errors || matches!(action, Action::Fallback { .. }));
+        // A sticky cookie is scoped to the location's path ($location_path).
+        let sticky = policy
+            .as_ref()
+            .is_some_and(|p| p.balance.as_ref().is_some_and(|b| b.cookie.is_some()));
+        let wants_vars = proxies
+            && (self.log_vars || errors || sticky || matches!(action, Action::Fallback { .. }));
         let vars = match (&source, wants_vars) {
             (Some(src), true) => {
                 let (service, port) = ing

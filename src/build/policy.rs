@@ -413,6 +413,9 @@ pub fn of(
             Err((e, name)) => deny(e, name, problems),
         }
     }
+    p.balance = balance_vars(&a.balance, modules, opts, &mut |name, w| {
+        problems.push(Problem::warning(&ing.object, Some(field(name)), w))
+    });
     let global = settings.global_auth.spec().filter(|_| a.access.global_auth);
     let own = a.extauth.spec.as_ref();
     if let Some(key) = a.extauth.orphan {
@@ -466,6 +469,85 @@ pub fn of(
     out
 }
 
+/// The variables of an Ingress's balancer policy; `warn` gets what does
+/// nothing, with the annotation.
+fn balance_vars(
+    b: &crate::annotations::balance::Balance,
+    modules: &crate::config::Modules,
+    opts: &super::Options,
+    warn: &mut dyn FnMut(&str, String),
+) -> Option<crate::config::BalanceVars> {
+    use crate::annotations::balance::Method;
+    if b.method == Some(Method::Ewma) {
+        warn(
+            "load-balance",
+            "ewma is balanced round robin by wicket (its balancer has no latency tracking)".into(),
+        );
+    }
+    if b.orphan_cookie {
+        warn(
+            "affinity",
+            "session-cookie-* and affinity-* annotations without affinity: cookie do nothing"
+                .into(),
+        );
+    }
+    if b.affinity.is_none() && b.hash.is_none() {
+        return None;
+    }
+    if !(opts.dynamic_endpoints && modules.lua) {
+        let name = if b.affinity.is_some() {
+            "affinity"
+        } else {
+            "upstream-hash-by"
+        };
+        warn(
+            name,
+            "needs wicket's balancer (--dynamic-endpoints with Debian's libnginx-mod-http-lua): requests are balanced round robin".into(),
+        );
+        return None;
+    }
+    if b.affinity.is_some() && b.hash.is_some() {
+        warn(
+            "upstream-hash-by",
+            "affinity: cookie decides, as in ingress-nginx; upstream-hash-by is not used".into(),
+        );
+    }
+    let cookie = b.affinity.as_ref().map(|c| {
+        if c.canary_legacy {
+            warn(
+                "affinity-canary-behavior",
+                "the canary is chosen per request before the balancer, whatever this says".into(),
+            );
+        }
+        let mut attrs = String::new();
+        if let Some(d) = &c.domain {
+            attrs.push_str(&format!("; Domain={}", d.as_str()));
+        }
+        if let Some(m) = c.max_age {
+            attrs.push_str(&format!("; Max-Age={m}"));
+        }
+        if let Some(s) = c.samesite {
+            attrs.push_str(&format!("; SameSite={s}"));
+        }
+        if c.secure {
+            attrs.push_str("; Secure");
+        }
+        crate::config::StickyCookie {
+            name: c.name.clone(),
+            path: c.path.clone(),
+            attrs,
+            expires: c.expires.filter(|e| *e > 0),
+            change_on_failure: c.change_on_failure,
+        }
+    });
+    let hash = b.hash.as_ref().filter(|_| cookie.is_none());
+    Some(crate::config::BalanceVars {
+        hash_key: hash.map(|h| h.key.clone()),
+        subset: hash.and_then(|h| h.subset),
+        cookie,
+    })
+}
+
 fn short_hash(text: &str, bytes: usize) -> String {
     use sha2::Digest;
     hex::encode(&sha2::Sha256::digest(text.as_bytes())[..bytes])
@@ -490,6 +572,7 @@ fn auth_upstream(
         service: format!("auth-url {scheme}://{}", url.host_header()),
         servers,
         fixed: true,
+        policy: None,
     };
     let policy = &opts.backend_policy;
     let allowed = |addrs: Vec<IpAddr>| -> Result<Vec<UpstreamServer>, String> {
@@ -527,6 +610,7 @@ fn auth_upstream(
                     own,
                 ))],
                 fixed: true,
+                policy: None,
             });
         }
         AuthHost::Addr(ip) => allowed(vec![*ip])?,
