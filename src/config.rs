@@ -286,6 +286,24 @@ pub struct ExternalAuth {
     pub global: bool,
 }
 
+/// Where a location's requests are copied to: an internal location of each
+/// server that uses it, which proxies to `target`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct MirrorTarget {
+    /// `/_wicket_mirror_HASH`.
+    pub location: String,
+    /// `http://UPSTREAM/PATH`: an upstream of [`Config::upstreams`].
+    pub target: String,
+    pub host: String,
+    pub tls_name: String,
+    pub https: bool,
+    /// `mirror_request_body`.
+    pub body: bool,
+    /// The copies are not sent: why (the target cannot be reached).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
+}
+
 /// `auth_request_set $VAR $upstream_http_...` and `proxy_set_header NAME $VAR`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct AuthHeader {
@@ -458,6 +476,9 @@ pub struct Server {
     /// each).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub external_auths: Vec<Arc<ExternalAuth>>,
+    /// The mirror targets its locations copy requests to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Arc<MirrorTarget>>,
     /// Client certificates (`auth-tls-*` of the oldest Ingress of the host
     /// that sets `auth-tls-secret`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -632,6 +653,9 @@ pub struct LocationPolicy {
     /// CORS (`enable-cors`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsPolicy>,
+    /// `mirror-target`: copies of its requests go there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Arc<MirrorTarget>>,
     /// What the balancer policy of its upstreams reads (affinity, hashing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub balance: Option<BalanceVars>,

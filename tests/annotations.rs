@@ -2849,3 +2849,103 @@ async fn affinity_keeps_a_client_on_one_endpoint_and_hashing_keeps_a_key() {
     assert_eq!(seen.len(), 3, "{seen:?}");
     assert_told(&w, &[("a/plain", "ewma is balanced round robin")]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirroring_copies_requests_without_the_client_waiting() {
+    let (app, app_svc) = web("m", "app").await;
+    let copies = AuthService::start().await;
+    // A mirror that takes connections and never answers.
+    let hung = tokio::net::TcpListener::bind((LO, 0)).await.unwrap();
+    let hung_port = hung.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut keep = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            keep.push(s);
+        }
+    });
+    let target = format!("http://127.0.0.1:{}$request_uri", copies.port);
+    let w = Wicket::start(&[
+        ("svc.yaml", &app_svc),
+        (
+            "copy.yaml",
+            &site(
+                "m",
+                "copy",
+                "copy.test",
+                "app",
+                &[
+                    ("mirror-target", &target),
+                    ("mirror-host", "shadow.example.com"),
+                ],
+            ),
+        ),
+        (
+            "nobody.yaml",
+            &site(
+                "m",
+                "nobody",
+                "nobody.test",
+                "app",
+                &[("mirror-target", &target), ("mirror-request-body", "off")],
+            ),
+        ),
+        (
+            "hung.yaml",
+            &site(
+                "m",
+                "hung",
+                "hung.test",
+                "app",
+                &[(
+                    "mirror-target",
+                    &format!("http://127.0.0.1:{hung_port}$request_uri"),
+                )],
+            ),
+        ),
+    ])
+    .await;
+    let post = |host: &str| {
+        format!(
+            "POST /orders?id=7 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAuthorization: Bearer forbidden\r\nContent-Length: 5\r\n\r\nhello"
+        )
+    };
+    // The client's answer is the backend's (the mirror would say 403).
+    let (head, body) = raw(w.http, LO, &post("copy.test")).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["service"], "app");
+    assert_eq!(seen["body_bytes"], 5);
+    // The mirror got the same request, with its own Host, body included.
+    let copies = &copies;
+    let wait = |n: usize| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while copies.checks().len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    wait(1).await;
+    let c = copies.take().pop().expect("a copy");
+    assert_eq!(
+        (c.method.as_str(), c.uri.as_str()),
+        ("POST", "/orders?id=7")
+    );
+    assert_eq!(c.headers["host"], "shadow.example.com");
+    assert_eq!(c.headers["x-original-uri"], "/orders?id=7");
+    assert_eq!(c.body_bytes, 5);
+    // Without the body.
+    let (head, _) = raw(w.http, LO, &post("nobody.test")).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    wait(1).await;
+    let c = copies.take().pop().expect("a copy");
+    assert_eq!(c.body_bytes, 0);
+    assert_eq!(c.headers["host"], format!("127.0.0.1:{}", copies.port));
+    // A mirror that never answers does not hold the client's answer.
+    let before = app.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let answer = tokio::time::timeout(Duration::from_secs(20), w.get("hung.test", "/x")).await;
+    assert_eq!(answer.expect("answered while the mirror hangs").status, 200);
+    assert_eq!(
+        app.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1
+    );
+    held.abort();
+}

@@ -354,7 +354,9 @@ fn registry_fields() -> Vec<AnyField> {
                     Some(redirect_variable as fn(&str) -> bool)
                 }
                 // An nginx expression, of variables nginx knows.
-                "modsecurity-transaction-id" => Some(known_variable as fn(&str) -> bool),
+                "modsecurity-transaction-id" | "upstream-hash-by" | "auth-cache-key" => {
+                    Some(known_variable as fn(&str) -> bool)
+                }
                 _ => None,
             },
         });
@@ -390,8 +392,11 @@ fn registry_fields() -> Vec<AnyField> {
                 String::new()
             },
             ingress: false,
-            variables: (row.name == "log-format-upstream")
-                .then_some(known_variable as fn(&str) -> bool),
+            variables: matches!(
+                row.name,
+                "log-format-upstream" | "upstream-hash-by" | "global-auth-cache-key"
+            )
+            .then_some(known_variable as fn(&str) -> bool),
         });
     }
     // Values of the ConfigMaps annotations and settings name.

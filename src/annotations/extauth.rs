@@ -92,6 +92,13 @@ impl AuthUrl {
             "" => "/".to_string(),
             p if p.starts_with('?') => format!("/{p}"),
             p if p.starts_with('/') => p.to_string(),
+            // Variables that start with '/' themselves.
+            p if ["$request_uri", "${request_uri}", "$uri", "${uri}"]
+                .iter()
+                .any(|v| p.starts_with(v)) =>
+            {
+                p.to_string()
+            }
             _ => return Err(Invalid("the path must start with '/'".into())),
         };
         Ok(AuthUrl {
@@ -447,6 +454,9 @@ mod tests {
         assert_eq!(u.host, AuthHost::Request);
         assert_eq!(u.host_header(), "$host");
         assert_eq!(u.port_or_default(), 443);
+        let u = AuthUrl::parse("http://mirror.test:8080$request_uri").unwrap();
+        assert_eq!(u.uri, "$request_uri");
+        assert!(AuthUrl::parse("http://mirror.test$host/").is_err());
         let u = AuthUrl::parse("http://127.0.0.1").unwrap();
         assert_eq!(u.uri, "/");
         assert_eq!(u.host_header(), "127.0.0.1");

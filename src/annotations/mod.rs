@@ -13,6 +13,7 @@ pub mod cors;
 pub mod extauth;
 pub mod headers;
 pub mod limits;
+pub mod mirror;
 pub mod modsecurity;
 pub mod proxy;
 pub mod redirect;
@@ -45,6 +46,7 @@ pub struct Annotations {
     pub extauth: extauth::ExtAuth,
     pub limits: limits::Limits,
     pub cors: cors::Cors,
+    pub mirror: mirror::Mirroring,
     pub balance: balance::Balance,
     pub canary: canary::Canary,
     pub modsecurity: modsecurity::ModSecurity,
@@ -272,6 +274,7 @@ pub fn parse_ingress(
         extauth: extauth::parse(reader, errors),
         limits: limits::parse(reader, errors),
         cors: cors::parse(reader, errors),
+        mirror: mirror::parse(reader, errors),
         balance: balance::parse(reader, errors),
         canary: canary::parse(reader, errors),
         modsecurity: modsecurity::parse(reader, errors, policy.allow_snippets),

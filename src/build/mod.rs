@@ -95,7 +95,7 @@ impl Options {
 /// address, or `localhost`, need no lookup and are left out.
 pub fn external_names(cluster: &Cluster, opts: &Options) -> BTreeSet<String> {
     let mut services: BTreeSet<(&str, &str)> = BTreeSet::new();
-    // The hosts of auth-url and global-auth-url.
+    // The hosts of auth-url, global-auth-url and mirror-target.
     let mut auth_hosts: BTreeSet<String> = BTreeSet::new();
     let mut auth_host = |url: Option<&String>| {
         use crate::annotations::extauth::{AuthHost, AuthUrl};
@@ -117,16 +117,14 @@ pub fn external_names(cluster: &Cluster, opts: &Options) -> BTreeSet<String> {
         auth_host(cm.data.as_ref().and_then(|d| d.get("global-auth-url")));
     }
     let auth_url_key = format!("{}/auth-url", opts.annotations_prefix);
+    let mirror_key = format!("{}/mirror-target", opts.annotations_prefix);
     for (key, ing) in &cluster.ingresses {
         if !class::is_ours(ing, cluster, &opts.class) {
             continue;
         }
-        auth_host(
-            ing.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(&auth_url_key)),
-        );
+        for k in [&auth_url_key, &mirror_key] {
+            auth_host(ing.metadata.annotations.as_ref().and_then(|a| a.get(k)));
+        }
         let Some(spec) = &ing.spec else { continue };
         let paths = spec.rules.iter().flatten().filter_map(|r| r.http.as_ref());
         let backends = paths
@@ -1859,6 +1857,15 @@ impl<'p> Builder<'p, '_> {
             }
         }
         external_auths.sort_by(|a, b| a.location.cmp(&b.location));
+        let mut mirrors: Vec<Arc<crate::config::MirrorTarget>> = Vec::new();
+        for l in &locations {
+            if let Some(m) = l.policy.as_ref().and_then(|p| p.mirror.as_ref())
+                && !mirrors.iter().any(|x| x.location == m.location)
+            {
+                mirrors.push(m.clone());
+            }
+        }
+        mirrors.sort_by(|a, b| a.location.cmp(&b.location));
         let (client_auth, client_auth_denied) = match wide.client_auth {
             Some((_, Ok(c))) => (Some(c), None),
             Some((_, Err(e))) => (None, Some(e)),
@@ -1896,6 +1903,7 @@ impl<'p> Builder<'p, '_> {
             app_root: wide.app_root,
             error_pages: error_pages.into_iter().collect(),
             external_auths,
+            mirrors,
             client_auth,
             client_auth_denied,
         });

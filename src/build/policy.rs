@@ -416,6 +416,53 @@ pub fn of(
     p.balance = balance_vars(&a.balance, modules, opts, &mut |name, w| {
         problems.push(Problem::warning(&ing.object, Some(field(name)), w))
     });
+    if a.mirror.orphan {
+        problems.push(Problem::warning(
+            &ing.object,
+            Some(field("mirror-target")),
+            "mirror-host and mirror-request-body without mirror-target do nothing",
+        ));
+    }
+    if let Some(m) = &a.mirror.mirror {
+        let (upstream, unreachable) =
+            match target_upstream(&m.target, "mirror", "mirror-target", settings, opts) {
+                Ok(u) => (Some(u), None),
+                Err(e) => (None, Some(e)),
+            };
+        if let Some(e) = &unreachable {
+            problems.push(Problem::warning(
+                &ing.object,
+                Some(field("mirror-target")),
+                format!(
+                    "{} cannot be reached ({e}): no copies are sent until it can",
+                    m.target.text
+                ),
+            ));
+        }
+        let scheme = if m.target.https { "https" } else { "http" };
+        let host = m
+            .host
+            .as_ref()
+            .map_or_else(|| m.target.host_header(), |h| h.as_str().to_string());
+        let mut mt = crate::config::MirrorTarget {
+            location: String::new(),
+            target: upstream
+                .as_ref()
+                .map(|u| format!("{scheme}://{}{}", u.name, m.target.uri))
+                .unwrap_or_default(),
+            tls_name: host
+                .rsplit_once(':')
+                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(host.clone(), |(h, _)| h.to_string()),
+            host,
+            https: m.target.https,
+            body: m.body,
+            unreachable,
+        };
+        mt.location = format!("/_wicket_mirror_{}", short_hash(&format!("{mt:?}"), 8));
+        out.auth_upstreams.extend(upstream);
+        p.mirror = Some(Arc::new(mt));
+    }
     let global = settings.global_auth.spec().filter(|_| a.access.global_auth);
     let own = a.extauth.spec.as_ref();
     if let Some(key) = a.extauth.orphan {
@@ -560,16 +607,29 @@ fn auth_upstream(
     settings: &Settings,
     opts: &super::Options,
 ) -> Result<crate::config::Upstream, String> {
+    target_upstream(url, "auth", "auth-url", settings, opts)
+}
+
+/// The upstream of a URL's host and port (auth-url, mirror-target):
+/// `wicket_KIND_HASH`, its name looked up by wicket, or wicket's own
+/// listener for `$host`; or why it cannot be reached.
+fn target_upstream(
+    url: &AuthUrl,
+    kind: &str,
+    what: &str,
+    settings: &Settings,
+    opts: &super::Options,
+) -> Result<crate::config::Upstream, String> {
     use crate::config::{Upstream, UpstreamServer};
     use std::net::{IpAddr, Ipv6Addr, SocketAddr};
     let port = url.port_or_default();
     let scheme = if url.https { "https" } else { "http" };
     let named = |servers: Vec<UpstreamServer>| Upstream {
         name: format!(
-            "wicket_auth_{}",
+            "wicket_{kind}_{}",
             short_hash(&format!("{scheme}://{}", url.host_header()), 6)
         ),
-        service: format!("auth-url {scheme}://{}", url.host_header()),
+        service: format!("{what} {scheme}://{}", url.host_header()),
         servers,
         fixed: true,
         policy: None,
@@ -603,8 +663,8 @@ fn auth_upstream(
                 opts.http_port
             };
             return Ok(Upstream {
-                name: format!("wicket_auth_self_{scheme}"),
-                service: format!("auth-url {scheme}://$host (wicket's own listener)"),
+                name: format!("wicket_{kind}_self_{scheme}"),
+                service: format!("{what} {scheme}://$host (wicket's own listener)"),
                 servers: vec![UpstreamServer::Addr(SocketAddr::new(
                     IpAddr::from([127, 0, 0, 1]),
                     own,
