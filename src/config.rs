@@ -279,6 +279,10 @@ pub struct ExternalAuth {
     pub signin: Option<(String, String)>,
     /// The sign-in URL names `$escaped_request_uri`, which set-misc sets.
     pub escape_uri: bool,
+    /// `auth-snippet` / `global-auth-snippet`: put in the check's location
+    /// (by the server, which numbers it).
+    #[serde(skip)]
+    pub snippet: Option<String>,
     /// The check answers 500: why (the service cannot be reached).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreachable: Option<String>,
@@ -302,6 +306,16 @@ pub struct MirrorTarget {
     /// The copies are not sent: why (the target cannot be reached).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreachable: Option<String>,
+}
+
+/// A server's location of an external auth check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuthLocation {
+    #[serde(flatten)]
+    pub auth: Arc<ExternalAuth>,
+    /// Its `auth-snippet`, numbered as the server's snippets are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snippet_index: Option<usize>,
 }
 
 /// `auth_request_set $VAR $upstream_http_...` and `proxy_set_header NAME $VAR`.
@@ -473,9 +487,9 @@ pub struct Server {
     /// The named locations its locations' `custom-http-errors` use.
     pub error_pages: Vec<ErrorPage>,
     /// The external auth checks its locations ask (an internal location
-    /// each).
+    /// each), with the index of each one's snippet in [`Config::snippets`].
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub external_auths: Vec<Arc<ExternalAuth>>,
+    pub external_auths: Vec<AuthLocation>,
     /// The mirror targets its locations copy requests to.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<Arc<MirrorTarget>>,

@@ -716,15 +716,15 @@ mod tests {
     }
 
     #[test]
-    fn an_unsupported_protection_key_refuses() {
+    fn a_protection_key_that_does_not_parse_refuses() {
         let cm: ConfigMap = serde_yaml::from_str(
-            "metadata: {name: c}\ndata: {global-auth-snippet: 'return 200;', enable-modsecurity: 'false'}",
+            "metadata: {name: c}\ndata: {global-auth-url: 'auth.example.com/check', enable-modsecurity: 'false'}",
         )
         .unwrap();
         let r = ObjectRef::new(Kind::ConfigMap, ObjectKey::new("ns", "c"));
         let mut problems = Vec::new();
         let s = Settings::from_config_map(&cm, &r, &mut problems);
-        assert!(s.refuses(false).unwrap().contains("global-auth-snippet"));
+        assert!(s.refuses(false).unwrap().contains("global-auth-url"));
         assert_eq!(s.refuses(true), None, "enable-global-auth: false opts out");
         assert_eq!(problems.len(), 1, "{problems:?}");
     }

@@ -1487,10 +1487,7 @@ async fn protection_wicket_cannot_honour_never_reaches_the_backend() {
     // would apply to; `enable-global-auth: "false"` opts one out.
     w.write(
         "cm.yaml",
-        &settings(
-            "s",
-            &[("global-auth-snippet", "proxy_set_header X-Tenant shop;")],
-        ),
+        &settings("s", &[("global-auth-url", "auth.example.com/check")]),
     );
     // Written before the opted-out one: served once that one is.
     w.write(
@@ -1521,7 +1518,7 @@ async fn protection_wicket_cannot_honour_never_reaches_the_backend() {
     let logs = w.logs();
     assert!(
         logs.lines()
-            .any(|l| l.contains("ingress s/plain") && l.contains("global-auth-snippet")),
+            .any(|l| l.contains("ingress s/plain") && l.contains("global-auth-url")),
         "{logs}"
     );
 }
@@ -2399,6 +2396,11 @@ async fn global_external_auth_with_opt_outs_and_exempt_paths() {
                         ("global-auth-signin", "https://login.example.com/"),
                         ("global-auth-signin-redirect-param", "back"),
                         ("no-auth-locations", "/.well-known/acme-challenge, /healthz"),
+                        (
+                            "global-auth-snippet",
+                            "proxy_set_header X-From-Snippet global;",
+                        ),
+                        ("allow-snippet-annotations", "true"),
                     ],
                 ),
             ),
@@ -2433,7 +2435,10 @@ async fn global_external_auth_with_opt_outs_and_exempt_paths() {
                     "own",
                     "own.test",
                     "app",
-                    &[("auth-url", &format!("{url}/own"))],
+                    &[
+                        ("auth-url", &format!("{url}/own")),
+                        ("auth-snippet", "proxy_set_header X-From-Snippet own;"),
+                    ],
                 ),
             ),
         ],
@@ -2457,7 +2462,10 @@ async fn global_external_auth_with_opt_outs_and_exempt_paths() {
     assert_eq!(status_of(&head), 200, "{head}");
     let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(seen["headers"]["x-user"], "alice", "{seen}");
-    assert_eq!(auth.take().pop().unwrap().uri, "/global");
+    let c = auth.take().pop().unwrap();
+    assert_eq!(c.uri, "/global");
+    // The global snippet is in the check's location.
+    assert_eq!(c.headers["x-from-snippet"], "global");
     // Ingress paths under no-auth-locations (as in ingress-nginx, the
     // path of the rule, not of the request), and Ingresses that opt out,
     // are not checked.
@@ -2484,7 +2492,9 @@ async fn global_external_auth_with_opt_outs_and_exempt_paths() {
     // An Ingress's own auth-url replaces the global one.
     let head = get_from(&w, LO, "own.test", "/", "").await;
     assert_eq!(status_of(&head), 401, "{head}");
-    assert_eq!(auth.take().pop().unwrap().uri, "/own");
+    let c = auth.take().pop().unwrap();
+    assert_eq!(c.uri, "/own");
+    assert_eq!(c.headers["x-from-snippet"], "own");
 
     // A global auth URL that does not parse refuses what it would apply to
     // (never serves it unchecked); the opted-out Ingress stays.

@@ -194,7 +194,7 @@ fn check_reports_every_ingress_and_annotation() {
         "{human}"
     );
     assert!(
-        human.ends_with("4 Ingresses served by wicket: 3 accepted, 1 rejected; annotations: 1 supported, 1 differ, 2 unsupported; 1 Ingress of other classes left alone\n"),
+        human.ends_with("4 Ingresses served by wicket: 3 accepted, 1 rejected; annotations: 1 supported, 2 differ, 1 unsupported; 1 Ingress of other classes left alone\n"),
         "{human}"
     );
 }

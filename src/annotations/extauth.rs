@@ -277,6 +277,9 @@ pub struct AuthSpec {
     /// `auth-proxy-set-headers` (annotation only): a ConfigMap of headers
     /// for the subrequest.
     pub proxy_set_headers: Option<ObjectName>,
+    /// `auth-snippet` (only with `allow-snippet-annotations`) or
+    /// `global-auth-snippet`: directives of the check's location.
+    pub snippet: Option<super::snippets::Snippet>,
 }
 
 /// The annotations of one Ingress.
@@ -306,7 +309,13 @@ const KEYS: [&str; 13] = [
     "auth-keepalive-share-vars",
 ];
 
-pub fn parse(r: &mut Reader<'_>, errors: &mut Vec<FieldError>) -> ExtAuth {
+pub fn parse(r: &mut Reader<'_>, errors: &mut Vec<FieldError>, snippets: bool) -> ExtAuth {
+    // Refused by the snippets family unless snippets are allowed.
+    let snippet = if snippets {
+        r.parse("auth-snippet", errors, super::snippets::Snippet::parse)
+    } else {
+        None
+    };
     let url_raw = r.get("auth-url");
     let url = url_raw.and_then(|v| r.check("auth-url", v, errors, AuthUrl::parse));
     let mut orphan = None;
@@ -319,6 +328,9 @@ pub fn parse(r: &mut Reader<'_>, errors: &mut Vec<FieldError>) -> ExtAuth {
         values.push((k, v));
     }
     let get = |k: &str| values.iter().find(|(n, _)| *n == k).and_then(|(_, v)| *v);
+    if snippet.is_some() && orphan.is_none() {
+        orphan = Some("auth-snippet");
+    }
     let asked = url_raw.is_some() || orphan.is_some();
     let method = get("auth-method").and_then(|v| r.check("auth-method", v, errors, method));
     let signin = get("auth-signin").and_then(|v| r.check("auth-signin", v, errors, Signin::parse));
@@ -368,6 +380,7 @@ pub fn parse(r: &mut Reader<'_>, errors: &mut Vec<FieldError>) -> ExtAuth {
             cache_duration,
             always_set_cookie,
             proxy_set_headers,
+            snippet,
         }),
         asked,
         orphan: if url_raw.is_some() { None } else { orphan },
@@ -386,6 +399,7 @@ pub struct GlobalAuth {
     pub cache_key: Option<Expandable>,
     pub cache_duration: Vec<String>,
     pub always_set_cookie: bool,
+    pub snippet: Option<super::snippets::Snippet>,
 }
 
 impl GlobalAuth {
@@ -409,6 +423,11 @@ impl GlobalAuth {
             }
             "global-auth-cache-duration" => self.cache_duration = cache_durations(value)?,
             "global-auth-always-set-cookie" => self.always_set_cookie = set && parse_bool(value)?,
+            "global-auth-snippet" => {
+                self.snippet = set
+                    .then(|| super::snippets::Snippet::parse(value))
+                    .transpose()?
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -431,6 +450,7 @@ impl GlobalAuth {
             },
             always_set_cookie: self.always_set_cookie,
             proxy_set_headers: None,
+            snippet: self.snippet.clone(),
         })
     }
 }

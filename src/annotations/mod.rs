@@ -271,7 +271,7 @@ pub fn parse_ingress(
         headers: headers::parse(reader, errors),
         access: access::parse(reader, errors),
         auth: auth::parse(reader, errors),
-        extauth: extauth::parse(reader, errors),
+        extauth: extauth::parse(reader, errors, policy.allow_snippets),
         limits: limits::parse(reader, errors),
         cors: cors::parse(reader, errors),
         mirror: mirror::parse(reader, errors),

@@ -336,10 +336,10 @@ pub static ANNOTATIONS: &[Annotation] = &[
         "authreq",
         Location,
         PROTECTS,
-        Unsupported(
-            "not supported yet (nginx directives in the auth subrequest's location): an Ingress with it is refused",
+        Differs(
+            "only with allow-snippet-annotations, as every snippet (refused otherwise); directives of the check's internal location; without auth-url the locations answer 503",
         ),
-        "",
+        "proxy_set_header X-Tenant shop;",
     ),
     row(
         "auth-tls-error-page",
@@ -2053,11 +2053,11 @@ pub static KEYS: &[Key] = &[
     key(
         "global-auth-snippet",
         PROTECTS,
-        Unsupported(
-            "not supported yet: while it is set, every Ingress without enable-global-auth: \"false\" is refused",
+        Differs(
+            "directives of the global check's internal location, whole directives only (Lua refused, as in every snippet); a value that does not parse refuses every Ingress that does not set enable-global-auth: \"false\"",
         ),
         "",
-        "",
+        "proxy_set_header X-Tenant shop;",
     ),
     key(
         "global-auth-url",

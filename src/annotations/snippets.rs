@@ -14,7 +14,7 @@ use crate::values::Invalid;
 pub const MAX_SNIPPET_LEN: usize = 16 * 1024;
 
 /// Raw nginx configuration, checked to be complete directives.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Snippet(String);
 
 impl Snippet {

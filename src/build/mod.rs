@@ -1568,6 +1568,9 @@ impl<'p> Builder<'p, '_> {
         for l in &mut s.locations {
             renumber(&mut l.snippet);
         }
+        for a in &mut s.external_auths {
+            renumber(&mut a.snippet_index);
+        }
         server
     }
 
@@ -1848,15 +1851,34 @@ impl<'p> Builder<'p, '_> {
         locations.extend(regexes.into_iter().map(|(_, l)| l));
 
         // The checks its locations ask, each once.
-        let mut external_auths: Vec<Arc<crate::config::ExternalAuth>> = Vec::new();
+        let mut auths: Vec<Arc<crate::config::ExternalAuth>> = Vec::new();
         for l in &locations {
             if let Some(a) = l.policy.as_ref().and_then(|p| p.external_auth.as_ref())
-                && !external_auths.iter().any(|x| x.location == a.location)
+                && !auths.iter().any(|x| x.location == a.location)
             {
-                external_auths.push(a.clone());
+                auths.push(a.clone());
             }
         }
-        external_auths.sort_by(|a, b| a.location.cmp(&b.location));
+        auths.sort_by(|a, b| a.location.cmp(&b.location));
+        let external_auths: Vec<crate::config::AuthLocation> = auths
+            .into_iter()
+            .map(|auth| {
+                let snippet_index =
+                    auth.snippet
+                        .as_deref()
+                        .map(|s| match snippets.iter().position(|x| x == s) {
+                            Some(i) => i,
+                            None => {
+                                snippets.push(s.to_string());
+                                snippets.len() - 1
+                            }
+                        });
+                crate::config::AuthLocation {
+                    auth,
+                    snippet_index,
+                }
+            })
+            .collect();
         let mut mirrors: Vec<Arc<crate::config::MirrorTarget>> = Vec::new();
         for l in &locations {
             if let Some(m) = l.policy.as_ref().and_then(|p| p.mirror.as_ref())

@@ -802,6 +802,7 @@ fn external_auth(
         escape_uri: signin.is_some(),
         unreachable: unreachable.clone(),
         global,
+        snippet: spec.snippet.as_ref().map(|s| s.as_str().to_string()),
     };
     let id = short_hash(&format!("{auth:?}{signin:?}{:?}", spec.cache_key), 8);
     auth.location = format!("/_wicket_auth_{id}");
