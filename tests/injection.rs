@@ -384,10 +384,10 @@ fn registry_fields() -> Vec<AnyField> {
                 }
             }),
             // A protection key that does not parse refuses the Ingresses
-            // (as an unsupported one that is set does); another is left
+            // (as one of those that does not parse does); another is left
             // at its default.
             broken: if row.protection {
-                cm("global-auth-snippet", "return 200;")
+                cm("global-auth-url", "not a url")
             } else {
                 String::new()
             },

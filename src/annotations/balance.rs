@@ -103,8 +103,9 @@ pub struct HashBy {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Balance {
     pub method: Option<Method>,
-    pub hash: Option<HashBy>,
-    pub affinity: Option<Affinity>,
+    /// (Boxed: most Ingresses have neither.)
+    pub hash: Option<Box<HashBy>>,
+    pub affinity: Option<Box<Affinity>>,
     /// `session-cookie-*` or `affinity-*` without `affinity: cookie`.
     pub orphan_cookie: bool,
 }
@@ -133,9 +134,11 @@ pub fn parse(r: &mut Reader<'_>, errors: &mut Vec<FieldError>) -> Balance {
             parse_count(s, 1, 1024)
         })
         .unwrap_or(3);
-    let hash = key.map(|key| HashBy {
-        key,
-        subset: subset.then_some(size),
+    let hash = key.map(|key| {
+        Box::new(HashBy {
+            key,
+            subset: subset.then_some(size),
+        })
     });
     let cookie = r.parse("affinity", errors, |s| match s {
         "cookie" => Ok(true),
@@ -163,18 +166,20 @@ pub fn parse(r: &mut Reader<'_>, errors: &mut Vec<FieldError>) -> Balance {
     let conditional = r.bool("session-cookie-conditional-samesite-none", errors);
     let secure = r.bool("session-cookie-secure", errors);
     let change = r.bool("session-cookie-change-on-failure", errors);
-    let affinity = (cookie == Some(true)).then(|| Affinity {
-        persistent: mode.unwrap_or(false),
-        name: name.unwrap_or_else(|| "INGRESSCOOKIE".into()),
-        path,
-        domain,
-        expires,
-        max_age,
-        samesite,
-        conditional_samesite_none: conditional.unwrap_or(false),
-        secure: secure.unwrap_or(false),
-        change_on_failure: change.unwrap_or(false),
-        canary_legacy: canary_legacy.unwrap_or(false),
+    let affinity = (cookie == Some(true)).then(|| {
+        Box::new(Affinity {
+            persistent: mode.unwrap_or(false),
+            name: name.unwrap_or_else(|| "INGRESSCOOKIE".into()),
+            path,
+            domain,
+            expires,
+            max_age,
+            samesite,
+            conditional_samesite_none: conditional.unwrap_or(false),
+            secure: secure.unwrap_or(false),
+            change_on_failure: change.unwrap_or(false),
+            canary_legacy: canary_legacy.unwrap_or(false),
+        })
     });
     Balance {
         method,

@@ -285,7 +285,8 @@ pub struct AuthSpec {
 /// The annotations of one Ingress.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ExtAuth {
-    pub spec: Option<AuthSpec>,
+    /// (Boxed: most Ingresses have none.)
+    pub spec: Option<Box<AuthSpec>>,
     /// Some key of the family is set (parsed or not).
     pub asked: bool,
     /// The key set without `auth-url`, for the message.
@@ -369,18 +370,20 @@ pub fn parse(r: &mut Reader<'_>, errors: &mut Vec<FieldError>, snippets: bool) -
         r.check("auth-keepalive-share-vars", v, errors, parse_bool);
     }
     ExtAuth {
-        spec: url.map(|url| AuthSpec {
-            url,
-            method,
-            signin,
-            signin_param,
-            response_headers,
-            request_redirect,
-            cache_key,
-            cache_duration,
-            always_set_cookie,
-            proxy_set_headers,
-            snippet,
+        spec: url.map(|url| {
+            Box::new(AuthSpec {
+                url,
+                method,
+                signin,
+                signin_param,
+                response_headers,
+                request_redirect,
+                cache_key,
+                cache_duration,
+                always_set_cookie,
+                proxy_set_headers,
+                snippet,
+            })
         }),
         asked,
         orphan: if url_raw.is_some() { None } else { orphan },

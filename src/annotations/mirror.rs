@@ -17,7 +17,8 @@ pub struct Mirror {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Mirroring {
-    pub mirror: Option<Mirror>,
+    /// (Boxed: most Ingresses have none.)
+    pub mirror: Option<Box<Mirror>>,
     /// `mirror-host` or `mirror-request-body` without `mirror-target`.
     pub orphan: bool,
 }
@@ -39,10 +40,12 @@ pub fn parse(r: &mut Reader<'_>, errors: &mut Vec<FieldError>) -> Mirroring {
     let body = r.parse("mirror-request-body", errors, on_off);
     let orphan = target.is_none() && (host.is_some() || body.is_some());
     Mirroring {
-        mirror: target.map(|target| Mirror {
-            target,
-            host,
-            body: body.unwrap_or(true),
+        mirror: target.map(|target| {
+            Box::new(Mirror {
+                target,
+                host,
+                body: body.unwrap_or(true),
+            })
         }),
         orphan,
     }

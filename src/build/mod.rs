@@ -250,12 +250,12 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
                         if bal.hash.is_none()
                             && let Some(key) = &settings.upstream_hash_by
                         {
-                            bal.hash = Some(crate::annotations::balance::HashBy {
+                            bal.hash = Some(Box::new(crate::annotations::balance::HashBy {
                                 key: key.clone(),
                                 subset: settings
                                     .upstream_hash_by_subset
                                     .then_some(settings.upstream_hash_by_subset_size),
-                            });
+                            }));
                         }
                         let variant = upstream_variant(&p.annotations);
                         let balance = balance_policy(&p.annotations);
@@ -971,7 +971,7 @@ impl<'p> Builder<'p, '_> {
         let mut out = Vec::with_capacity(self.parsed.len());
         let mut open = Vec::with_capacity(self.parsed.len());
         for (i, p) in self.parsed.iter().enumerate() {
-            let mut pol = self.policies[i].location.clone();
+            let mut pol = self.policies[i].location.as_deref().cloned();
             let b = &p.annotations.backend;
             if let Some(codes) = &b.custom_http_errors {
                 let target = match self.fallbacks[i]

@@ -30,7 +30,9 @@ use crate::values::{Cidr, Expandable, HeaderName, HeaderValue, Invalid};
 #[derive(Clone, Debug, Default)]
 pub struct IngressPolicy {
     /// Shared by its locations; `None` when nothing is set.
-    pub location: Option<LocationPolicy>,
+    /// (Boxed: most Ingresses have none, and there is one of these per
+    /// Ingress during a build.)
+    pub location: Option<Box<LocationPolicy>>,
     /// Every location answers 503, for this reason.
     pub denied: Option<String>,
     /// Files its locations read.
@@ -464,7 +466,7 @@ pub fn of(
         p.mirror = Some(Arc::new(mt));
     }
     let global = settings.global_auth.spec().filter(|_| a.access.global_auth);
-    let own = a.extauth.spec.as_ref();
+    let own = a.extauth.spec.as_deref();
     if let Some(key) = a.extauth.orphan {
         deny(format!("{key} is set without auth-url"), key, problems);
     } else if let Some(spec) = own.or(global.as_ref()) {
@@ -511,7 +513,7 @@ pub fn of(
     }
     let p = p.with_own_headers();
     if p != LocationPolicy::default() {
-        out.location = Some(p);
+        out.location = Some(Box::new(p));
     }
     out
 }
