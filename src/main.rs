@@ -134,6 +134,18 @@ struct BuildArgs {
         action = clap::ArgAction::Set
     )]
     dynamic_endpoints: bool,
+    /// NAMESPACE/NAME of a ConfigMap of TCP services, in ingress-nginx's
+    /// format: each key an external port, each value
+    /// NAMESPACE/SERVICE:PORT[:PROXY[:PROXY]] (the first PROXY decodes the
+    /// PROXY protocol, the second sends it). Needs Debian's
+    /// libnginx-mod-stream.
+    #[arg(long, env = "WICKET_TCP_SERVICES_CONFIGMAP")]
+    tcp_services_configmap: Option<NamespacedName>,
+    /// NAMESPACE/NAME of a ConfigMap of UDP services: each key an external
+    /// port, each value NAMESPACE/SERVICE:PORT. Needs Debian's
+    /// libnginx-mod-stream.
+    #[arg(long, env = "WICKET_UDP_SERVICES_CONFIGMAP")]
+    udp_services_configmap: Option<NamespacedName>,
 }
 
 /// How nginx runs: flags shared by serve and controller.
@@ -287,6 +299,26 @@ fn build_options(
             wicket::config::NDK_MODULE,
         );
     }
+    if !modules.stream {
+        for (flag, set) in [
+            (
+                "--tcp-services-configmap",
+                b.tcp_services_configmap.is_some(),
+            ),
+            (
+                "--udp-services-configmap",
+                b.udp_services_configmap.is_some(),
+            ),
+        ] {
+            if set {
+                tracing::warn!(
+                    dir = %b.nginx_modules_dir.display(),
+                    "{} not found: the services of {flag} are not served, HTTP and HTTPS are (install libnginx-mod-stream)",
+                    wicket::config::STREAM_MODULE,
+                );
+            }
+        }
+    }
     Ok(build::Options {
         class: ClassOptions {
             ingress_class: b.ingress_class.clone(),
@@ -309,6 +341,8 @@ fn build_options(
         resolved: None,
         modules,
         dynamic_endpoints: b.dynamic_endpoints,
+        tcp_services: b.tcp_services_configmap.clone(),
+        udp_services: b.udp_services_configmap.clone(),
     })
 }
 
@@ -369,7 +403,7 @@ fn nginx_options(run: &RunArgs, state_dir: PathBuf) -> NginxOptions {
 fn snapshot(
     manifests: Option<&Path>,
     watch_namespace: Option<&str>,
-    configmap: Option<&NamespacedName>,
+    build: &BuildArgs,
 ) -> anyhow::Result<(Cluster, Vec<FileReport>, Option<Folder>)> {
     match manifests {
         Some(dir) => {
@@ -383,7 +417,9 @@ fn snapshot(
         None => {
             let opts = KubeOptions {
                 namespace: watch_namespace.map(str::to_string),
-                configmap: configmap.cloned(),
+                configmap: build.configmap.clone(),
+                tcp_services: build.tcp_services_configmap.clone(),
+                udp_services: build.udp_services_configmap.clone(),
                 publish_service: None,
             };
             let cluster = tokio::runtime::Runtime::new()
@@ -425,7 +461,7 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     let (cluster, reports, folder) = snapshot(
         args.manifests.as_deref(),
         args.watch_namespace.as_deref(),
-        args.build.configmap.as_ref(),
+        &args.build,
     )?;
     let opts = one_off_options(
         &cluster,
@@ -471,7 +507,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let (cluster, reports, _folder) = snapshot(
         args.manifests.as_deref(),
         args.watch_namespace.as_deref(),
-        args.build.configmap.as_ref(),
+        &args.build,
     )?;
     let opts = one_off_options(
         &cluster,
@@ -569,6 +605,8 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         kube: KubeOptions {
             namespace: args.watch_namespace,
             configmap: build.configmap.clone(),
+            tcp_services: build.tcp_services.clone(),
+            udp_services: build.udp_services.clone(),
             publish_service: args.publish_service.clone(),
         },
         build,

@@ -43,6 +43,7 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../templates/policy_proxy.conf"),
     ),
     ("upstream.conf", include_str!("../templates/upstream.conf")),
+    ("stream.conf", include_str!("../templates/stream.conf")),
 ];
 
 /// The template of the whole file; servers and upstreams are rendered from
@@ -745,6 +746,8 @@ struct Head<'a> {
     /// The zones' keys that exempt networks, once each.
     limit_keys: Vec<&'a crate::config::LimitZone>,
     modsecurity: Option<&'a crate::config::ModSecurityHttp>,
+    /// The `stream` block (TCP and UDP services), when it has servers.
+    streams: Option<&'a crate::config::Streams>,
 }
 
 impl<'a> Head<'a> {
@@ -754,6 +757,7 @@ impl<'a> Head<'a> {
             s.enable_brotli,
             c.dynamic_endpoints,
             c.modsecurity.is_some(),
+            !c.streams.is_empty(),
         );
         Head {
             dynamic_endpoints: c.dynamic_endpoints,
@@ -780,6 +784,7 @@ impl<'a> Head<'a> {
             auth_cache: c.auth_cache,
             canaries: &c.canaries,
             modsecurity: c.modsecurity.as_ref(),
+            streams: (!c.streams.is_empty()).then_some(&c.streams),
             limit_keys: {
                 let mut seen = std::collections::BTreeSet::new();
                 c.limit_zones

@@ -52,8 +52,11 @@ fn opts() -> Options {
             lua: true,
             modsecurity: true,
             crs: true,
+            stream: true,
         },
         dynamic_endpoints: false,
+        tcp_services: None,
+        udp_services: None,
     }
 }
 

@@ -47,6 +47,8 @@ fn render(dir: &str) -> (String, Vec<String>, std::sync::Arc<wicket::config::Con
         modules: common::modules(),
         // As the flag's default.
         dynamic_endpoints: true,
+        tcp_services: None,
+        udp_services: None,
     };
     let b = build::build(&cluster, &opts);
     let env = RenderEnv {

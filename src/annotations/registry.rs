@@ -1790,9 +1790,9 @@ pub static KEYS: &[Key] = &[
     key(
         "disable-stream-access-log",
         OPEN,
-        Unsupported("not supported yet"),
-        "",
-        "",
+        Supported,
+        "false",
+        "true",
     ),
     key(
         "enable-access-log-for-default-backend",
@@ -2337,9 +2337,11 @@ pub static KEYS: &[Key] = &[
     key(
         "log-format-stream",
         OPEN,
-        Unsupported("not supported yet"),
+        Differs(
+            "the variables must be ones nginx's stream module defines (or $proxy_upstream_name), else the default is kept",
+        ),
         "[$remote_addr] [$time_local] $protocol $status $bytes_sent $bytes_received $session_time",
-        "",
+        "$remote_addr $protocol $status $session_time",
     ),
     key(
         "log-format-upstream",
@@ -2663,38 +2665,26 @@ pub static KEYS: &[Key] = &[
     key(
         "proxy-stream-next-upstream",
         OPEN,
-        Unsupported("not supported yet"),
+        Supported,
         "true",
-        "",
+        "false",
     ),
     key(
         "proxy-stream-next-upstream-timeout",
         OPEN,
-        Unsupported("not supported yet"),
+        Supported,
         "600s",
-        "",
+        "30s",
     ),
     key(
         "proxy-stream-next-upstream-tries",
         OPEN,
-        Unsupported("not supported yet"),
+        Supported,
         "3",
-        "",
+        "2",
     ),
-    key(
-        "proxy-stream-responses",
-        OPEN,
-        Unsupported("not supported yet"),
-        "1",
-        "",
-    ),
-    key(
-        "proxy-stream-timeout",
-        OPEN,
-        Unsupported("not supported yet"),
-        "600s",
-        "",
-    ),
+    key("proxy-stream-responses", OPEN, Supported, "1", "2"),
+    key("proxy-stream-timeout", OPEN, Supported, "600s", "1h"),
     key(
         "real-client-from",
         OPEN,

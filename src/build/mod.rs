@@ -8,6 +8,7 @@ pub mod backends;
 pub mod class;
 pub mod ingress;
 pub mod policy;
+pub mod streams;
 pub mod tls;
 
 use std::cmp::Reverse;
@@ -60,6 +61,10 @@ pub struct Options {
     /// `--dynamic-endpoints`: take endpoint changes without a reload, when
     /// the Lua module is installed.
     pub dynamic_endpoints: bool,
+    /// `--tcp-services-configmap` and `--udp-services-configmap`: the
+    /// ConfigMaps of TCP and UDP services (see [`streams`]).
+    pub tcp_services: Option<NamespacedName>,
+    pub udp_services: Option<NamespacedName>,
 }
 
 /// Whether configs built with these options take endpoint changes without
@@ -85,6 +90,8 @@ impl Options {
             resolved: None,
             modules: crate::config::Modules::default(),
             dynamic_endpoints: false,
+            tcp_services: None,
+            udp_services: None,
         }
     }
 }
@@ -546,6 +553,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         crs_used,
         &mut modsecurity_files,
     );
+    let streams = streams::build(cluster, opts, b.problems);
     let config = Config {
         http_port: opts.http_port,
         https_port: opts.https_port,
@@ -573,6 +581,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         global_error_pages,
         modules: opts.modules.clone(),
         dynamic_endpoints: dynamic_endpoints(opts),
+        streams,
         settings,
     };
     problems.sort();

@@ -1,0 +1,596 @@
+//! TCP and UDP services (`--tcp-services-configmap`,
+//! `--udp-services-configmap`): `wicket serve` with the real nginx and its
+//! stream module, TCP and UDP echo backends written here, reached through
+//! their external ports.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+const FLAGS: &[&str] = &[
+    "--tcp-services-configmap",
+    "ingress/tcp",
+    "--udp-services-configmap",
+    "ingress/udp",
+];
+
+/// A TCP backend: for each line it reads it answers `NAME SOURCE LINE`,
+/// SOURCE being the client address of the PROXY protocol v1 header the
+/// connection started with, or `-` without one. Every header seen is kept.
+struct TcpEcho {
+    port: u16,
+    headers: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TcpEcho {
+    async fn start(name: &'static str) -> TcpEcho {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let headers: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = headers.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = conn.into_split();
+                    let mut r = BufReader::new(r);
+                    let mut source = "-".to_string();
+                    let mut first = true;
+                    loop {
+                        let mut line = String::new();
+                        match r.read_line(&mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if first && line.starts_with("PROXY ") {
+                            // PROXY TCP4 SRC DST SPORT DPORT\r\n
+                            let header = line.trim_end().to_string();
+                            source = header.split(' ').nth(2).unwrap_or("?").to_string();
+                            seen.lock().unwrap().push(header);
+                            first = false;
+                            continue;
+                        }
+                        first = false;
+                        let reply = format!("{name} {source} {}\n", line.trim_end());
+                        if w.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        TcpEcho {
+            port,
+            headers,
+            task,
+        }
+    }
+}
+
+/// A UDP backend: answers each datagram with `NAME DATAGRAM`.
+struct UdpEcho {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl UdpEcho {
+    async fn start(name: &'static str) -> UdpEcho {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                    return;
+                };
+                let mut reply = format!("{name} ").into_bytes();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = socket.send_to(&reply, from).await;
+            }
+        });
+        UdpEcho { port, task }
+    }
+}
+
+/// A Service `NS/NAME` with a TCP port 7000 named `tcp` and a UDP port 53
+/// named `dns`, and an EndpointSlice whose one endpoint, 127.0.0.1,
+/// serves them on `tcp` and `udp` (none when `None`).
+fn echo_service(ns: &str, name: &str, tcp: Option<u16>, udp: Option<u16>) -> String {
+    let mut ports = Vec::new();
+    if let Some(p) = tcp {
+        ports.push(format!("{{name: tcp, port: {p}, protocol: TCP}}"));
+    }
+    if let Some(p) = udp {
+        ports.push(format!("{{name: dns, port: {p}, protocol: UDP}}"));
+    }
+    let endpoints = if ports.is_empty() {
+        "endpoints: []".to_string()
+    } else {
+        "endpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions: {ready: true}".to_string()
+    };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports: [{{name: tcp, port: 7000}}, {{name: dns, port: 53, protocol: UDP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{}]\n{endpoints}\n",
+        ports.join(", ")
+    )
+}
+
+/// The services ConfigMap `ingress/NAME` with these entries.
+fn services(name: &str, entries: &[(&str, &str)]) -> String {
+    let mut data = String::new();
+    for (k, v) in entries {
+        data.push_str(&format!("  \"{k}\": \"{v}\"\n"));
+    }
+    if data.is_empty() {
+        data = "  {}\n".into();
+    }
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: ingress}}\ndata:\n{data}"
+    )
+}
+
+/// Sends `send` on a new connection to `port` and reads one line back.
+async fn tcp_ask(port: u16, send: &str) -> Result<String, String> {
+    let attempt = async {
+        let mut c = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        c.write_all(send.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut r = BufReader::new(c);
+        let mut line = String::new();
+        match r.read_line(&mut line).await {
+            Ok(0) => Err("closed without an answer".to_string()),
+            Ok(_) => Ok(line.trim_end().to_string()),
+            Err(e) => Err(format!("read: {e}")),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .unwrap_or_else(|_| Err("no answer in 5 s".into()))
+}
+
+/// Sends a datagram to `port` and waits for one back.
+async fn udp_ask(port: u16, send: &str) -> Result<String, String> {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    s.send_to(send.as_bytes(), ("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = vec![0u8; 65_536];
+    match tokio::time::timeout(Duration::from_secs(2), s.recv_from(&mut buf)).await {
+        Ok(Ok((n, _))) => Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        Ok(Err(e)) => Err(format!("recv: {e}")),
+        Err(_) => Err("no answer in 2 s".into()),
+    }
+}
+
+/// Polls `ask` until `check` holds of its answer.
+async fn eventually<F, Fut>(
+    w: &Wicket,
+    what: &str,
+    ask: F,
+    check: impl Fn(&Result<String, String>) -> bool,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let a = ask().await;
+        if check(&a) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("never {what}; last answer {a:?}\n{}", w.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Ports free for TCP and UDP both.
+fn free_ports(n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let p = free_port();
+        if std::net::UdpSocket::bind(("0.0.0.0", p)).is_ok() && !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_udp_services_reach_their_backends() {
+    let tcp = TcpEcho::start("tcp-echo").await;
+    let udp = UdpEcho::start("udp-echo").await;
+    let p = free_ports(3);
+    let (by_number, by_name, dns) = (p[0].to_string(), p[1].to_string(), p[2].to_string());
+    let w = Wicket::start_with(
+        &[
+            (
+                "svc.yaml",
+                &echo_service("apps", "echo", Some(tcp.port), Some(udp.port)),
+            ),
+            (
+                "tcp.yaml",
+                &services(
+                    "tcp",
+                    &[(&by_number, "apps/echo:7000"), (&by_name, "apps/echo:tcp")],
+                ),
+            ),
+            ("udp.yaml", &services("udp", &[(&dns, "apps/echo:dns")])),
+        ],
+        FLAGS,
+    )
+    .await;
+    assert_eq!(
+        tcp_ask(p[0], "hello\n").await.unwrap(),
+        "tcp-echo - hello",
+        "{}",
+        w.logs()
+    );
+    assert_eq!(
+        tcp_ask(p[1], "by name\n").await.unwrap(),
+        "tcp-echo - by name"
+    );
+    assert_eq!(udp_ask(p[2], "ping").await.unwrap(), "udp-echo ping");
+    // A long-lived connection carries many exchanges.
+    let mut c = BufReader::new(TcpStream::connect(("127.0.0.1", p[0])).await.unwrap());
+    for i in 0..50 {
+        c.get_mut()
+            .write_all(format!("line {i}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut line = String::new();
+        c.read_line(&mut line).await.unwrap();
+        assert_eq!(line, format!("tcp-echo - line {i}\n"));
+    }
+    // HTTP is served as before.
+    assert_eq!(w.get("any.example.com", "/").await.status, 404);
+    // render and /config show the stream block.
+    let config = w.inspect("/config").await;
+    assert!(config.text.contains("stream {"), "{}", config.text);
+    assert!(
+        config.text.contains(&format!("listen {} udp;", p[2])),
+        "{}",
+        config.text
+    );
+    assert!(config.text.contains("ngx_stream_module.so"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_protocol_is_decoded_and_sent() {
+    let tcp = TcpEcho::start("tcp-echo").await;
+    let p = free_ports(3);
+    let keys: Vec<String> = p.iter().map(u16::to_string).collect();
+    let w = Wicket::start_with(
+        &[
+            (
+                "svc.yaml",
+                &echo_service("apps", "echo", Some(tcp.port), None),
+            ),
+            (
+                "tcp.yaml",
+                &services(
+                    "tcp",
+                    &[
+                        (&keys[0], "apps/echo:7000:PROXY:PROXY"),
+                        (&keys[1], "apps/echo:7000::PROXY"),
+                        (&keys[2], "apps/echo:7000:PROXY"),
+                    ],
+                ),
+            ),
+            ("udp.yaml", &services("udp", &[])),
+        ],
+        FLAGS,
+    )
+    .await;
+    let header = |port: u16| format!("PROXY TCP4 203.0.113.7 127.0.0.1 40000 {port}\r\n");
+    // Decoded and sent: the backend sees the address the client's header
+    // carried.
+    assert_eq!(
+        tcp_ask(p[0], &format!("{}hello\n", header(p[0])))
+            .await
+            .unwrap(),
+        "tcp-echo 203.0.113.7 hello",
+        "{}",
+        w.logs()
+    );
+    // Sent only: the backend sees the client's own address.
+    assert_eq!(
+        tcp_ask(p[1], "hello\n").await.unwrap(),
+        "tcp-echo 127.0.0.1 hello"
+    );
+    // Decoded only: the header is not passed on, the data is.
+    assert_eq!(
+        tcp_ask(p[2], &format!("{}hello\n", header(p[2])))
+            .await
+            .unwrap(),
+        "tcp-echo - hello"
+    );
+    // A listener that decodes refuses a connection without a header.
+    assert!(tcp_ask(p[0], "no header\n").await.is_err());
+    let headers = tcp.headers.lock().unwrap().clone();
+    assert_eq!(headers.len(), 2, "{headers:?}");
+    assert!(
+        headers[0].starts_with("PROXY TCP4 203.0.113.7 "),
+        "{headers:?}"
+    );
+    assert!(
+        headers[1].starts_with("PROXY TCP4 127.0.0.1 "),
+        "{headers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_entries_are_reported_and_the_others_served_and_changes_applied() {
+    let tcp = TcpEcho::start("tcp-echo").await;
+    let udp = UdpEcho::start("udp-echo").await;
+    let p = free_ports(3);
+    let keys: Vec<String> = p.iter().map(u16::to_string).collect();
+    let w = Wicket::start_with(
+        &[
+            (
+                "svc.yaml",
+                &echo_service("apps", "echo", Some(tcp.port), Some(udp.port)),
+            ),
+            (
+                "tcp.yaml",
+                &services("tcp", &[(&keys[0], "apps/echo:7000")]),
+            ),
+            ("udp.yaml", &services("udp", &[])),
+        ],
+        FLAGS,
+    )
+    .await;
+    assert_eq!(tcp_ask(p[0], "a\n").await.unwrap(), "tcp-echo - a");
+
+    // The ConfigMap changes: the first port goes, another comes, with
+    // entries that cannot be served beside them.
+    let http = w.http.to_string();
+    let admin = w.admin.to_string();
+    w.replace(
+        "tcp.yaml",
+        &services(
+            "tcp",
+            &[
+                (&keys[1], "apps/echo:tcp"),
+                (&http, "apps/echo:7000"),
+                (&admin, "apps/echo:7000"),
+                ("0", "apps/echo:7000"),
+                ("70000", "apps/echo:7000"),
+                ("ssh", "apps/echo:7000"),
+                ("9", "apps/echo"),
+                ("10", "apps/echo:7000:SOCKS"),
+                ("11", "apps/missing:7000"),
+                ("12", "apps/echo:7001"),
+                ("13", "apps/echo:53"),
+            ],
+        ),
+    );
+    w.replace(
+        "udp.yaml",
+        &services("udp", &[(&keys[2], "apps/echo:53:PROXY")]),
+    );
+    eventually(
+        &w,
+        "the new port answers",
+        || tcp_ask(p[1], "b\n"),
+        |a| a.is_ok(),
+    )
+    .await;
+    assert_eq!(tcp_ask(p[1], "b\n").await.unwrap(), "tcp-echo - b");
+    eventually(
+        &w,
+        "the old port is closed",
+        || tcp_ask(p[0], "a\n"),
+        |a| a.is_err(),
+    )
+    .await;
+    // UDP, PROXY left out.
+    assert_eq!(udp_ask(p[2], "q").await.unwrap(), "udp-echo q");
+    let logs = w.logs();
+    for expected in [
+        format!(
+            "configmap ingress/tcp: data[\"{http}\"]: port {http} is wicket's own HTTP port; not served"
+        ),
+        format!(
+            "configmap ingress/tcp: data[\"{admin}\"]: port {admin} is wicket's own admin port; not served"
+        ),
+        "data[\"0\"]: the port is out of range (1 to 65535); not served".into(),
+        "data[\"70000\"]: the port is out of range (1 to 65535); not served".into(),
+        "data[\"ssh\"]: the key must be a port number (1 to 65535); not served".into(),
+        "data[\"9\"]: \"apps/echo\": must be NAMESPACE/SERVICE:PORT[:PROXY[:PROXY]]; not served"
+            .into(),
+        "data[\"10\"]: \"apps/echo:7000:SOCKS\": part 3 must be PROXY or empty".into(),
+        "data[\"11\"]: service apps/missing not found; not served".into(),
+        "data[\"12\"]: service apps/echo:7001 has no such port; not served".into(),
+        "data[\"13\"]: service apps/echo:53 is not a TCP port (it is UDP); not served".into(),
+        format!(
+            "configmap ingress/udp: data[\"{}\"]: the PROXY protocol is for TCP only: served without it",
+            keys[2]
+        ),
+    ] {
+        assert!(logs.contains(&expected), "no {expected:?} in\n{logs}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_without_endpoints_closes_connections_until_it_has_some() {
+    let tcp = TcpEcho::start("tcp-echo").await;
+    let p = free_ports(1);
+    let key = p[0].to_string();
+    let w = Wicket::start_with(
+        &[
+            ("svc.yaml", &echo_service("apps", "echo", None, None)),
+            ("tcp.yaml", &services("tcp", &[(&key, "apps/echo:7000")])),
+            ("udp.yaml", &services("udp", &[])),
+        ],
+        FLAGS,
+    )
+    .await;
+    // Accepted, then closed at once: no answer, no wait.
+    let mut c = TcpStream::connect(("127.0.0.1", p[0])).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("the connection is closed, not left open")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        w.logs().contains(&format!(
+            "data[\"{key}\"]: service apps/echo:7000 has no ready endpoints: connections to port {key} are closed at once"
+        )),
+        "{}",
+        w.logs()
+    );
+    // Endpoints come: the stream config is reloaded with them.
+    w.replace(
+        "svc.yaml",
+        &echo_service("apps", "echo", Some(tcp.port), None),
+    );
+    eventually(
+        &w,
+        "the endpoint answers",
+        || tcp_ask(p[0], "x\n"),
+        |a| a.is_ok(),
+    )
+    .await;
+    // And a second backend replaces the first.
+    let other = TcpEcho::start("other-echo").await;
+    w.replace(
+        "svc.yaml",
+        &echo_service("apps", "echo", Some(other.port), None),
+    );
+    eventually(
+        &w,
+        "the new endpoint answers",
+        || tcp_ask(p[0], "y\n"),
+        |a| a.as_deref() == Ok("other-echo - y"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_stream_module_http_is_served_and_the_flag_named() {
+    // The module folder without the stream module.
+    let dir = tempfile::tempdir().unwrap();
+    let modules = std::path::PathBuf::from(modules().dir);
+    for entry in std::fs::read_dir(&modules).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_owned();
+        if name != "ngx_stream_module.so" {
+            std::os::unix::fs::symlink(&path, dir.path().join(name)).unwrap();
+        }
+    }
+    let tcp = TcpEcho::start("tcp-echo").await;
+    let p = free_ports(1);
+    let key = p[0].to_string();
+    let dir_arg = dir.path().display().to_string();
+    let mut args = FLAGS.to_vec();
+    args.extend(["--nginx-modules-dir", &dir_arg]);
+    let w = Wicket::start_with(
+        &[
+            (
+                "svc.yaml",
+                &echo_service("apps", "echo", Some(tcp.port), None),
+            ),
+            ("tcp.yaml", &services("tcp", &[(&key, "apps/echo:7000")])),
+            ("udp.yaml", &services("udp", &[])),
+        ],
+        &args,
+    )
+    .await;
+    assert_eq!(w.get("any.example.com", "/").await.status, 404);
+    assert!(tcp_ask(p[0], "x\n").await.is_err());
+    let logs = w.logs();
+    assert!(
+        logs.contains("ngx_stream_module.so not found: the services of --tcp-services-configmap are not served"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("the TCP services of --tcp-services-configmap are not served"),
+        "{logs}"
+    );
+    assert!(!w.inspect("/config").await.text.contains("stream {"));
+}
+
+/// Stream upstreams take no endpoint update (Debian's Lua module is
+/// http-only): a change of their endpoints reloads; the same change of an
+/// HTTP upstream does not.
+#[test]
+fn stream_endpoint_changes_reload() {
+    use wicket::build::{self, ClassOptions, Options};
+    let cluster = |port: u16| {
+        let mut c = wicket::cluster::Cluster::default();
+        let text = format!(
+            "{}---\n{}---\n{}",
+            echo_service("apps", "echo", Some(port), None),
+            services("tcp", &[("9000", "apps/echo:7000")]),
+            ingress(
+                "apps",
+                "web",
+                "",
+                "web.example.com",
+                &[("/", "Prefix", "echo", 7000)]
+            ),
+        );
+        for o in wicket::source::manifest::parse(&text, false)
+            .unwrap()
+            .objects
+        {
+            c.insert(o);
+        }
+        c
+    };
+    let mut cert = wicket::certs::generate_default().unwrap();
+    cert.name = "default".into();
+    let mut opts = Options {
+        class: ClassOptions {
+            watch_without_class: true,
+            by_name: true,
+            ..ClassOptions::default()
+        },
+        modules: modules(),
+        dynamic_endpoints: true,
+        tcp_services: Some("ingress/tcp".parse().unwrap()),
+        ..Options::new(80, 443, cert)
+    };
+    opts.backend_policy.allow_local = true;
+    let a = build::build(&cluster(1000), &opts);
+    let b = build::build(&cluster(2000), &opts);
+    assert_eq!(a.config.streams.servers.len(), 1, "{:?}", a.problems);
+    let addr: SocketAddr = "127.0.0.1:2000".parse().unwrap();
+    assert_eq!(
+        b.config.streams.servers[0].servers,
+        vec![wicket::config::UpstreamServer::Addr(addr)]
+    );
+    assert!(b.config.endpoint_changes(&a.config).is_none());
+    // Without the stream entry, the same change is an endpoint update.
+    opts.tcp_services = None;
+    let a = build::build(&cluster(1000), &opts);
+    let b = build::build(&cluster(2000), &opts);
+    assert!(b.config.endpoint_changes(&a.config).is_some());
+}
