@@ -37,7 +37,11 @@ impl Drop for TcpEcho {
 
 impl TcpEcho {
     async fn start(name: &'static str) -> TcpEcho {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(name, "127.0.0.1").await
+    }
+
+    async fn start_on(name: &'static str, ip: &str) -> TcpEcho {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let headers: Arc<Mutex<Vec<String>>> = Arc::default();
         let seen = headers.clone();
@@ -118,6 +122,11 @@ impl UdpEcho {
 /// named `dns`, and an EndpointSlice whose one endpoint, 127.0.0.1,
 /// serves them on `tcp` and `udp` (none when `None`).
 fn echo_service(ns: &str, name: &str, tcp: Option<u16>, udp: Option<u16>) -> String {
+    echo_service_at(ns, name, "127.0.0.1", tcp, udp)
+}
+
+/// [`echo_service`] with its endpoint at `ip`.
+fn echo_service_at(ns: &str, name: &str, ip: &str, tcp: Option<u16>, udp: Option<u16>) -> String {
     let mut ports = Vec::new();
     if let Some(p) = tcp {
         ports.push(format!("{{name: tcp, port: {p}, protocol: TCP}}"));
@@ -128,7 +137,7 @@ fn echo_service(ns: &str, name: &str, tcp: Option<u16>, udp: Option<u16>) -> Str
     let endpoints = if ports.is_empty() {
         "endpoints: []".to_string()
     } else {
-        "endpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions: {ready: true}".to_string()
+        format!("endpoints:\n- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}")
     };
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports: [{{name: tcp, port: 7000}}, {{name: dns, port: 53, protocol: UDP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{}]\n{endpoints}\n",
@@ -593,4 +602,150 @@ fn stream_endpoint_changes_reload() {
     let a = build::build(&cluster(1000), &opts);
     let b = build::build(&cluster(2000), &opts);
     assert!(b.config.endpoint_changes(&a.config).is_some());
+}
+
+/// `wicket render` writes the stream block and `wicket check` reports the
+/// services and fails on an entry it cannot serve.
+#[test]
+fn render_and_check_cover_the_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        (
+            "svc.yaml",
+            echo_service("apps", "echo", Some(17000), Some(1053)),
+        ),
+        (
+            "tcp.yaml",
+            services(
+                "tcp",
+                &[("9000", "apps/echo:7000:PROXY"), ("9001", "apps/nope:1")],
+            ),
+        ),
+        ("udp.yaml", services("udp", &[("9053", "apps/echo:dns")])),
+    ];
+    for (name, text) in &files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let run = |cmd: &str, extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wicket"))
+            .args([cmd, "--manifests"])
+            .arg(dir.path())
+            .args(FLAGS)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, text, err) = run("render", &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(text.contains("load_module /usr/lib/nginx/modules/ngx_stream_module.so;"));
+    assert!(
+        text.contains("\n    upstream wicket_tcp_9000 {\n        server 127.0.0.1:17000;\n    }\n"),
+        "{text}"
+    );
+    assert!(text.contains("listen 9000 proxy_protocol;"), "{text}");
+    assert!(text.contains("listen 9053 udp;"), "{text}");
+    assert!(text.contains("server 127.0.0.1:1053;"), "{text}");
+    assert!(
+        err.contains("data[\"9001\"]: service apps/nope not found; not served"),
+        "{err}"
+    );
+    let (code, out, _) = run("check", &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("tcp port 9000: apps/echo:7000, 1 ready endpoint, PROXY protocol decoded\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("udp port 9053: apps/echo:dns, 1 ready endpoint\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("data[\"9001\"]: service apps/nope not found"),
+        "{out}"
+    );
+    // Without the bad entry, the check passes.
+    std::fs::write(
+        dir.path().join("tcp.yaml"),
+        services("tcp", &[("9000", "apps/echo:7000:PROXY")]),
+    )
+    .unwrap();
+    let (code, out, _) = run("check", &["--output", "json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["streams"][0]["port"], 9000);
+    assert_eq!(json["streams"][0]["proxy_protocol_decode"], true);
+}
+
+/// Controller mode: the services ConfigMap is watched where it is, outside
+/// `--watch-namespace` too, and a change of it is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_watches_the_services_configmap() {
+    use common::apiserver::{ApiServer, CONTROLLER_TOKEN, apply, host_ip, namespace};
+    let api = ApiServer::start().await;
+    let admin = api.admin().await;
+    for ns in ["wicket", "apps"] {
+        namespace(&admin, ns).await;
+    }
+    apply(&admin, &common::chart::rbac()).await;
+    let ip = host_ip().to_string();
+    let tcp = TcpEcho::start_on("tcp-echo", &ip).await;
+    apply(
+        &admin,
+        &echo_service_at("apps", "echo", &ip, Some(tcp.port), None),
+    )
+    .await;
+    let p = free_ports(2);
+    let keys: Vec<String> = p.iter().map(u16::to_string).collect();
+    // In the controller's namespace, which --watch-namespace leaves out.
+    let cm = |entries: &[(&str, &str)]| {
+        services("tcp", entries).replace("namespace: ingress", "namespace: wicket")
+    };
+    apply(&admin, &cm(&[(&keys[0], "apps/echo:tcp")])).await;
+    let kubeconfig = api.kubeconfig(CONTROLLER_TOKEN);
+    let w = Wicket::controller(
+        &kubeconfig,
+        &[
+            "--namespace",
+            "wicket",
+            "--identity",
+            "only",
+            "--watch-namespace",
+            "apps",
+            "--publish-status-address",
+            "203.0.113.9",
+            "--tcp-services-configmap",
+            "wicket/tcp",
+            "--debounce-ms",
+            "20",
+        ],
+    )
+    .await;
+    eventually(
+        &w,
+        "the port answers",
+        || tcp_ask(p[0], "a\n"),
+        |a| a.is_ok(),
+    )
+    .await;
+    assert_eq!(tcp_ask(p[0], "a\n").await.unwrap(), "tcp-echo - a");
+    apply(&admin, &cm(&[(&keys[1], "apps/echo:7000")])).await;
+    eventually(
+        &w,
+        "the new port answers",
+        || tcp_ask(p[1], "b\n"),
+        |a| a.is_ok(),
+    )
+    .await;
+    eventually(
+        &w,
+        "the old port is closed",
+        || tcp_ask(p[0], "a\n"),
+        |a| a.is_err(),
+    )
+    .await;
 }
