@@ -88,12 +88,50 @@ pub struct Config {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Streams {
     pub servers: Vec<StreamServer>,
+    /// `--enable-ssl-passthrough` (with the stream module): the stream
+    /// block listens on the HTTPS port and routes TLS by SNI; wicket's
+    /// HTTPS servers listen on [`HTTPS_SOCKET`] instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passthrough: Option<Passthrough>,
 }
 
 impl Streams {
     pub fn is_empty(&self) -> bool {
-        self.servers.is_empty()
+        self.servers.is_empty() && self.passthrough.is_none()
     }
+}
+
+/// Where wicket's HTTPS servers listen with TLS passthrough on (in the
+/// state folder): the stream block sends them every TLS connection that
+/// is not passed through, with the PROXY protocol.
+pub const HTTPS_SOCKET: &str = "wicket-https.sock";
+
+/// TLS passthrough: the HTTPS port's listener in the stream block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Passthrough {
+    pub https_port: u16,
+    /// `use-proxy-protocol`: the listener reads the PROXY protocol (from
+    /// the networks of `proxy-real-ip-cidr`).
+    pub decode_proxy: bool,
+    /// The hosts passed through, sorted by host.
+    pub hosts: Vec<PassthroughHost>,
+}
+
+/// One host whose TLS goes to its backend unterminated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PassthroughHost {
+    /// The SNI it is chosen by (`*.example.com` for a wildcard).
+    pub host: String,
+    /// `wicket_passthrough_N`: the upstream of its endpoints, and
+    /// `wicket_passthrough_N_in` that of the local server that takes the
+    /// PROXY protocol off (socket `wicket-passthrough-N.sock`).
+    pub upstream: String,
+    pub socket: String,
+    /// `namespace/name` of the Ingress and `service:port`, for the comment.
+    pub ingress: String,
+    pub service: String,
+    /// Ready endpoints; empty: connections are closed at once.
+    pub servers: Vec<UpstreamServer>,
 }
 
 /// `tcp` or `udp`.

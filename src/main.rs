@@ -146,6 +146,13 @@ struct BuildArgs {
     /// libnginx-mod-stream.
     #[arg(long, env = "WICKET_UDP_SERVICES_CONFIGMAP")]
     udp_services_configmap: Option<NamespacedName>,
+    /// Honour the ssl-passthrough annotation: nginx's stream module listens
+    /// on the HTTPS port and sends TLS whose SNI is such an Ingress's host
+    /// to its backend unterminated; the rest reaches wicket's HTTPS server
+    /// (through a unix socket, with the PROXY protocol). Needs Debian's
+    /// libnginx-mod-stream.
+    #[arg(long, env = "WICKET_ENABLE_SSL_PASSTHROUGH", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    enable_ssl_passthrough: bool,
 }
 
 /// How nginx runs: flags shared by serve and controller.
@@ -309,11 +316,12 @@ fn build_options(
                 "--udp-services-configmap",
                 b.udp_services_configmap.is_some(),
             ),
+            ("--enable-ssl-passthrough", b.enable_ssl_passthrough),
         ] {
             if set {
                 tracing::warn!(
                     dir = %b.nginx_modules_dir.display(),
-                    "{} not found: the services of {flag} are not served, HTTP and HTTPS are (install libnginx-mod-stream)",
+                    "{} not found: {flag} is not honoured, HTTP and HTTPS are served as without it (install libnginx-mod-stream)",
                     wicket::config::STREAM_MODULE,
                 );
             }
@@ -343,6 +351,7 @@ fn build_options(
         dynamic_endpoints: b.dynamic_endpoints,
         tcp_services: b.tcp_services_configmap.clone(),
         udp_services: b.udp_services_configmap.clone(),
+        ssl_passthrough: b.enable_ssl_passthrough,
     })
 }
 

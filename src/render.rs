@@ -372,6 +372,7 @@ impl Renderer {
             request_headers: config.request_headers.clone(),
             modules: config.modules.clone(),
             dynamic_endpoints: config.dynamic_endpoints,
+            passthrough: config.streams.passthrough.is_some(),
         };
         // Snippets are spliced in after rendering: a text with them is not
         // one the parts can be cut from again, so it is not kept.
@@ -625,6 +626,7 @@ struct CacheKey {
     request_headers: Vec<crate::config::ExpandableHeader>,
     modules: crate::config::Modules,
     dynamic_endpoints: bool,
+    passthrough: bool,
 }
 
 /// The global settings servers and locations need (see
@@ -633,6 +635,9 @@ struct CacheKey {
 struct Globals<'a> {
     http2: bool,
     proxy_protocol: bool,
+    /// TLS passthrough is on: HTTPS listens on the unix socket the stream
+    /// block sends it to, with the PROXY protocol.
+    passthrough: bool,
     block_user_agents: bool,
     block_referers: bool,
     /// HSTS is on and can be sent (headers-more is loaded).
@@ -650,6 +655,7 @@ impl<'a> Globals<'a> {
         Globals {
             http2: s.use_http2,
             proxy_protocol: s.use_proxy_protocol,
+            passthrough: c.streams.passthrough.is_some(),
             block_user_agents: !s.block_user_agents.is_empty(),
             block_referers: !s.block_referers.is_empty(),
             hsts: s.hsts && c.modules.headers_more,
@@ -746,8 +752,11 @@ struct Head<'a> {
     /// The zones' keys that exempt networks, once each.
     limit_keys: Vec<&'a crate::config::LimitZone>,
     modsecurity: Option<&'a crate::config::ModSecurityHttp>,
-    /// The `stream` block (TCP and UDP services), when it has servers.
+    /// The `stream` block (TCP and UDP services, TLS passthrough), when it
+    /// has servers.
     streams: Option<&'a crate::config::Streams>,
+    /// TLS passthrough is on (see [`Globals::passthrough`]).
+    passthrough: bool,
 }
 
 impl<'a> Head<'a> {
@@ -785,6 +794,7 @@ impl<'a> Head<'a> {
             canaries: &c.canaries,
             modsecurity: c.modsecurity.as_ref(),
             streams: (!c.streams.is_empty()).then_some(&c.streams),
+            passthrough: c.streams.passthrough.is_some(),
             limit_keys: {
                 let mut seen = std::collections::BTreeSet::new();
                 c.limit_zones

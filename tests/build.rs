@@ -57,6 +57,7 @@ fn opts() -> Options {
         dynamic_endpoints: false,
         tcp_services: None,
         udp_services: None,
+        ssl_passthrough: false,
     }
 }
 
@@ -569,6 +570,7 @@ fn a_setting_that_needs_a_missing_module_is_reported() {
         lua: false,
         modsecurity: false,
         crs: false,
+        stream: false,
     };
     o.configmap = Some("shop/settings".parse().unwrap());
     let yaml = format!(

@@ -49,6 +49,7 @@ fn render(dir: &str) -> (String, Vec<String>, std::sync::Arc<wicket::config::Con
         dynamic_endpoints: true,
         tcp_services: None,
         udp_services: None,
+        ssl_passthrough: false,
     };
     let b = build::build(&cluster, &opts);
     let env = RenderEnv {

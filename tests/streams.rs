@@ -536,7 +536,7 @@ async fn without_the_stream_module_http_is_served_and_the_flag_named() {
     assert!(tcp_ask(p[0], "x\n").await.is_err());
     let logs = w.logs();
     assert!(
-        logs.contains("ngx_stream_module.so not found: the services of --tcp-services-configmap are not served"),
+        logs.contains("ngx_stream_module.so not found: --tcp-services-configmap is not honoured"),
         "{logs}"
     );
     assert!(
@@ -748,4 +748,169 @@ async fn the_controller_watches_the_services_configmap() {
         |a| a.is_err(),
     )
     .await;
+}
+
+/// An HTTPS client that trusts only `trusted` and connects from
+/// 127.0.0.2, so the address wicket's backends see can be told apart
+/// from nginx's own.
+fn tls_client_from(trusted: &str, from: std::net::IpAddr) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(trusted.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .resolve_to_addrs("pt.example.com", &["127.0.0.1:0".parse().unwrap()])
+        .resolve_to_addrs("term.example.com", &["127.0.0.1:0".parse().unwrap()])
+        .local_address(from)
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .tls_backend_preconfigured(cfg)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssl_passthrough_sends_tls_by_sni_and_wicket_terminates_the_rest() {
+    let (pt_cert, pt_key) = cert_for(&["pt.example.com"]);
+    let (term_cert, term_key) = cert_for(&["term.example.com"]);
+    let backend = Echo::start_tls(
+        "pt-backend",
+        std::net::Ipv4Addr::LOCALHOST,
+        &pt_cert,
+        &pt_key,
+    )
+    .await;
+    let web = Echo::start("web", std::net::Ipv4Addr::LOCALHOST, 0).await;
+    let eps = [(std::net::IpAddr::from([127, 0, 0, 1]), true)];
+    let pt = ingress(
+        "apps",
+        "pt",
+        "  annotations: {nginx.ingress.kubernetes.io/ssl-passthrough: \"true\"}\n",
+        "pt.example.com",
+        &[("/plain", "Prefix", "web", 80), ("/", "Prefix", "tls", 443)],
+    );
+    let term = ingress(
+        "apps",
+        "term",
+        "",
+        "term.example.com",
+        &[("/", "Prefix", "web", 80)],
+    )
+    .replace(
+        "spec:\n",
+        "spec:\n  tls: [{hosts: [term.example.com], secretName: term}]\n",
+    );
+    let w = Wicket::start_with(
+        &[
+            (
+                "tls.yaml",
+                &service("apps", "tls", 443, None, backend.addr.port(), &eps),
+            ),
+            (
+                "web.yaml",
+                &service("apps", "web", 80, None, web.addr.port(), &eps),
+            ),
+            (
+                "secret.yaml",
+                &tls_secret("apps", "term", &term_cert, &term_key),
+            ),
+            ("pt.yaml", &pt),
+            ("term.yaml", &term),
+        ],
+        &["--enable-ssl-passthrough"],
+    )
+    .await;
+    let from = std::net::IpAddr::from([127, 0, 0, 2]);
+    // The passthrough host: the client verifies the backend's own
+    // certificate (wicket's would fail), and the backend terminates TLS.
+    let pt_client = tls_client_from(&pt_cert, from);
+    let url = |host: &str| format!("https://{host}:{}/x", w.https);
+    let a = pt_client
+        .get(url("pt.example.com"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", w.logs()));
+    let echo: serde_json::Value = a.json().await.unwrap();
+    assert_eq!(echo["service"], "pt-backend", "{echo}");
+    // Unterminated: no proxy headers were added.
+    assert!(echo["headers"]["x-forwarded-for"].is_null(), "{echo}");
+    // The other host on the same port: wicket's certificate, wicket's
+    // locations, and the client's address kept through the PROXY protocol.
+    let term_client = tls_client_from(&term_cert, from);
+    let a = term_client
+        .get(url("term.example.com"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.status(), 200);
+    let echo: serde_json::Value = a.json().await.unwrap();
+    assert_eq!(echo["service"], "web", "{echo}");
+    assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.2", "{echo}");
+    assert_eq!(echo["headers"]["x-real-ip"], "127.0.0.2", "{echo}");
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https", "{echo}");
+    assert_eq!(
+        echo["headers"]["x-forwarded-port"],
+        w.https.to_string(),
+        "{echo}"
+    );
+    // The passthrough host's certificate is not one wicket presents.
+    assert!(pt_client.get(url("term.example.com")).send().await.is_err());
+    // Plain HTTP to the passthrough host is served by its locations.
+    assert_eq!(w.get("pt.example.com", "/plain").await.who(), "web");
+    // The stream block listens on the HTTPS port; wicket's HTTPS on the socket.
+    let config = w.inspect("/config").await.text;
+    assert!(config.contains("ssl_preread on;"), "{config}");
+    assert!(
+        config.contains("listen unix:wicket-https.sock ssl"),
+        "{config}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssl_passthrough_is_ignored_without_the_flag() {
+    let (pt_cert, pt_key) = cert_for(&["pt.example.com"]);
+    let backend = Echo::start_tls(
+        "pt-backend",
+        std::net::Ipv4Addr::LOCALHOST,
+        &pt_cert,
+        &pt_key,
+    )
+    .await;
+    let eps = [(std::net::IpAddr::from([127, 0, 0, 1]), true)];
+    let pt = ingress(
+        "apps",
+        "pt",
+        "  annotations: {nginx.ingress.kubernetes.io/ssl-passthrough: \"true\"}\n",
+        "pt.example.com",
+        &[("/", "Prefix", "tls", 443)],
+    );
+    let w = Wicket::start(&[
+        (
+            "tls.yaml",
+            &service("apps", "tls", 443, None, backend.addr.port(), &eps),
+        ),
+        ("pt.yaml", &pt),
+    ])
+    .await;
+    // wicket terminates TLS: the backend's certificate is not presented.
+    let client = tls_client_from(&pt_cert, std::net::IpAddr::from([127, 0, 0, 1]));
+    assert!(
+        client
+            .get(format!("https://pt.example.com:{}/", w.https))
+            .send()
+            .await
+            .is_err()
+    );
+    assert!(
+        w.logs()
+            .contains("ignored: --enable-ssl-passthrough is off"),
+        "{}",
+        w.logs()
+    );
+    assert!(!w.inspect("/config").await.text.contains("stream {"));
 }

@@ -1365,8 +1365,10 @@ pub static ANNOTATIONS: &[Annotation] = &[
         "sslpassthrough",
         Ingress,
         OPEN,
-        Unsupported("not supported yet (TLS passthrough comes with TCP and UDP services)"),
-        "",
+        Differs(
+            "with --enable-ssl-passthrough and nginx's stream module: TLS whose SNI is one of the Ingress's hosts goes unterminated to the Service of its path / (else its first path); refused while use-forwarded-headers or enable-real-ip is on; plain HTTP is served by the Ingress's locations",
+        ),
+        "true",
     ),
     row(
         "ssl-prefer-server-ciphers",

@@ -65,6 +65,10 @@ pub struct Options {
     /// ConfigMaps of TCP and UDP services (see [`streams`]).
     pub tcp_services: Option<NamespacedName>,
     pub udp_services: Option<NamespacedName>,
+    /// `--enable-ssl-passthrough`: the stream module listens on the HTTPS
+    /// port and sends TLS for `ssl-passthrough` hosts to their backends
+    /// unterminated (see [`streams::passthrough`]).
+    pub ssl_passthrough: bool,
 }
 
 /// Whether configs built with these options take endpoint changes without
@@ -92,6 +96,7 @@ impl Options {
             dynamic_endpoints: false,
             tcp_services: None,
             udp_services: None,
+            ssl_passthrough: false,
         }
     }
 }
@@ -283,6 +288,8 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     parsed.sort_by(|a, b| {
         (a.created.is_none(), &a.created, &a.key).cmp(&(b.created.is_none(), &b.created, &b.key))
     });
+
+    let passthrough = streams::passthrough(cluster, opts, &settings, &parsed, &mut problems);
 
     // What each Ingress's annotations mean once the objects they name are
     // looked up, on every core.
@@ -553,7 +560,8 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         crs_used,
         &mut modsecurity_files,
     );
-    let streams = streams::build(cluster, opts, b.problems);
+    let mut streams = streams::build(cluster, opts, b.problems);
+    streams.passthrough = passthrough;
     let config = Config {
         http_port: opts.http_port,
         https_port: opts.https_port,

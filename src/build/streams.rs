@@ -19,7 +19,9 @@ use super::Options;
 use super::backends::{BackendPolicy, SERVICE_NAME_LABEL, ready_endpoints};
 use super::ingress::PortRef;
 use crate::cluster::{Cluster, Kind, ObjectKey, ObjectRef};
-use crate::config::{StreamProtocol, StreamServer, Streams, UpstreamServer};
+use crate::config::{
+    Passthrough, PassthroughHost, StreamProtocol, StreamServer, Streams, UpstreamServer,
+};
 use crate::problem::{Printable, Problem, Quoted};
 use crate::values::{Dns1035Label, DnsLabel, NamespacedName, PortName};
 
@@ -218,10 +220,16 @@ pub fn build(cluster: &Cluster, opts: &Options, problems: &mut Vec<Problem>) -> 
         for (_, e) in &entries {
             policy.own_ports.insert(e.port, what);
         }
-        let slices = slices_of(cluster, entries.iter().map(|(_, e)| e));
+        let slices = slices_of(
+            cluster,
+            entries
+                .iter()
+                .map(|(_, e)| (e.namespace.as_str(), e.service.as_str())),
+        );
         for (field, e) in entries {
             let source = format!("{what} {name}");
-            match resolve(cluster, &slices, &policy, &e, protocol) {
+            let target = (e.namespace.as_str(), e.service.as_str(), &e.service_port);
+            match resolve(cluster, &slices, &policy, target, protocol) {
                 Err(why) => problems.push(Problem::warning(
                     &object,
                     field,
@@ -278,21 +286,19 @@ pub fn build(cluster: &Cluster, opts: &Options, problems: &mut Vec<Problem>) -> 
         }
     }
     servers.sort_by_key(|s| (s.protocol, s.port));
-    Streams { servers }
+    Streams {
+        servers,
+        passthrough: None,
+    }
 }
 
 /// The EndpointSlices of the Services the entries name, by Service.
 fn slices_of<'a, 'e>(
     cluster: &'a Cluster,
-    entries: impl Iterator<Item = &'e Entry>,
+    services: impl Iterator<Item = (&'e str, &'e str)>,
 ) -> BTreeMap<(String, String), Vec<&'a EndpointSlice>> {
-    let wanted: BTreeSet<(String, String)> = entries
-        .map(|e| {
-            (
-                e.namespace.as_str().to_string(),
-                e.service.as_str().to_string(),
-            )
-        })
+    let wanted: BTreeSet<(String, String)> = services
+        .map(|(ns, name)| (ns.to_string(), name.to_string()))
         .collect();
     let mut out: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
     if wanted.is_empty() {
@@ -321,10 +327,14 @@ fn resolve(
     cluster: &Cluster,
     slices: &BTreeMap<(String, String), Vec<&EndpointSlice>>,
     policy: &BackendPolicy,
-    e: &Entry,
+    (namespace, service, service_port): (&str, &str, &PortRef),
     protocol: StreamProtocol,
 ) -> Result<(BTreeSet<SocketAddr>, Vec<String>), String> {
-    let key = ObjectKey::new(e.namespace.as_str(), e.service.as_str());
+    let key = ObjectKey::new(namespace, service);
+    let service_ref = match service_port {
+        PortRef::Number(n) => format!("{key}:{n}"),
+        PortRef::Name(n) => format!("{key}:{}", n.as_str()),
+    };
     let Some(svc) = cluster.services.get(&key) else {
         return Err(format!("service {key} not found"));
     };
@@ -335,7 +345,7 @@ fn resolve(
         ));
     }
     let ports: &[ServicePort] = spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
-    let named = |p: &&ServicePort| match &e.service_port {
+    let named = |p: &&ServicePort| match service_port {
         PortRef::Number(n) => p.port == i32::from(*n),
         PortRef::Name(n) => p.name.as_deref() == Some(n.as_str()),
     };
@@ -347,11 +357,10 @@ fn resolve(
     else {
         let other: Vec<String> = ports.iter().filter(named).map(proto).collect();
         return Err(if other.is_empty() {
-            format!("service {} has no such port", e.service_ref())
+            format!("service {service_ref} has no such port")
         } else {
             format!(
-                "service {} is not a {} port (it is {})",
-                e.service_ref(),
+                "service {service_ref} is not a {} port (it is {})",
                 protocol.kube(),
                 other.join(", ")
             )
@@ -379,6 +388,178 @@ fn resolve(
         })
         .collect();
     Ok((allowed, refused))
+}
+
+/// TLS passthrough (`--enable-ssl-passthrough`): the hosts of the
+/// Ingresses with `ssl-passthrough`, in precedence order (the oldest
+/// Ingress of a host decides), each to the Service of its rule's path `/`
+/// (else its first path). `None` when the mode is off, or cannot be on.
+pub fn passthrough(
+    cluster: &Cluster,
+    opts: &Options,
+    settings: &crate::settings::Settings,
+    parsed: &[super::ingress::ParsedIngress],
+    problems: &mut Vec<Problem>,
+) -> Option<Passthrough> {
+    let field = || {
+        Some(format!(
+            "metadata.annotations[\"{}/ssl-passthrough\"]",
+            opts.annotations_prefix
+        ))
+    };
+    let wanted: Vec<&super::ingress::ParsedIngress> = parsed
+        .iter()
+        .filter(|p| p.annotations.tls.ssl_passthrough)
+        .collect();
+    let why_not = if !opts.ssl_passthrough {
+        Some("ignored: --enable-ssl-passthrough is off".to_string())
+    } else if !opts.modules.stream {
+        Some(format!(
+            "nginx's stream module ({} of Debian's libnginx-mod-stream) is not installed: TLS is terminated by wicket",
+            crate::config::STREAM_MODULE
+        ))
+    } else if settings.use_forwarded_headers || settings.enable_real_ip {
+        let key = if settings.use_forwarded_headers {
+            "use-forwarded-headers"
+        } else {
+            "enable-real-ip"
+        };
+        problems.push(Problem::warning(
+            &ObjectRef::cluster_scoped(Kind::ConfigMap, "--configmap"),
+            Some(format!("data[\"{key}\"]")),
+            "--enable-ssl-passthrough is not honoured while it is on (HTTPS would take the client address from a header any client can send): TLS is terminated by wicket",
+        ));
+        Some(format!(
+            "not passed through while the global {key} is on: TLS is terminated by wicket"
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = why_not {
+        for p in wanted {
+            problems.push(Problem::warning(&p.object, field(), why.clone()));
+        }
+        return None;
+    }
+    // Host -> (Ingress, rule index, backend), the first Ingress of a host.
+    let mut chosen: BTreeMap<
+        String,
+        (&super::ingress::ParsedIngress, &super::ingress::ServiceRef),
+    > = BTreeMap::new();
+    for p in wanted {
+        for (i, rule) in p.rules.iter().enumerate() {
+            let Some(host) = &rule.host else {
+                problems.push(Problem::warning(
+                    &p.object,
+                    Some(format!("spec.rules[{i}].host")),
+                    "ssl-passthrough needs a host to choose TLS connections by: this rule's are terminated by wicket",
+                ));
+                continue;
+            };
+            let root = rule.paths.iter().find(|x| match &x.matcher {
+                super::ingress::PathMatch::Prefix(h) | super::ingress::PathMatch::Exact(h) => {
+                    h.as_str() == "/"
+                }
+                super::ingress::PathMatch::Regex(_) => false,
+            });
+            let Some(path) = root.or(rule.paths.first()) else {
+                problems.push(Problem::warning(
+                    &p.object,
+                    Some(format!("spec.rules[{i}]")),
+                    format!(
+                        "ssl-passthrough: host {host} has no path, so no backend to pass TLS to"
+                    ),
+                ));
+                continue;
+            };
+            let name = host.to_string();
+            match chosen.get(&name) {
+                Some((first, _)) if first.key != p.key => problems.push(Problem::warning(
+                    &p.object,
+                    field(),
+                    format!(
+                        "host {name} is passed through to the backend of the older ingress {}",
+                        first.key
+                    ),
+                )),
+                Some(_) => {}
+                None => {
+                    chosen.insert(name, (p, &path.backend));
+                }
+            }
+        }
+    }
+    let slices = slices_of(
+        cluster,
+        chosen
+            .values()
+            .map(|(_, b)| (b.namespace.as_str(), b.name.as_str())),
+    );
+    let mut policy = opts.backend_policy.clone();
+    policy.own_ports.entry(opts.http_port).or_insert("HTTP");
+    policy.own_ports.entry(opts.https_port).or_insert("HTTPS");
+    let mut hosts = Vec::new();
+    for (i, (host, (p, b))) in chosen.into_iter().enumerate() {
+        let target = (b.namespace.as_str(), b.name.as_str(), &b.port);
+        let servers = match resolve(cluster, &slices, &policy, target, StreamProtocol::Tcp) {
+            Err(why) => {
+                problems.push(Problem::warning(
+                    &p.object,
+                    field(),
+                    format!("ssl-passthrough of {host}: {why}: its connections are closed at once"),
+                ));
+                Vec::new()
+            }
+            Ok((addrs, refused)) => {
+                if !refused.is_empty() {
+                    problems.push(Problem::warning(
+                        &ObjectRef::new(
+                            Kind::Service,
+                            ObjectKey::new(b.namespace.as_str(), b.name.as_str()),
+                        ),
+                        None,
+                        format!(
+                            "left out of the ssl-passthrough upstream of {host}: {}",
+                            refused.join("; ")
+                        ),
+                    ));
+                }
+                if addrs.is_empty() {
+                    problems.push(Problem::warning(
+                        &p.object,
+                        field(),
+                        format!(
+                            "ssl-passthrough of {host}: service {}/{} has no ready endpoints: its connections are closed at once",
+                            b.namespace.as_str(),
+                            b.name.as_str()
+                        ),
+                    ));
+                }
+                addrs.into_iter().map(UpstreamServer::Addr).collect()
+            }
+        };
+        hosts.push(PassthroughHost {
+            host,
+            upstream: format!("wicket_passthrough_{i}"),
+            socket: format!("wicket-passthrough-{i}.sock"),
+            ingress: p.key.to_string(),
+            service: match &b.port {
+                PortRef::Number(n) => format!("{}/{}:{n}", b.namespace.as_str(), b.name.as_str()),
+                PortRef::Name(n) => format!(
+                    "{}/{}:{}",
+                    b.namespace.as_str(),
+                    b.name.as_str(),
+                    n.as_str()
+                ),
+            },
+            servers,
+        });
+    }
+    Some(Passthrough {
+        https_port: opts.https_port,
+        decode_proxy: settings.use_proxy_protocol,
+        hosts,
+    })
 }
 
 #[cfg(test)]
