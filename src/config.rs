@@ -169,8 +169,8 @@ pub struct StreamServer {
     pub upstream_label: String,
     /// `namespace/service:port` as the entry names it, for the comment.
     pub service: String,
-    /// `tcp-services NAMESPACE/NAME` (or `udp-services`): the ConfigMap
-    /// of the entry, whose key is `port`, for the comment.
+    /// `NAMESPACE/NAME` of the ConfigMap of the entry (whose key is
+    /// `port`), for the comment.
     pub source: String,
     /// Ready endpoints the backend policy allows, sorted; empty: the
     /// server closes every connection at once (`return ""`).

@@ -430,12 +430,14 @@ const VARIANTS: &[Variant] = &[
             "tcp.5432=db/postgres:5432",
             "tcp.2222=git/ssh:ssh:PROXY",
             "udp.5353=kube-system/dns:dns",
+            "sslPassthrough=true",
         ],
         check: |docs| {
             let a = args(docs);
             for flag in [
                 "--tcp-services-configmap=wicket/wicket-tcp",
                 "--udp-services-configmap=wicket/wicket-udp",
+                "--enable-ssl-passthrough=true",
             ] {
                 assert!(a.iter().any(|x| x == flag), "no {flag} in {a:?}");
             }
@@ -498,6 +500,7 @@ const VARIANTS: &[Variant] = &[
             assert_eq!(p["hostPort"], 22);
             // No udp values: no ConfigMap, no flag.
             assert!(!a.iter().any(|x| x.starts_with("--udp-services-configmap")));
+            assert!(!a.iter().any(|x| x.starts_with("--enable-ssl-passthrough")));
             assert!(
                 !docs
                     .iter()

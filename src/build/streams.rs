@@ -227,7 +227,7 @@ pub fn build(cluster: &Cluster, opts: &Options, problems: &mut Vec<Problem>) -> 
                 .map(|(_, e)| (e.namespace.as_str(), e.service.as_str())),
         );
         for (field, e) in entries {
-            let source = format!("{what} {name}");
+            let source = name.to_string();
             let target = (e.namespace.as_str(), e.service.as_str(), &e.service_port);
             match resolve(cluster, &slices, &policy, target, protocol) {
                 Err(why) => problems.push(Problem::warning(
@@ -591,8 +591,8 @@ mod tests {
         let (s, d, e) = parse_value("db/postgres:pg:PROXY").unwrap();
         assert!(matches!(s.port, PortRef::Name(ref n) if n.as_str() == "pg"));
         assert!(d && !e);
-        assert_eq!(parse_value("a/b:1:proxy:PROXY").unwrap().1, true);
-        assert_eq!(parse_value("a/b:1:proxy:PROXY").unwrap().2, true);
+        assert!(parse_value("a/b:1:proxy:PROXY").unwrap().1);
+        assert!(parse_value("a/b:1:proxy:PROXY").unwrap().2);
         // Encode only, as ingress-nginx reads it.
         let (_, d, e) = parse_value("a/b:1::PROXY").unwrap();
         assert!(!d && e);
