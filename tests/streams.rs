@@ -914,3 +914,113 @@ async fn ssl_passthrough_is_ignored_without_the_flag() {
     );
     assert!(!w.inspect("/config").await.text.contains("stream {"));
 }
+
+/// Behind a load balancer that sends the PROXY protocol
+/// (`use-proxy-protocol`), the stream block reads it on the HTTPS port and
+/// wicket's HTTPS servers still see the client's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssl_passthrough_behind_a_proxy_protocol_load_balancer() {
+    let (term_cert, term_key) = cert_for(&["term.example.com"]);
+    let web = Echo::start("web", std::net::Ipv4Addr::LOCALHOST, 0).await;
+    let eps = [(std::net::IpAddr::from([127, 0, 0, 1]), true)];
+    let term = ingress(
+        "apps",
+        "term",
+        "",
+        "term.example.com",
+        &[("/", "Prefix", "web", 80)],
+    )
+    .replace(
+        "spec:\n",
+        "spec:\n  tls: [{hosts: [term.example.com], secretName: term}]\n",
+    );
+    let w = Wicket::start_with(
+        &[
+            ("web.yaml", &service("apps", "web", 80, None, web.addr.port(), &eps)),
+            ("secret.yaml", &tls_secret("apps", "term", &term_cert, &term_key)),
+            ("term.yaml", &term),
+            (
+                "settings.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: ingress}\ndata: {use-proxy-protocol: \"true\"}\n",
+            ),
+        ],
+        &["--enable-ssl-passthrough", "--configmap", "ingress/settings"],
+    )
+    .await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(term_cert.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let mut tcp = TcpStream::connect(("127.0.0.1", w.https)).await.unwrap();
+    tcp.write_all(format!("PROXY TCP4 198.51.100.23 127.0.0.1 50000 {}\r\n", w.https).as_bytes())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("term.example.com").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: term.example.com\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let echo: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}\n{}", w.logs()));
+    assert_eq!(echo["service"], "web", "{echo}");
+    assert_eq!(
+        echo["headers"]["x-forwarded-for"], "198.51.100.23",
+        "{echo}"
+    );
+}
+
+/// With `use-forwarded-headers`, passthrough is refused (HTTPS would take
+/// the client address from a header any client can send): wicket
+/// terminates TLS and says why.
+#[test]
+fn ssl_passthrough_is_refused_with_forwarded_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let pt = ingress(
+        "apps",
+        "pt",
+        "  annotations: {nginx.ingress.kubernetes.io/ssl-passthrough: \"true\"}\n",
+        "pt.example.com",
+        &[("/", "Prefix", "tls", 443)],
+    );
+    std::fs::write(dir.path().join("pt.yaml"), pt).unwrap();
+    std::fs::write(
+        dir.path().join("settings.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: ingress}\ndata: {use-forwarded-headers: \"true\"}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wicket"))
+        .args(["render", "--manifests"])
+        .arg(dir.path())
+        .args([
+            "--enable-ssl-passthrough",
+            "--configmap",
+            "ingress/settings",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("ssl_preread"), "{text}");
+    assert!(text.contains("listen 443 ssl"), "{text}");
+    assert!(
+        err.contains("configmap --configmap: data[\"use-forwarded-headers\"]: --enable-ssl-passthrough is not honoured while it is on"),
+        "{err}"
+    );
+    assert!(
+        err.contains("ingress apps/pt: metadata.annotations[\"nginx.ingress.kubernetes.io/ssl-passthrough\"]: not passed through while the global use-forwarded-headers is on"),
+        "{err}"
+    );
+}
