@@ -1024,3 +1024,58 @@ fn ssl_passthrough_is_refused_with_forwarded_headers() {
         "{err}"
     );
 }
+
+/// `log-format-stream` may name `$proxy_upstream_name` whatever the stream
+/// block holds: with passthrough on and no entry at all, nginx -t still
+/// accepts the config.
+#[test]
+fn the_stream_log_format_is_valid_in_every_stream_block() {
+    use wicket::build::{self, ClassOptions, Options};
+    let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: ingress}\ndata: {log-format-stream: \"$remote_addr $proxy_upstream_name $ssl_preread_server_name\"}\n";
+    let mut cluster = wicket::cluster::Cluster::default();
+    for o in wicket::source::manifest::parse(text, false)
+        .unwrap()
+        .objects
+    {
+        cluster.insert(o);
+    }
+    let mut cert = wicket::certs::generate_default().unwrap();
+    cert.name = "default".into();
+    let opts = Options {
+        class: ClassOptions {
+            watch_without_class: true,
+            by_name: true,
+            ..ClassOptions::default()
+        },
+        modules: modules(),
+        configmap: Some("ingress/settings".parse().unwrap()),
+        ssl_passthrough: true,
+        ..Options::new(80, 443, cert)
+    };
+    let b = build::build(&cluster, &opts);
+    assert!(b.problems.is_empty(), "{:?}", b.problems);
+    let text = wicket::render::Renderer::embedded()
+        .unwrap()
+        .render(&b.config, &wicket::render::RenderEnv::default())
+        .unwrap();
+    assert!(
+        text.contains("$proxy_upstream_name $ssl_preread_server_name"),
+        "{text}"
+    );
+    nginx_test(&text, &b.config);
+    // A variable the stream module does not have is refused, and the
+    // default kept.
+    let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: ingress}\ndata: {log-format-stream: \"$request_uri\"}\n";
+    let mut cluster = wicket::cluster::Cluster::default();
+    for o in wicket::source::manifest::parse(bad, false).unwrap().objects {
+        cluster.insert(o);
+    }
+    let b = build::build(&cluster, &opts);
+    assert!(
+        b.problems.iter().any(|p| p.to_string().contains(
+            "$request_uri is not a variable of nginx's stream module; the default is used"
+        )),
+        "{:?}",
+        b.problems
+    );
+}

@@ -1392,7 +1392,7 @@ pub static ANNOTATIONS: &[Annotation] = &[
         Ingress,
         OPEN,
         Unsupported(
-            "refused unless allow-snippet-annotations; ignored when allowed (no stream block yet)",
+            "refused unless allow-snippet-annotations; ignored when allowed (snippets are not put in the stream block)",
         ),
         "",
     ),
