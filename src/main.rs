@@ -352,6 +352,8 @@ fn build_options(
         tcp_services: b.tcp_services_configmap.clone(),
         udp_services: b.udp_services_configmap.clone(),
         ssl_passthrough: b.enable_ssl_passthrough,
+        // Found by serve and controller before each build.
+        ports_in_use: Default::default(),
     })
 }
 

@@ -58,6 +58,7 @@ fn opts() -> Options {
         tcp_services: None,
         udp_services: None,
         ssl_passthrough: false,
+        ports_in_use: Default::default(),
     }
 }
 

@@ -57,6 +57,7 @@ fn render_with(
         tcp_services: None,
         udp_services: None,
         ssl_passthrough: false,
+        ports_in_use: Default::default(),
     };
     let mut opts = opts;
     tweak(&mut opts);

@@ -1079,3 +1079,53 @@ fn the_stream_log_format_is_valid_in_every_stream_block() {
         b.problems
     );
 }
+
+/// A port another process holds is reported and left out (nginx could not
+/// bind it and would refuse the whole config); the rest is served, and
+/// the port is served once it is free and the objects change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_another_process_holds_is_reported_and_the_rest_served() {
+    let tcp = TcpEcho::start("tcp-echo").await;
+    let p = free_ports(2);
+    let holder = std::net::TcpListener::bind(("0.0.0.0", p[0])).unwrap();
+    let keys: Vec<String> = p.iter().map(u16::to_string).collect();
+    let entries = [
+        (keys[0].as_str(), "apps/echo:7000"),
+        (keys[1].as_str(), "apps/echo:7000"),
+    ];
+    let w = Wicket::start_with(
+        &[
+            (
+                "svc.yaml",
+                &echo_service("apps", "echo", Some(tcp.port), None),
+            ),
+            ("tcp.yaml", &services("tcp", &entries)),
+            ("udp.yaml", &services("udp", &[])),
+        ],
+        FLAGS,
+    )
+    .await;
+    assert_eq!(w.get("any.example.com", "/").await.status, 404);
+    assert_eq!(tcp_ask(p[1], "a\n").await.unwrap(), "tcp-echo - a");
+    assert!(
+        w.logs().contains(&format!(
+            "data[\"{}\"]: TCP port {} is in use by another process on this machine; not served",
+            keys[0], keys[0]
+        )),
+        "{}",
+        w.logs()
+    );
+    drop(holder);
+    // Any change rebuilds, and the port is looked at again.
+    w.replace(
+        "svc.yaml",
+        &echo_service("apps", "echo", Some(tcp.port), None).replace("name: echo-1", "name: echo-2"),
+    );
+    eventually(
+        &w,
+        "the freed port answers",
+        || tcp_ask(p[0], "b\n"),
+        |a| a.is_ok(),
+    )
+    .await;
+}

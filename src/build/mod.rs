@@ -69,6 +69,10 @@ pub struct Options {
     /// port and sends TLS for `ssl-passthrough` hosts to their backends
     /// unterminated (see [`streams::passthrough`]).
     pub ssl_passthrough: bool,
+    /// TCP and UDP service ports another process on this machine holds
+    /// (found by the engine, [`streams::ports_in_use`]): their entries are
+    /// reported, not served.
+    pub ports_in_use: BTreeSet<(crate::config::StreamProtocol, u16)>,
 }
 
 /// Whether configs built with these options take endpoint changes without
@@ -97,6 +101,7 @@ impl Options {
             tcp_services: None,
             udp_services: None,
             ssl_passthrough: false,
+            ports_in_use: BTreeSet::new(),
         }
     }
 }

@@ -179,6 +179,12 @@ pub fn build(cluster: &Cluster, opts: &Options, problems: &mut Vec<Problem>) -> 
                 if let Some(what) = own.get(&port) {
                     return Err(format!("port {port} is wicket's own {what} port"));
                 }
+                if opts.ports_in_use.contains(&(protocol, port)) {
+                    return Err(format!(
+                        "{} port {port} is in use by another process on this machine",
+                        protocol.kube()
+                    ));
+                }
                 let (svc, decode, encode) =
                     parse_value(value).map_err(|e| format!("{}: {e}", Quoted(value)))?;
                 Ok((port, svc, decode, encode))
@@ -290,6 +296,54 @@ pub fn build(cluster: &Cluster, opts: &Options, problems: &mut Vec<Problem>) -> 
         servers,
         passthrough: None,
     }
+}
+
+/// The ports of the services ConfigMaps' entries that another process on
+/// this machine holds: those nginx does not listen on already (`serving`,
+/// the config it serves) and that cannot be bound on all addresses
+/// (`EADDRINUSE`; a port below 1024 that wicket itself may not bind is
+/// left to nginx, which may have the capability). Not pure: the engine
+/// calls it before a build, as it looks up names.
+pub fn ports_in_use(
+    cluster: &Cluster,
+    opts: &Options,
+    serving: Option<&crate::config::Config>,
+) -> BTreeSet<(StreamProtocol, u16)> {
+    let mut out = BTreeSet::new();
+    for (protocol, name) in configmaps(opts) {
+        let Some(data) = cluster
+            .config_maps
+            .get(&name.key())
+            .and_then(|c| c.data.as_ref())
+        else {
+            continue;
+        };
+        for key in data.keys() {
+            let Ok(port) = parse_port(key) else { continue };
+            let ours = serving.is_some_and(|c| {
+                c.streams
+                    .servers
+                    .iter()
+                    .any(|s| s.protocol == protocol && s.port == port)
+            });
+            if ours || port == opts.http_port || port == opts.https_port {
+                continue;
+            }
+            let taken = |e: std::io::Error| e.kind() == std::io::ErrorKind::AddrInUse;
+            let busy = match protocol {
+                StreamProtocol::Tcp => std::net::TcpListener::bind(("0.0.0.0", port))
+                    .err()
+                    .is_some_and(taken),
+                StreamProtocol::Udp => std::net::UdpSocket::bind(("0.0.0.0", port))
+                    .err()
+                    .is_some_and(taken),
+            };
+            if busy {
+                out.insert((protocol, port));
+            }
+        }
+    }
+    out
 }
 
 /// The EndpointSlices of the Services the entries name, by Service.
