@@ -24,7 +24,8 @@ FROM debian:${DEBIAN_RELEASE}-slim
 COPY scripts/image/install-runtime.sh scripts/image/create-user.sh scripts/image/check.sh /usr/local/lib/wicket/image/
 # nginx-light with the headers-more, brotli, set-misc (with ndk),
 # subs-filter, Lua (with lua-resty-core) and ModSecurity (with the OWASP
-# Core Rule Set, modsecurity-crs) modules, tini, curl, openssl;
+# Core Rule Set, modsecurity-crs) and stream (libnginx-mod-stream) modules,
+# tini, curl, openssl;
 # a copy of nginx with cap_net_bind_service
 # (/usr/local/lib/wicket/nginx-low-ports) for ports below 1024.
 RUN WICKET_IMAGE_BUILD=1 /usr/local/lib/wicket/image/install-runtime.sh

@@ -18,7 +18,7 @@ find_nginx() {
 }
 
 # The nginx modules wicket loads, from Debian's packages.
-NGINX_MODULE_PACKAGES=(libnginx-mod-http-headers-more-filter libnginx-mod-http-brotli-filter libnginx-mod-http-ndk libnginx-mod-http-set-misc libnginx-mod-http-subs-filter libnginx-mod-http-lua lua-resty-core libnginx-mod-http-modsecurity modsecurity-crs)
+NGINX_MODULE_PACKAGES=(libnginx-mod-http-headers-more-filter libnginx-mod-http-brotli-filter libnginx-mod-http-ndk libnginx-mod-http-set-misc libnginx-mod-http-subs-filter libnginx-mod-http-lua lua-resty-core libnginx-mod-http-modsecurity modsecurity-crs libnginx-mod-stream)
 
 # Installs nginx and the modules wicket loads from Debian's packages when
 # they are missing.

@@ -34,10 +34,29 @@ pub struct IngressReport {
     pub foreign: bool,
 }
 
+/// One TCP or UDP service that is served.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StreamReport {
+    pub protocol: &'static str,
+    pub port: u16,
+    /// `namespace/service:port`.
+    pub service: String,
+    /// Its ready endpoints (0: connections are closed at once).
+    pub endpoints: usize,
+    pub proxy_protocol_decode: bool,
+    pub proxy_protocol_encode: bool,
+}
+
 /// The report, as `--output json` prints it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Report {
     pub ingresses: Vec<IngressReport>,
+    /// TCP and UDP services served (`--tcp-services-configmap`,
+    /// `--udp-services-configmap`).
+    pub streams: Vec<StreamReport>,
+    /// The problems of the services ConfigMaps: entries not served (or
+    /// not as written). Any fails the check.
+    pub stream_problems: Vec<String>,
     /// Problems of the global settings and other objects (the human
     /// output shows them).
     #[serde(skip)]
@@ -55,7 +74,7 @@ impl Report {
                     .iter()
                     .any(|a| a.support == "unsupported" || (strict && a.support == "differs"))
         });
-        u8::from(bad)
+        u8::from(bad || !self.stream_problems.is_empty())
     }
 
     /// The human-readable form: grouped by Ingress, `namespace/name` first.
@@ -80,6 +99,25 @@ impl Report {
                     out.push_str(&format!("  {}: {}: {}\n", a.key, a.support, a.note));
                 }
             }
+        }
+        for t in &self.streams {
+            let proxy = match (t.proxy_protocol_decode, t.proxy_protocol_encode) {
+                (true, true) => ", PROXY protocol decoded and sent",
+                (true, false) => ", PROXY protocol decoded",
+                (false, true) => ", PROXY protocol sent",
+                (false, false) => "",
+            };
+            out.push_str(&format!(
+                "{} port {}: {}, {} ready endpoint{}{proxy}\n",
+                t.protocol,
+                t.port,
+                t.service,
+                t.endpoints,
+                if t.endpoints == 1 { "" } else { "s" }
+            ));
+        }
+        for p in &self.stream_problems {
+            out.push_str(&format!("{p}\n"));
         }
         for o in &self.other {
             out.push_str(&format!("{o}\n"));
@@ -170,11 +208,40 @@ pub fn check(cluster: &Cluster, opts: &build::Options) -> Report {
             foreign,
         });
     }
-    let other = b
+    let services: Vec<crate::cluster::ObjectKey> = [&opts.tcp_services, &opts.udp_services]
+        .into_iter()
+        .flatten()
+        .map(|n| n.key())
+        .collect();
+    let of_streams = |p: &&crate::problem::Problem| {
+        p.object.kind == Kind::ConfigMap && services.contains(&p.object.key)
+    };
+    let (stream_problems, other): (Vec<_>, Vec<_>) = b
         .problems
         .iter()
         .filter(|p| p.object.kind != Kind::Ingress && p.severity != Severity::Ignored)
-        .map(ToString::to_string)
+        .partition(of_streams);
+    let streams = b
+        .config
+        .streams
+        .servers
+        .iter()
+        .map(|t| StreamReport {
+            protocol: t.protocol.as_str(),
+            port: t.port,
+            service: t.service.clone(),
+            endpoints: t.servers.len(),
+            proxy_protocol_decode: t.decode_proxy,
+            proxy_protocol_encode: t.encode_proxy,
+        })
         .collect();
-    Report { ingresses, other }
+    Report {
+        ingresses,
+        streams,
+        stream_problems: stream_problems
+            .into_iter()
+            .map(ToString::to_string)
+            .collect(),
+        other: other.into_iter().map(ToString::to_string).collect(),
+    }
 }

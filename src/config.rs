@@ -77,6 +77,110 @@ pub struct Config {
     /// and one without endpoints keeps its block (a placeholder server
     /// answering 503) so that endpoints can come back without a reload.
     pub dynamic_endpoints: bool,
+    /// TCP and UDP services (`--tcp-services-configmap`,
+    /// `--udp-services-configmap`): nginx's `stream` block, rendered only
+    /// when it has servers.
+    pub streams: Streams,
+}
+
+/// nginx's `stream` block: one server per TCP or UDP service port, sorted
+/// by protocol and port.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Streams {
+    pub servers: Vec<StreamServer>,
+    /// `--enable-ssl-passthrough` (with the stream module): the stream
+    /// block listens on the HTTPS port and routes TLS by SNI; wicket's
+    /// HTTPS servers listen on [`HTTPS_SOCKET`] instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passthrough: Option<Passthrough>,
+}
+
+impl Streams {
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty() && self.passthrough.is_none()
+    }
+}
+
+/// Where wicket's HTTPS servers listen with TLS passthrough on (in the
+/// state folder): the stream block sends them every TLS connection that
+/// is not passed through, with the PROXY protocol.
+pub const HTTPS_SOCKET: &str = "wicket-https.sock";
+
+/// TLS passthrough: the HTTPS port's listener in the stream block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Passthrough {
+    pub https_port: u16,
+    /// `use-proxy-protocol`: the listener reads the PROXY protocol (from
+    /// the networks of `proxy-real-ip-cidr`).
+    pub decode_proxy: bool,
+    /// The hosts passed through, sorted by host.
+    pub hosts: Vec<PassthroughHost>,
+}
+
+/// One host whose TLS goes to its backend unterminated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PassthroughHost {
+    /// The SNI it is chosen by (`*.example.com` for a wildcard).
+    pub host: String,
+    /// `wicket_passthrough_N`: the upstream of its endpoints, and
+    /// `wicket_passthrough_N_in` that of the local server that takes the
+    /// PROXY protocol off (socket `wicket-passthrough-N.sock`).
+    pub upstream: String,
+    pub socket: String,
+    /// `namespace/name` of the Ingress and `service:port`, for the comment.
+    pub ingress: String,
+    pub service: String,
+    /// Ready endpoints; empty: connections are closed at once.
+    pub servers: Vec<UpstreamServer>,
+}
+
+/// `tcp` or `udp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamProtocol {
+    Tcp,
+    Udp,
+}
+
+impl StreamProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamProtocol::Tcp => "tcp",
+            StreamProtocol::Udp => "udp",
+        }
+    }
+    /// As Kubernetes writes it (`TCP`, `UDP`).
+    pub fn kube(self) -> &'static str {
+        match self {
+            StreamProtocol::Tcp => "TCP",
+            StreamProtocol::Udp => "UDP",
+        }
+    }
+}
+
+/// One TCP or UDP service: what listens on `port` and where it goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StreamServer {
+    pub port: u16,
+    pub protocol: StreamProtocol,
+    /// `wicket_tcp_PORT` / `wicket_udp_PORT`: its upstream (generated).
+    pub upstream: String,
+    /// ingress-nginx's `$proxy_upstream_name`: `tcp-NAMESPACE-SERVICE-PORT`.
+    pub upstream_label: String,
+    /// `namespace/service:port` as the entry names it, for the comment.
+    pub service: String,
+    /// `NAMESPACE/NAME` of the ConfigMap of the entry (whose key is
+    /// `port`), for the comment.
+    pub source: String,
+    /// Ready endpoints the backend policy allows, sorted; empty: the
+    /// server closes every connection at once (`return ""`).
+    pub servers: Vec<UpstreamServer>,
+    /// The first `PROXY`: the listener reads the PROXY protocol (and the
+    /// client address it carries is the connection's, from the networks
+    /// of `proxy-real-ip-cidr`).
+    pub decode_proxy: bool,
+    /// The second `PROXY`: the PROXY protocol is sent to the upstream.
+    pub encode_proxy: bool,
 }
 
 /// Optional nginx modules (Debian's `libnginx-mod-*` packages), loaded
@@ -111,6 +215,9 @@ pub struct Modules {
     /// The OWASP Core Rule Set of Debian's `modsecurity-crs` (its setup
     /// file and rules folder).
     pub crs: bool,
+    /// `ngx_stream_module` (Debian's `libnginx-mod-stream`): TCP and UDP
+    /// services, loaded only when there are some.
+    pub stream: bool,
 }
 
 /// The file of the headers-more module.
@@ -127,6 +234,8 @@ pub const SUBS_FILTER_MODULE: &str = "ngx_http_subs_filter_module.so";
 pub const LUA_MODULE: &str = "ngx_http_lua_module.so";
 /// The file of the ModSecurity module.
 pub const MODSECURITY_MODULE: &str = "ngx_http_modsecurity_module.so";
+/// The file of the stream module.
+pub const STREAM_MODULE: &str = "ngx_stream_module.so";
 /// The OWASP Core Rule Set's setup file and rules, from Debian's
 /// `modsecurity-crs`.
 pub const CRS_SETUP: &str = "/etc/modsecurity/crs/crs-setup.conf";
@@ -145,12 +254,13 @@ impl Modules {
             modsecurity: dir.join(MODSECURITY_MODULE).is_file(),
             crs: std::path::Path::new(CRS_SETUP).is_file()
                 && std::path::Path::new(CRS_RULES).is_dir(),
+            stream: dir.join(STREAM_MODULE).is_file(),
         }
     }
 
     /// The `.so` files to load, in order (a module before those that need
-    /// it); brotli, Lua and ModSecurity only when they are used.
-    pub fn to_load(&self, brotli: bool, lua: bool, modsecurity: bool) -> Vec<String> {
+    /// it); brotli, Lua, ModSecurity and stream only when they are used.
+    pub fn to_load(&self, brotli: bool, lua: bool, modsecurity: bool, stream: bool) -> Vec<String> {
         let lua = self.lua && lua;
         let dir = std::path::Path::new(&self.dir);
         let files = [
@@ -161,6 +271,7 @@ impl Modules {
             (self.subs_filter, SUBS_FILTER_MODULE),
             (self.brotli && brotli, BROTLI_MODULE),
             (self.modsecurity && modsecurity, MODSECURITY_MODULE),
+            (self.stream && stream, STREAM_MODULE),
         ];
         files
             .iter()
@@ -870,6 +981,7 @@ impl Config {
             modsecurity_files,
             modules,
             dynamic_endpoints,
+            streams,
         } = self;
         if !*dynamic_endpoints || !old.dynamic_endpoints || upstreams.len() != old.upstreams.len() {
             return None;
@@ -922,7 +1034,10 @@ impl Config {
             && *canaries == old.canaries
             && *modsecurity == old.modsecurity
             && *modsecurity_files == old.modsecurity_files
-            && *modules == old.modules;
+            && *modules == old.modules
+            // Debian's Lua module is http-only: stream upstreams (their
+            // endpoints too) change with a reload.
+            && *streams == old.streams;
         (same && !changed.is_empty()).then_some(changed)
     }
 }

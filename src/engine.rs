@@ -265,9 +265,21 @@ impl Engine {
         for (name, e) in &self.resolver.stale {
             warn!(name = %name, error = %e, "externalName lookup failed; its last addresses are kept");
         }
-        self.names_at = (!names.is_empty()).then(|| Instant::now() + crate::resolve::REFRESH);
         let changed = self.opts.resolved.as_deref() != Some(&resolved);
         self.opts.resolved = Some(Arc::new(resolved));
+        // TCP and UDP service ports another process holds: nginx could not
+        // bind them, and would refuse the whole config.
+        let in_use =
+            crate::build::streams::ports_in_use(cluster, &self.opts, self.applied.as_deref());
+        let freed = in_use != self.opts.ports_in_use;
+        if freed && in_use.len() < self.opts.ports_in_use.len() {
+            info!("a TCP or UDP service port is free now");
+        }
+        self.opts.ports_in_use = in_use;
+        // Looked up again: names, and ports that were taken.
+        self.names_at = (!names.is_empty() || !self.opts.ports_in_use.is_empty())
+            .then(|| Instant::now() + crate::resolve::REFRESH);
+        let changed = changed || freed;
         self.opts.backend_policy.own_ports = self.own_ports.clone();
         self.opts.backend_policy.own_addresses = crate::netinfo::local_addresses();
         changed

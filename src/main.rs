@@ -134,6 +134,25 @@ struct BuildArgs {
         action = clap::ArgAction::Set
     )]
     dynamic_endpoints: bool,
+    /// NAMESPACE/NAME of a ConfigMap of TCP services, in ingress-nginx's
+    /// format: each key an external port, each value
+    /// NAMESPACE/SERVICE:PORT[:PROXY[:PROXY]] (the first PROXY decodes the
+    /// PROXY protocol, the second sends it). Needs Debian's
+    /// libnginx-mod-stream.
+    #[arg(long, env = "WICKET_TCP_SERVICES_CONFIGMAP")]
+    tcp_services_configmap: Option<NamespacedName>,
+    /// NAMESPACE/NAME of a ConfigMap of UDP services: each key an external
+    /// port, each value NAMESPACE/SERVICE:PORT. Needs Debian's
+    /// libnginx-mod-stream.
+    #[arg(long, env = "WICKET_UDP_SERVICES_CONFIGMAP")]
+    udp_services_configmap: Option<NamespacedName>,
+    /// Honour the ssl-passthrough annotation: nginx's stream module listens
+    /// on the HTTPS port and sends TLS whose SNI is such an Ingress's host
+    /// to its backend unterminated; the rest reaches wicket's HTTPS server
+    /// (through a unix socket, with the PROXY protocol). Needs Debian's
+    /// libnginx-mod-stream.
+    #[arg(long, env = "WICKET_ENABLE_SSL_PASSTHROUGH", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    enable_ssl_passthrough: bool,
 }
 
 /// How nginx runs: flags shared by serve and controller.
@@ -287,6 +306,27 @@ fn build_options(
             wicket::config::NDK_MODULE,
         );
     }
+    if !modules.stream {
+        for (flag, set) in [
+            (
+                "--tcp-services-configmap",
+                b.tcp_services_configmap.is_some(),
+            ),
+            (
+                "--udp-services-configmap",
+                b.udp_services_configmap.is_some(),
+            ),
+            ("--enable-ssl-passthrough", b.enable_ssl_passthrough),
+        ] {
+            if set {
+                tracing::warn!(
+                    dir = %b.nginx_modules_dir.display(),
+                    "{} not found: {flag} is not honoured, HTTP and HTTPS are served as without it (install libnginx-mod-stream)",
+                    wicket::config::STREAM_MODULE,
+                );
+            }
+        }
+    }
     Ok(build::Options {
         class: ClassOptions {
             ingress_class: b.ingress_class.clone(),
@@ -309,6 +349,11 @@ fn build_options(
         resolved: None,
         modules,
         dynamic_endpoints: b.dynamic_endpoints,
+        tcp_services: b.tcp_services_configmap.clone(),
+        udp_services: b.udp_services_configmap.clone(),
+        ssl_passthrough: b.enable_ssl_passthrough,
+        // Found by serve and controller before each build.
+        ports_in_use: Default::default(),
     })
 }
 
@@ -369,7 +414,7 @@ fn nginx_options(run: &RunArgs, state_dir: PathBuf) -> NginxOptions {
 fn snapshot(
     manifests: Option<&Path>,
     watch_namespace: Option<&str>,
-    configmap: Option<&NamespacedName>,
+    build: &BuildArgs,
 ) -> anyhow::Result<(Cluster, Vec<FileReport>, Option<Folder>)> {
     match manifests {
         Some(dir) => {
@@ -383,7 +428,9 @@ fn snapshot(
         None => {
             let opts = KubeOptions {
                 namespace: watch_namespace.map(str::to_string),
-                configmap: configmap.cloned(),
+                configmap: build.configmap.clone(),
+                tcp_services: build.tcp_services_configmap.clone(),
+                udp_services: build.udp_services_configmap.clone(),
                 publish_service: None,
             };
             let cluster = tokio::runtime::Runtime::new()
@@ -425,7 +472,7 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     let (cluster, reports, folder) = snapshot(
         args.manifests.as_deref(),
         args.watch_namespace.as_deref(),
-        args.build.configmap.as_ref(),
+        &args.build,
     )?;
     let opts = one_off_options(
         &cluster,
@@ -471,7 +518,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let (cluster, reports, _folder) = snapshot(
         args.manifests.as_deref(),
         args.watch_namespace.as_deref(),
-        args.build.configmap.as_ref(),
+        &args.build,
     )?;
     let opts = one_off_options(
         &cluster,
@@ -569,6 +616,8 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         kube: KubeOptions {
             namespace: args.watch_namespace,
             configmap: build.configmap.clone(),
+            tcp_services: build.tcp_services.clone(),
+            udp_services: build.udp_services.clone(),
             publish_service: args.publish_service.clone(),
         },
         build,

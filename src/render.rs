@@ -43,6 +43,7 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../templates/policy_proxy.conf"),
     ),
     ("upstream.conf", include_str!("../templates/upstream.conf")),
+    ("stream.conf", include_str!("../templates/stream.conf")),
 ];
 
 /// The template of the whole file; servers and upstreams are rendered from
@@ -371,6 +372,7 @@ impl Renderer {
             request_headers: config.request_headers.clone(),
             modules: config.modules.clone(),
             dynamic_endpoints: config.dynamic_endpoints,
+            passthrough: config.streams.passthrough.is_some(),
         };
         // Snippets are spliced in after rendering: a text with them is not
         // one the parts can be cut from again, so it is not kept.
@@ -624,6 +626,7 @@ struct CacheKey {
     request_headers: Vec<crate::config::ExpandableHeader>,
     modules: crate::config::Modules,
     dynamic_endpoints: bool,
+    passthrough: bool,
 }
 
 /// The global settings servers and locations need (see
@@ -632,6 +635,9 @@ struct CacheKey {
 struct Globals<'a> {
     http2: bool,
     proxy_protocol: bool,
+    /// TLS passthrough is on: HTTPS listens on the unix socket the stream
+    /// block sends it to, with the PROXY protocol.
+    passthrough: bool,
     block_user_agents: bool,
     block_referers: bool,
     /// HSTS is on and can be sent (headers-more is loaded).
@@ -649,6 +655,7 @@ impl<'a> Globals<'a> {
         Globals {
             http2: s.use_http2,
             proxy_protocol: s.use_proxy_protocol,
+            passthrough: c.streams.passthrough.is_some(),
             block_user_agents: !s.block_user_agents.is_empty(),
             block_referers: !s.block_referers.is_empty(),
             hsts: s.hsts && c.modules.headers_more,
@@ -745,6 +752,11 @@ struct Head<'a> {
     /// The zones' keys that exempt networks, once each.
     limit_keys: Vec<&'a crate::config::LimitZone>,
     modsecurity: Option<&'a crate::config::ModSecurityHttp>,
+    /// The `stream` block (TCP and UDP services, TLS passthrough), when it
+    /// has servers.
+    streams: Option<&'a crate::config::Streams>,
+    /// TLS passthrough is on (see [`Globals::passthrough`]).
+    passthrough: bool,
 }
 
 impl<'a> Head<'a> {
@@ -754,6 +766,7 @@ impl<'a> Head<'a> {
             s.enable_brotli,
             c.dynamic_endpoints,
             c.modsecurity.is_some(),
+            !c.streams.is_empty(),
         );
         Head {
             dynamic_endpoints: c.dynamic_endpoints,
@@ -780,6 +793,8 @@ impl<'a> Head<'a> {
             auth_cache: c.auth_cache,
             canaries: &c.canaries,
             modsecurity: c.modsecurity.as_ref(),
+            streams: (!c.streams.is_empty()).then_some(&c.streams),
+            passthrough: c.streams.passthrough.is_some(),
             limit_keys: {
                 let mut seen = std::collections::BTreeSet::new();
                 c.limit_zones

@@ -24,6 +24,10 @@ use crate::values::{
 /// ingress-nginx's default access log format (`log-format-upstream`).
 pub const DEFAULT_LOG_FORMAT: &str = "$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent \"$http_referer\" \"$http_user_agent\" $request_length $request_time [$proxy_upstream_name] [$proxy_alternative_upstream_name] $upstream_addr $upstream_response_length $upstream_response_time $upstream_status $req_id";
 
+/// ingress-nginx's default `log-format-stream`.
+pub const DEFAULT_STREAM_LOG_FORMAT: &str =
+    "[$remote_addr] [$time_local] $protocol $status $bytes_sent $bytes_received $session_time";
+
 /// ingress-nginx's default `gzip-types`.
 pub const DEFAULT_GZIP_TYPES: &str = "application/atom+xml application/javascript application/x-javascript application/json application/rss+xml application/vnd.ms-fontobject application/x-font-ttf application/x-web-app-manifest+json application/xhtml+xml application/xml font/opentype image/svg+xml image/x-icon text/css text/javascript text/plain text/x-component";
 
@@ -228,6 +232,18 @@ pub struct Settings {
     pub upstream_hash_by: Option<Expandable>,
     pub upstream_hash_by_subset: bool,
     pub upstream_hash_by_subset_size: u32,
+
+    /// The stream block (TCP and UDP services): `proxy-stream-timeout`,
+    /// `proxy-stream-next-upstream`, its `-timeout` and `-tries`,
+    /// `proxy-stream-responses` (UDP), `log-format-stream`,
+    /// `disable-stream-access-log`.
+    pub proxy_stream_timeout: NginxTime,
+    pub proxy_stream_next_upstream: bool,
+    pub proxy_stream_next_upstream_timeout: NginxTime,
+    pub proxy_stream_next_upstream_tries: u32,
+    pub proxy_stream_responses: u32,
+    pub log_format_stream: Expandable,
+    pub disable_stream_access_log: bool,
 }
 
 impl Default for Settings {
@@ -328,6 +344,14 @@ impl Default for Settings {
             upstream_hash_by: None,
             upstream_hash_by_subset: false,
             upstream_hash_by_subset_size: 3,
+            proxy_stream_timeout: NginxTime::of("600s"),
+            proxy_stream_next_upstream: true,
+            proxy_stream_next_upstream_timeout: NginxTime::of("600s"),
+            proxy_stream_next_upstream_tries: 3,
+            proxy_stream_responses: 1,
+            log_format_stream: Expandable::parse_stream(DEFAULT_STREAM_LOG_FORMAT, 4096)
+                .expect("valid"),
+            disable_stream_access_log: false,
         }
     }
 }
@@ -510,6 +534,19 @@ impl Settings {
             "upstream-hash-by-subset-size" => {
                 s.upstream_hash_by_subset_size = parse_count(value, 1, 1024)?
             }
+            "proxy-stream-timeout" => s.proxy_stream_timeout = NginxTime::parse(value)?,
+            "proxy-stream-next-upstream" => s.proxy_stream_next_upstream = parse_bool(value)?,
+            "proxy-stream-next-upstream-timeout" => {
+                s.proxy_stream_next_upstream_timeout = NginxTime::parse(value)?
+            }
+            "proxy-stream-next-upstream-tries" => {
+                s.proxy_stream_next_upstream_tries = tries(value)?
+            }
+            "proxy-stream-responses" => {
+                s.proxy_stream_responses = parse_count(value, 0, 1_000_000)?
+            }
+            "log-format-stream" => s.log_format_stream = Expandable::parse_stream(value, 4096)?,
+            "disable-stream-access-log" => s.disable_stream_access_log = parse_bool(value)?,
             k if k.starts_with("global-auth-") => return s.global_auth.apply(k, value),
             "enable-modsecurity" => s.enable_modsecurity = parse_bool(value)?,
             "enable-owasp-modsecurity-crs" => s.enable_owasp_modsecurity_crs = parse_bool(value)?,

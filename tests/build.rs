@@ -52,8 +52,13 @@ fn opts() -> Options {
             lua: true,
             modsecurity: true,
             crs: true,
+            stream: true,
         },
         dynamic_endpoints: false,
+        tcp_services: None,
+        udp_services: None,
+        ssl_passthrough: false,
+        ports_in_use: Default::default(),
     }
 }
 
@@ -566,6 +571,7 @@ fn a_setting_that_needs_a_missing_module_is_reported() {
         lua: false,
         modsecurity: false,
         crs: false,
+        stream: false,
     };
     o.configmap = Some("shop/settings".parse().unwrap());
     let yaml = format!(

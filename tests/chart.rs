@@ -269,6 +269,7 @@ fn lint_and_values_schema() {
         vec!["webhook.enabled=true"],
         vec!["webhook.enabled=true", "webhook.certManager.enabled=true"],
         vec!["metrics.serviceMonitor.enabled=true"],
+        vec!["tcp.5432=db/postgres:5432", "udp.5353=kube-system/dns:dns"],
     ] {
         let mut a = vec!["lint", "--strict", chart];
         for s in &sets {
@@ -303,6 +304,10 @@ fn lint_and_values_schema() {
             "readOnlyRootFileSystem",
         ),
         ("livenessProbe.periodSecond=5", "periodSecond"),
+        ("tcp.ssh=git/ssh:22", "ssh"),
+        ("tcp.70000=git/ssh:22", "70000"),
+        ("udp.53=no-namespace:53", "/udp/53"),
+        ("tcp.22=git/ssh:22:SOCKS", "/tcp/22"),
         ("updateStrategy.rollingUpdate.maxSurg=1", "maxSurg"),
         (
             "podDisruptionBudget.minAvailable=1",
@@ -418,6 +423,91 @@ struct Variant {
 }
 
 const VARIANTS: &[Variant] = &[
+    Variant {
+        name: "tcp and udp services",
+        namespace: "wicket",
+        sets: &[
+            "tcp.5432=db/postgres:5432",
+            "tcp.2222=git/ssh:ssh:PROXY",
+            "udp.5353=kube-system/dns:dns",
+            "sslPassthrough=true",
+        ],
+        check: |docs| {
+            let a = args(docs);
+            for flag in [
+                "--tcp-services-configmap=wicket/wicket-tcp",
+                "--udp-services-configmap=wicket/wicket-udp",
+                "--enable-ssl-passthrough=true",
+            ] {
+                assert!(a.iter().any(|x| x == flag), "no {flag} in {a:?}");
+            }
+            let tcp = find(docs, "ConfigMap", "wicket-tcp");
+            assert_eq!(tcp["data"]["5432"], "db/postgres:5432");
+            assert_eq!(tcp["data"]["2222"], "git/ssh:ssh:PROXY");
+            let udp = find(docs, "ConfigMap", "wicket-udp");
+            assert_eq!(udp["data"]["5353"], "kube-system/dns:dns");
+            let svc = find(docs, "Service", "wicket");
+            let ports = svc["spec"]["ports"].as_array().unwrap();
+            let port = |name: &str| {
+                ports
+                    .iter()
+                    .find(|p| p["name"] == name)
+                    .unwrap_or_else(|| panic!("no Service port {name}: {ports:?}"))
+            };
+            assert_eq!(port("5432-tcp")["port"], 5432);
+            assert_eq!(port("5432-tcp")["targetPort"], "5432-tcp");
+            assert_eq!(port("5432-tcp")["protocol"], "TCP");
+            assert_eq!(port("5353-udp")["protocol"], "UDP");
+            assert_eq!(port("2222-tcp")["port"], 2222);
+            let c = controller(docs);
+            let pod_ports = c["ports"].as_array().unwrap();
+            let pod_port = |name: &str| {
+                pod_ports
+                    .iter()
+                    .find(|p| p["name"] == name)
+                    .unwrap_or_else(|| panic!("no container port {name}: {pod_ports:?}"))
+            };
+            assert_eq!(pod_port("5432-tcp")["containerPort"], 5432);
+            assert_eq!(pod_port("5353-udp")["containerPort"], 5353);
+            assert_eq!(pod_port("5353-udp")["protocol"], "UDP");
+            // No port below 1024: no capability.
+            assert!(c["securityContext"]["capabilities"]["add"].is_null());
+        },
+    },
+    Variant {
+        name: "a tcp service below 1024",
+        // hostPort: not for the restricted namespace.
+        namespace: "wicket-host",
+        sets: &["tcp.22=git/ssh:ssh", "hostPort.enabled=true"],
+        check: |docs| {
+            let c = controller(docs);
+            assert_eq!(
+                strings(&c["securityContext"]["capabilities"]["add"]),
+                ["NET_BIND_SERVICE"]
+            );
+            let a = args(docs);
+            assert!(
+                a.iter()
+                    .any(|x| x == "--nginx-binary=/usr/local/lib/wicket/nginx-low-ports"),
+                "{a:?}"
+            );
+            let p = c["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "22-tcp")
+                .unwrap();
+            assert_eq!(p["hostPort"], 22);
+            // No udp values: no ConfigMap, no flag.
+            assert!(!a.iter().any(|x| x.starts_with("--udp-services-configmap")));
+            assert!(!a.iter().any(|x| x.starts_with("--enable-ssl-passthrough")));
+            assert!(
+                !docs
+                    .iter()
+                    .any(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "wicket-udp")
+            );
+        },
+    },
     Variant {
         name: "default values",
         namespace: "wicket",

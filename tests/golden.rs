@@ -19,6 +19,13 @@ fn default_certificate() -> Certificate {
 }
 
 fn render(dir: &str) -> (String, Vec<String>, std::sync::Arc<wicket::config::Config>) {
+    render_with(dir, |_| {})
+}
+
+fn render_with(
+    dir: &str,
+    tweak: impl FnOnce(&mut Options),
+) -> (String, Vec<String>, std::sync::Arc<wicket::config::Config>) {
     let mut folder = Folder::new(Path::new(dir));
     folder.rescan().unwrap();
     let (cluster, reports) = folder.cluster();
@@ -47,7 +54,13 @@ fn render(dir: &str) -> (String, Vec<String>, std::sync::Arc<wicket::config::Con
         modules: common::modules(),
         // As the flag's default.
         dynamic_endpoints: true,
+        tcp_services: None,
+        udp_services: None,
+        ssl_passthrough: false,
+        ports_in_use: Default::default(),
     };
+    let mut opts = opts;
+    tweak(&mut opts);
     let b = build::build(&cluster, &opts);
     let env = RenderEnv {
         generation: 1,
@@ -67,7 +80,11 @@ fn render(dir: &str) -> (String, Vec<String>, std::sync::Arc<wicket::config::Con
 }
 
 fn golden(name: &str, dir: &str) {
-    let (text, problems, config) = render(dir);
+    golden_with(name, dir, |_| {})
+}
+
+fn golden_with(name: &str, dir: &str, tweak: impl FnOnce(&mut Options)) {
+    let (text, problems, config) = render_with(dir, tweak);
     insta::assert_snapshot!(name, text);
     insta::assert_snapshot!(format!("{name}-problems"), problems.join("\n"));
     common::nginx_test(&text, &config);
@@ -99,9 +116,24 @@ fn default_backends_and_unavailable_services() {
 }
 
 #[test]
+fn tcp_udp_services_and_ssl_passthrough() {
+    golden_with("streams", "tests/fixtures/golden/streams", |o| {
+        o.tcp_services = Some("ingress/tcp".parse().unwrap());
+        o.udp_services = Some("ingress/udp".parse().unwrap());
+        o.ssl_passthrough = true;
+    });
+}
+
+#[test]
 fn a_cached_render_is_the_same_as_a_full_one() {
     let (_, _, before) = render("examples");
     let (_, _, after) = render("tests/fixtures/golden/defaults");
+    // With TLS passthrough every server listens elsewhere.
+    let (_, _, streams) = render_with("examples", |o| {
+        o.tcp_services = Some("ingress/tcp".parse().unwrap());
+        o.ssl_passthrough = true;
+    });
+    assert!(streams.streams.passthrough.is_some());
     let r = Renderer::embedded().unwrap();
     let env = RenderEnv {
         generation: 3,
@@ -118,7 +150,9 @@ fn a_cached_render_is_the_same_as_a_full_one() {
     changed.upstreams.reverse();
     changed.upstreams.pop();
     let changed = std::sync::Arc::new(changed);
-    for c in [&changed, &after, &before, &changed] {
+    for c in [
+        &changed, &after, &before, &streams, &changed, &streams, &before,
+    ] {
         assert_eq!(
             &*r.render_cached(c, &env, &mut cache).unwrap(),
             r.render(c, &env).unwrap().as_str()

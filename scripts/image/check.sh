@@ -36,10 +36,10 @@ for m in --with-http_ssl_module --with-http_v2_module --with-http_stub_status_mo
 done
 ok "$(head -n1 <<<"$nginx_v")"
 # The dynamic modules wicket loads (Debian's libnginx-mod-* packages).
-for m in ngx_http_headers_more_filter_module.so ngx_http_brotli_filter_module.so ndk_http_module.so ngx_http_set_misc_module.so ngx_http_subs_filter_module.so ngx_http_lua_module.so ngx_http_modsecurity_module.so; do
+for m in ngx_http_headers_more_filter_module.so ngx_http_brotli_filter_module.so ndk_http_module.so ngx_http_set_misc_module.so ngx_http_subs_filter_module.so ngx_http_lua_module.so ngx_http_modsecurity_module.so ngx_stream_module.so; do
     [ -f "/usr/lib/nginx/modules/$m" ] || fail "/usr/lib/nginx/modules/$m is missing (run install-runtime.sh again)"
 done
-ok "headers-more and brotli modules"
+ok "headers-more, brotli, ndk, set-misc, subs-filter, Lua, ModSecurity and stream modules"
 # The OWASP Core Rule Set (modsecurity-crs) where wicket includes it from.
 for f in /etc/modsecurity/crs/crs-setup.conf /usr/share/modsecurity-crs/rules/REQUEST-942-APPLICATION-ATTACK-SQLI.conf; do
     [ -f "$f" ] || fail "$f is missing (run install-runtime.sh again)"

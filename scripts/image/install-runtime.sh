@@ -16,6 +16,8 @@
 # - libnginx-mod-http-modsecurity, modsecurity-crs: ModSecurity and the OWASP
 #   Core Rule Set (enable-modsecurity, enable-owasp-core-rules), loaded only
 #   when an Ingress or the ConfigMap turns them on;
+# - libnginx-mod-stream: TCP and UDP services (--tcp-services-configmap,
+#   --udp-services-configmap), loaded only when there are some;
 # - tini: PID 1, forwards signals to wicket and reaps orphaned nginx workers;
 # - curl, openssl, ca-certificates: the webhook certificate hook Jobs
 #   (wicket-webhook-cert);
@@ -31,7 +33,7 @@ set -euo pipefail
 
 [ "$(id -u)" -eq 0 ] || { echo "install-runtime.sh: run as root" >&2; exit 1; }
 
-packages=(nginx-light libnginx-mod-http-headers-more-filter libnginx-mod-http-brotli-filter libnginx-mod-http-ndk libnginx-mod-http-set-misc libnginx-mod-http-subs-filter libnginx-mod-http-lua lua-resty-core libnginx-mod-http-modsecurity modsecurity-crs tini curl openssl ca-certificates libcap2-bin)
+packages=(nginx-light libnginx-mod-http-headers-more-filter libnginx-mod-http-brotli-filter libnginx-mod-http-ndk libnginx-mod-http-set-misc libnginx-mod-http-subs-filter libnginx-mod-http-lua lua-resty-core libnginx-mod-http-modsecurity modsecurity-crs libnginx-mod-stream tini curl openssl ca-certificates libcap2-bin)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

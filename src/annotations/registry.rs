@@ -1377,8 +1377,10 @@ pub static ANNOTATIONS: &[Annotation] = &[
         "sslpassthrough",
         Ingress,
         OPEN,
-        Unsupported("not supported yet (TLS passthrough comes with TCP and UDP services)"),
-        "",
+        Differs(
+            "with --enable-ssl-passthrough and nginx's stream module: TLS whose SNI is one of the Ingress's hosts goes unterminated to the Service of its path / (else its first path); refused while use-forwarded-headers or enable-real-ip is on; plain HTTP is served by the Ingress's locations",
+        ),
+        "true",
     ),
     row(
         "ssl-prefer-server-ciphers",
@@ -1402,7 +1404,7 @@ pub static ANNOTATIONS: &[Annotation] = &[
         Ingress,
         OPEN,
         Unsupported(
-            "refused unless allow-snippet-annotations; ignored when allowed (no stream block yet)",
+            "refused unless allow-snippet-annotations; ignored when allowed (snippets are not put in the stream block)",
         ),
         "",
     ),
@@ -1804,9 +1806,9 @@ pub static KEYS: &[Key] = &[
     key(
         "disable-stream-access-log",
         OPEN,
-        Unsupported("not supported yet"),
-        "",
-        "",
+        Supported,
+        "false",
+        "true",
     ),
     key(
         "enable-access-log-for-default-backend",
@@ -2351,9 +2353,11 @@ pub static KEYS: &[Key] = &[
     key(
         "log-format-stream",
         OPEN,
-        Unsupported("not supported yet"),
+        Differs(
+            "the variables must be ones nginx's stream module defines (or $proxy_upstream_name), else the default is kept",
+        ),
         "[$remote_addr] [$time_local] $protocol $status $bytes_sent $bytes_received $session_time",
-        "",
+        "$remote_addr $protocol $status $session_time",
     ),
     key(
         "log-format-upstream",
@@ -2677,38 +2681,26 @@ pub static KEYS: &[Key] = &[
     key(
         "proxy-stream-next-upstream",
         OPEN,
-        Unsupported("not supported yet"),
+        Supported,
         "true",
-        "",
+        "false",
     ),
     key(
         "proxy-stream-next-upstream-timeout",
         OPEN,
-        Unsupported("not supported yet"),
+        Supported,
         "600s",
-        "",
+        "30s",
     ),
     key(
         "proxy-stream-next-upstream-tries",
         OPEN,
-        Unsupported("not supported yet"),
+        Supported,
         "3",
-        "",
+        "2",
     ),
-    key(
-        "proxy-stream-responses",
-        OPEN,
-        Unsupported("not supported yet"),
-        "1",
-        "",
-    ),
-    key(
-        "proxy-stream-timeout",
-        OPEN,
-        Unsupported("not supported yet"),
-        "600s",
-        "",
-    ),
+    key("proxy-stream-responses", OPEN, Supported, "1", "2"),
+    key("proxy-stream-timeout", OPEN, Supported, "600s", "1h"),
     key(
         "real-client-from",
         OPEN,

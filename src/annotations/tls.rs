@@ -33,6 +33,9 @@ pub struct Tls {
     pub proxy: Option<ProxySsl>,
     /// Set when any `auth-tls-*` annotation is.
     pub client: Option<ClientTls>,
+    /// `ssl-passthrough`: TLS for the Ingress's hosts goes unterminated
+    /// to its backend (with `--enable-ssl-passthrough`).
+    pub ssl_passthrough: bool,
 }
 
 /// `auth-tls-verify-client`: nginx's `ssl_verify_client` values.
@@ -154,6 +157,7 @@ pub fn parse(r: &mut Reader<'_>, errors: &mut Vec<FieldError>) -> Tls {
         prefer_server_ciphers: r.bool("ssl-prefer-server-ciphers", errors),
         proxy: any_proxy.then_some(proxy),
         client: parse_client(r, errors),
+        ssl_passthrough: r.bool("ssl-passthrough", errors).unwrap_or(false),
     }
 }
 

@@ -401,41 +401,16 @@ impl<'a, 'r> Backends<'a, 'r> {
             };
         }
         let port_name = port.name.as_deref().unwrap_or_default();
-        let mut candidates = BTreeSet::new();
-        for slice in self
-            .slices
-            .get(&(ns, b.name.as_str()))
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
-                continue;
-            }
-            let Some(slice_port) = slice.ports.iter().flatten().find(|p| {
-                p.name.as_deref().unwrap_or("") == port_name
-                    && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
-            }) else {
-                continue;
-            };
-            let Some(number) = slice_port
-                .port
-                .and_then(|n| u16::try_from(n).ok())
-                .filter(|n| *n > 0)
-            else {
-                continue;
-            };
-            for ep in &slice.endpoints {
-                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                if !ready {
-                    continue;
-                }
-                for addr in &ep.addresses {
-                    if let Ok(ip) = addr.parse::<IpAddr>() {
-                        candidates.insert(SocketAddr::new(ip, number));
-                    }
-                }
-            }
-        }
+        let candidates = ready_endpoints(
+            self.slices
+                .get(&(ns, b.name.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .copied(),
+            port_name,
+            "TCP",
+        );
         let mut refused = Vec::new();
         let servers = self.allowed(candidates, &mut refused);
         if servers.is_empty() {
@@ -461,6 +436,47 @@ impl<'a, 'r> Backends<'a, 'r> {
         let number = u16::try_from(port.port).unwrap_or(0);
         upstream(&key, number, servers.into_iter().collect(), refused, false)
     }
+}
+
+/// The ready endpoints of a Service port in these EndpointSlices (the
+/// Service's): the addresses of the slice ports named as the Service port
+/// is, of this protocol (`TCP`, `UDP`), each with that slice port's number.
+pub fn ready_endpoints<'s>(
+    slices: impl IntoIterator<Item = &'s EndpointSlice>,
+    port_name: &str,
+    protocol: &str,
+) -> BTreeSet<SocketAddr> {
+    let mut candidates = BTreeSet::new();
+    for slice in slices {
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
+        let Some(slice_port) = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or("") == port_name
+                && p.protocol.as_deref().unwrap_or("TCP") == protocol
+        }) else {
+            continue;
+        };
+        let Some(number) = slice_port
+            .port
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n > 0)
+        else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if !ready {
+                continue;
+            }
+            for addr in &ep.addresses {
+                if let Ok(ip) = addr.parse::<IpAddr>() {
+                    candidates.insert(SocketAddr::new(ip, number));
+                }
+            }
+        }
+    }
+    candidates
 }
 
 fn unavailable(reason: String) -> Answer {

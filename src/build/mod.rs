@@ -8,6 +8,7 @@ pub mod backends;
 pub mod class;
 pub mod ingress;
 pub mod policy;
+pub mod streams;
 pub mod tls;
 
 use std::cmp::Reverse;
@@ -60,6 +61,18 @@ pub struct Options {
     /// `--dynamic-endpoints`: take endpoint changes without a reload, when
     /// the Lua module is installed.
     pub dynamic_endpoints: bool,
+    /// `--tcp-services-configmap` and `--udp-services-configmap`: the
+    /// ConfigMaps of TCP and UDP services (see [`streams`]).
+    pub tcp_services: Option<NamespacedName>,
+    pub udp_services: Option<NamespacedName>,
+    /// `--enable-ssl-passthrough`: the stream module listens on the HTTPS
+    /// port and sends TLS for `ssl-passthrough` hosts to their backends
+    /// unterminated (see [`streams::passthrough`]).
+    pub ssl_passthrough: bool,
+    /// TCP and UDP service ports another process on this machine holds
+    /// (found by the engine, [`streams::ports_in_use`]): their entries are
+    /// reported, not served.
+    pub ports_in_use: BTreeSet<(crate::config::StreamProtocol, u16)>,
 }
 
 /// Whether configs built with these options take endpoint changes without
@@ -85,6 +98,10 @@ impl Options {
             resolved: None,
             modules: crate::config::Modules::default(),
             dynamic_endpoints: false,
+            tcp_services: None,
+            udp_services: None,
+            ssl_passthrough: false,
+            ports_in_use: BTreeSet::new(),
         }
     }
 }
@@ -289,6 +306,8 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     parsed.sort_by(|a, b| {
         (a.created.is_none(), &a.created, &a.key).cmp(&(b.created.is_none(), &b.created, &b.key))
     });
+
+    let passthrough = streams::passthrough(cluster, opts, &settings, &parsed, &mut problems);
 
     // What each Ingress's annotations mean once the objects they name are
     // looked up, on every core.
@@ -560,6 +579,8 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         crs_used,
         &mut modsecurity_files,
     );
+    let mut streams = streams::build(cluster, opts, b.problems);
+    streams.passthrough = passthrough;
     let config = Config {
         http_port: opts.http_port,
         https_port: opts.https_port,
@@ -587,6 +608,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         global_error_pages,
         modules: opts.modules.clone(),
         dynamic_endpoints: dynamic_endpoints(opts),
+        streams,
         settings,
     };
     problems.sort();

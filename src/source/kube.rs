@@ -41,6 +41,10 @@ pub struct KubeOptions {
     /// The global settings ConfigMap (watched on its own when
     /// `--watch-namespace` leaves it out).
     pub configmap: Option<NamespacedName>,
+    /// `--tcp-services-configmap` and `--udp-services-configmap`: watched
+    /// on their own too when `--watch-namespace` leaves them out.
+    pub tcp_services: Option<NamespacedName>,
+    pub udp_services: Option<NamespacedName>,
     /// `--publish-service`: watched on its own, whatever namespaces are.
     pub publish_service: Option<NamespacedName>,
 }
@@ -53,10 +57,11 @@ pub struct KubeSource {
     slices: Store<EndpointSlice>,
     secrets: Store<Secret>,
     /// Every ConfigMap of the watched namespaces (annotations name them:
-    /// custom-headers, fastcgi-params-configmap), and the `--configmap`
-    /// one on its own when it is elsewhere.
+    /// custom-headers, fastcgi-params-configmap), and the `--configmap`,
+    /// `--tcp-services-configmap` and `--udp-services-configmap` ones on
+    /// their own when they are elsewhere.
     config_maps: Store<ConfigMap>,
-    settings: Option<Store<ConfigMap>>,
+    settings: Vec<Store<ConfigMap>>,
     publish: Option<Store<Service>>,
 }
 
@@ -281,11 +286,18 @@ impl KubeSource {
             slim_config_map,
             None,
         );
-        // The settings ConfigMap, when the namespaces watched leave it out.
-        let settings = opts
-            .configmap
-            .as_ref()
-            .filter(|cm| ns.is_some_and(|ns| ns != cm.namespace.as_str()))
+        // The settings and services ConfigMaps, when the namespaces
+        // watched leave them out.
+        let mut named: Vec<&NamespacedName> =
+            [&opts.configmap, &opts.tcp_services, &opts.udp_services]
+                .into_iter()
+                .flatten()
+                .filter(|cm| ns.is_some_and(|ns| ns != cm.namespace.as_str()))
+                .collect();
+        named.sort_by_key(|n| n.to_string());
+        named.dedup_by_key(|n| n.to_string());
+        let settings = named
+            .into_iter()
             .map(|cm| {
                 reflect(
                     Api::<ConfigMap>::namespaced(client.clone(), cm.namespace.as_str()),
@@ -295,7 +307,8 @@ impl KubeSource {
                     slim_config_map,
                     None,
                 )
-            });
+            })
+            .collect();
         let publish = opts.publish_service.as_ref().map(|svc| {
             reflect(
                 Api::<Service>::namespaced(client.clone(), svc.namespace.as_str()),
@@ -361,7 +374,7 @@ impl KubeSource {
         self.slices.wait_until_ready().await?;
         self.secrets.wait_until_ready().await?;
         self.config_maps.wait_until_ready().await?;
-        if let Some(cm) = &self.settings {
+        for cm in &self.settings {
             cm.wait_until_ready().await?;
         }
         if let Some(p) = &self.publish {
@@ -414,7 +427,7 @@ impl KubeSource {
             secrets: keyed(&self.secrets),
             config_maps: {
                 let mut all = keyed(&self.config_maps);
-                if let Some(s) = &self.settings {
+                for s in &self.settings {
                     all.extend(keyed(s));
                 }
                 all

@@ -941,6 +941,44 @@ const KNOWN_VARIABLES: &[&str] = &[
     "fastcgi_path_info",
 ];
 
+/// The variables of nginx's stream module (core, upstream, realip,
+/// ssl_preread) and of wicket's stream block (`$proxy_upstream_name`).
+const KNOWN_STREAM_VARIABLES: &[&str] = &[
+    "binary_remote_addr",
+    "bytes_received",
+    "bytes_sent",
+    "connection",
+    "hostname",
+    "msec",
+    "nginx_version",
+    "pid",
+    "protocol",
+    "proxy_protocol_addr",
+    "proxy_protocol_port",
+    "proxy_protocol_server_addr",
+    "proxy_protocol_server_port",
+    "remote_addr",
+    "remote_port",
+    "server_addr",
+    "server_port",
+    "session_time",
+    "status",
+    "time_iso8601",
+    "time_local",
+    "upstream_addr",
+    "upstream_bytes_received",
+    "upstream_bytes_sent",
+    "upstream_connect_time",
+    "upstream_first_byte_time",
+    "upstream_session_time",
+    "realip_remote_addr",
+    "realip_remote_port",
+    "ssl_preread_protocol",
+    "ssl_preread_server_name",
+    "ssl_preread_alpn_protocols",
+    "proxy_upstream_name",
+];
+
 /// Families of variables named after a header, cookie or argument.
 const KNOWN_PREFIXES: &[&str] = &[
     "http_",
@@ -993,6 +1031,27 @@ impl Expandable {
             return invalid(format!("must be 1 to {max} characters"));
         }
         check_known_variables(s)?;
+        Ok(Expandable(s.to_string()))
+    }
+
+    /// Text of the stream block (`log-format-stream`): every `$` starts
+    /// a variable nginx's stream module (or wicket's stream block) defines.
+    pub fn parse_stream(s: &str, max: usize) -> Result<Self, Invalid> {
+        if s.is_empty() || s.len() > max {
+            return invalid(format!("must be 1 to {max} characters"));
+        }
+        if s.chars().any(|c| c.is_control()) {
+            return invalid("may not contain control characters");
+        }
+        each_variable(s, |name| {
+            if KNOWN_STREAM_VARIABLES.contains(&name) {
+                Ok(())
+            } else {
+                invalid(format!(
+                    "${name} is not a variable of nginx's stream module"
+                ))
+            }
+        })?;
         Ok(Expandable(s.to_string()))
     }
 

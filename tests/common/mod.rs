@@ -96,8 +96,8 @@ pub fn modules() -> wicket::config::Modules {
         .unwrap_or_else(|| PathBuf::from("/usr/lib/nginx/modules"));
     let m = wicket::config::Modules::find(&dir);
     assert!(
-        m.headers_more && m.brotli && m.set_misc && m.subs_filter && m.lua,
-        "nginx's headers-more, brotli, ndk, set-misc, subs-filter and lua modules are not all in {}: run `make test`, which installs them from Debian's packages",
+        m.headers_more && m.brotli && m.set_misc && m.subs_filter && m.lua && m.stream,
+        "nginx's headers-more, brotli, ndk, set-misc, subs-filter, lua and stream modules are not all in {}: run `make test`, which installs them from Debian's packages",
         dir.display()
     );
     m

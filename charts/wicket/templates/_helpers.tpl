@@ -98,7 +98,11 @@ validate-ingress.wicket.dev
 
 {{/* Whether nginx listens on a port below 1024 in the pod. */}}
 {{- define "wicket.privilegedPorts" -}}
-{{- if or (lt (int .Values.containerPorts.http) 1024) (lt (int .Values.containerPorts.https) 1024) }}true{{ end }}
+{{- $low := or (lt (int .Values.containerPorts.http) 1024) (lt (int .Values.containerPorts.https) 1024) }}
+{{- range $port, $_ := merge (dict) (default (dict) .Values.tcp) (default (dict) .Values.udp) }}
+{{- if lt (int $port) 1024 }}{{ $low = true }}{{ end }}
+{{- end }}
+{{- if $low }}true{{ end }}
 {{- end }}
 
 {{/*
