@@ -365,20 +365,6 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
             })
             .chain(fallbacks.iter().flatten()),
     );
-    let log_vars = [
-        "$namespace",
-        "$ingress_name",
-        "$service_name",
-        "$service_port",
-        "$location_path",
-        "${namespace}",
-        "${ingress_name}",
-        "${service_name}",
-        "${service_port}",
-        "${location_path}",
-    ]
-    .iter()
-    .any(|v| settings.log_format_upstream.as_str().contains(v));
     let mut b = Builder {
         parsed: &parsed,
         backends,
@@ -395,7 +381,6 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         location_policies_open: Vec::new(),
         canaries: BTreeMap::new(),
         flag_upstream: None,
-        log_vars,
         https_port: opts.https_port,
         tls_hosts: BTreeSet::new(),
         default_cert: String::new(),
@@ -811,8 +796,6 @@ struct Builder<'p, 'c> {
     location_policies_open: Vec<Option<Arc<LocationPolicy>>>,
     /// The upstream of `--default-backend-service`, for error pages.
     flag_upstream: Option<String>,
-    /// The log format names ingress-nginx's per-location variables.
-    log_vars: bool,
     https_port: u16,
     /// Hosts some Ingress lists under `spec.tls`.
     tls_hosts: BTreeSet<HostPattern>,
@@ -1869,7 +1852,7 @@ impl<'p> Builder<'p, '_> {
         ing: Option<usize>,
         tls: bool,
         path: &str,
-        no_global_errors: &bool,
+        _no_global_errors: &bool,
     ) -> Location {
         let exempt = || {
             self.settings
@@ -1882,13 +1865,11 @@ impl<'p> Builder<'p, '_> {
             _ => self.location_policies.get(i).cloned().flatten(),
         });
         let https_redirect = ing.and_then(|i| self.https_redirect(i, tls, path));
-        let proxies = matches!(action, Action::Proxy { .. } | Action::Fallback { .. });
-        let errors =
-            !*no_global_errors || policy.as_ref().is_some_and(|p| !p.error_pages.is_empty());
-        let wants_vars =
-            proxies && (self.log_vars || errors || matches!(action, Action::Fallback { .. }));
-        let vars = match (&source, wants_vars) {
-            (Some(src), true) => {
+        // Every location of an Ingress names it: the metrics log line
+        // (`wicket_metrics` in nginx.conf) labels requests with these, and
+        // log formats and error pages may name them.
+        let vars = match &source {
+            Some(src) => {
                 let (service, port) = ing
                     .and_then(|i| self.backend_of(i, &src.field))
                     .unwrap_or_default();
@@ -1900,7 +1881,7 @@ impl<'p> Builder<'p, '_> {
                     path: path.to_string(),
                 }))
             }
-            _ => None,
+            None => None,
         };
         let plain_http = ing.is_some()
             && self
