@@ -600,6 +600,20 @@ impl Prometheus {
         }
     }
 
+    async fn wait_ready(&self) {
+        let url = format!("http://127.0.0.1:{}/-/ready", self.port);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(a) = reqwest::get(&url).await
+                && a.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "prometheus never ready:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("log")).unwrap_or_default()
     }
@@ -669,11 +683,46 @@ async fn every_dashboard_query_and_alert_returns_data_from_prometheus() {
     )
     .await;
     let prom = Prometheus::start(&format!("127.0.0.1:{}", w.admin));
+    // Scraped before the failure below, so increase() sees it.
+    prom.wait_ready().await;
+    let deadline = Instant::now() + PATIENCE;
+    while prom
+        .query("nginx_ingress_controller_errors")
+        .await
+        .map_or(true, |r| r.is_empty())
+    {
+        assert!(Instant::now() < deadline, "never scraped:\n{}", prom.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // A snippet nginx refuses: a failed reload, then a quarantine.
     w.write(
         "bogus.yaml",
         &snippet("bogus", "bogus.example", "bogus_directive on;"),
     );
+    let deadline = Instant::now() + PATIENCE;
+    while !w.logs().contains("rejected ingress p/bogus: quarantined") {
+        assert!(Instant::now() < deadline, "never quarantined\n{}", w.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // An endpoint more: an update without a reload.
+    let e2 = Echo::start("web", Ipv4Addr::new(127, 0, 0, 2), _e.addr.port()).await;
+    w.write(
+        "svc.yaml",
+        &service(
+            "p",
+            "web",
+            80,
+            None,
+            e2.addr.port(),
+            &[(IpAddr::V4(LO), true), (IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), true)],
+        ),
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while !metrics(&w).await.contains("wicket_endpoint_updates_total{result=\"success\"}") {
+        assert!(Instant::now() < deadline, "no endpoint update\n{}", w.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Traffic, 5xx among it, for a while (rates need two scrapes).
     let client = client();
     let traffic = {
