@@ -214,6 +214,39 @@ async fn counts_status_codes_and_paths_per_ingress() {
 }
 
 #[tokio::test]
+async fn a_regex_path_is_the_label_as_written() {
+    let (_e, svc) = web("x", "web").await;
+    let w = Wicket::start(&[
+        ("svc.yaml", &svc),
+        (
+            "ing.yaml",
+            &ingress(
+                "x",
+                "re",
+                &annotated(&[("use-regex", "true")]),
+                "x.example",
+                &[
+                    ("/re(/|$)(.*)", "ImplementationSpecific", "web", 80),
+                    ("/h$host", "ImplementationSpecific", "web", 80),
+                ],
+            ),
+        ),
+    ])
+    .await;
+    assert_eq!(w.get("x.example", "/re/anything").await.status, 200);
+    let text = metrics_until(&w, "counted", |t| {
+        value(t, REQUESTS, &[("ingress", "re")]) >= 1.0
+    })
+    .await;
+    // nginx did not expand `$` in the path: it is the Ingress's.
+    assert_eq!(
+        value(&text, REQUESTS, &[("ingress", "re"), ("path", "/re(/|$)(.*)")]),
+        1.0,
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn durations_land_in_their_buckets() {
     let (_e, svc) = web("d", "slow").await;
     let w = Wicket::start(&[

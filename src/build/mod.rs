@@ -1878,7 +1878,10 @@ impl<'p> Builder<'p, '_> {
                     ingress: src.name.clone(),
                     service,
                     port,
-                    path: path.to_string(),
+                    // nginx expands variables in `set`: a regex path's
+                    // `$` would name one (and `$host` would put what the
+                    // client sent in the metrics' path label).
+                    path: path.replace('$', "${wicket_dollar}"),
                 }))
             }
             None => None,
