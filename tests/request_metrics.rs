@@ -614,8 +614,10 @@ impl Prometheus {
     fn start(target: &str) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        // The target's namespace label, as a ServiceMonitor gives it: the
+        // metrics' own `namespace` becomes `exported_namespace`.
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n- job_name: wicket\n  scrape_interval: 1s\n  static_configs:\n  - targets: [\"{target}\"]\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n- job_name: wicket\n  scrape_interval: 1s\n  static_configs:\n  - targets: [\"{target}\"]\n    labels: {{namespace: wicket}}\n"
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
         let child = Command::new(prometheus_tool("prometheus"))
@@ -803,6 +805,11 @@ async fn every_dashboard_query_and_alert_returns_data_from_prometheus() {
         "no data for: {missing:#?}\n{last}\n{}",
         w.logs()
     );
+    let by_ns = prom
+        .query("nginx_ingress_controller_requests{exported_namespace=\"p\", ingress=\"web\"}")
+        .await
+        .unwrap();
+    assert!(!by_ns.is_empty());
     // Prometheus scraped wicket without errors.
     let up = prom.query("up{job=\"wicket\"} == 1").await.unwrap();
     assert_eq!(up.len(), 1);
