@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -80,7 +80,6 @@ impl Collector for NginxStats {
             let labels = [("state", state)];
             ConstGauge::new(value as i64).encode(family.encode_family(&labels)?)?;
         }
-        drop(family);
         // ingress-nginx's names for the same counters.
         let controller = |extra: Option<(&'static str, &'static str)>| {
             let mut v: Vec<(&str, &str)> = CONTROLLER_LABELS
@@ -107,7 +106,6 @@ impl Collector for NginxStats {
             let labels = controller(Some(("state", state)));
             ConstGauge::new(value as i64).encode(family.encode_family(&labels)?)?;
         }
-        drop(family);
         // Unknown: an OpenMetrics counter family of this name would clash
         // with the gauge above.
         let name = format!("{PREFIX}nginx_process_connections_total");
@@ -124,7 +122,6 @@ impl Collector for NginxStats {
             let labels = controller(Some(("state", state)));
             family.encode_family(&labels)?.encode_gauge(&value)?;
         }
-        drop(family);
         let c = ConstCounter::new(get(&self.requests));
         c.encode(
             encoder
@@ -196,8 +193,10 @@ pub fn nginx_processes() -> Option<ProcessStats> {
     let boot = std::fs::read_to_string("/proc/stat")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))
+            s.lines().find_map(|l| {
+                l.strip_prefix("btime ")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
         })
         .unwrap_or(0.0);
     let mut out = ProcessStats::default();
@@ -279,9 +278,21 @@ impl Collector for Compat {
         let sub = |n: &str| format!("{PREFIX}nginx_process_{n}");
         for (name, help, value) in [
             ("num_procs", "number of processes", p.procs as f64),
-            ("resident_memory_bytes", "number of bytes of memory in use", p.resident_bytes as f64),
-            ("virtual_memory_bytes", "number of bytes of memory in use", p.virtual_bytes as f64),
-            ("oldest_start_time_seconds", "start time in seconds since 1970/01/01", p.oldest_start),
+            (
+                "resident_memory_bytes",
+                "number of bytes of memory in use",
+                p.resident_bytes as f64,
+            ),
+            (
+                "virtual_memory_bytes",
+                "number of bytes of memory in use",
+                p.virtual_bytes as f64,
+            ),
+            (
+                "oldest_start_time_seconds",
+                "start time in seconds since 1970/01/01",
+                p.oldest_start,
+            ),
         ] {
             ConstGauge::new(value).encode(
                 encoder
@@ -292,7 +303,11 @@ impl Collector for Compat {
         for (name, help, value) in [
             ("cpu_seconds", "Cpu usage in seconds", p.cpu_seconds),
             ("read_bytes", "number of bytes read", p.read_bytes as f64),
-            ("write_bytes", "number of bytes written", p.write_bytes as f64),
+            (
+                "write_bytes",
+                "number of bytes written",
+                p.write_bytes as f64,
+            ),
         ] {
             ConstCounter::new(value).encode(
                 encoder
@@ -526,12 +541,16 @@ impl Metrics {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
                 .unwrap_or_default();
-            self.compat.last_ok_time.store(now.to_bits(), Ordering::Relaxed);
+            self.compat
+                .last_ok_time
+                .store(now.to_bits(), Ordering::Relaxed);
         } else {
             self.compat.errors.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(h) = hash {
-            self.compat.hash.store(hash_value(h).to_bits(), Ordering::Relaxed);
+            self.compat
+                .hash
+                .store(hash_value(h).to_bits(), Ordering::Relaxed);
         }
         if let Some(s) = seconds {
             self.last_reload_duration.set(s);
@@ -556,7 +575,9 @@ impl Metrics {
             .get_or_create(&vec![("result", result.to_string())])
             .inc();
         if let Some(h) = hash {
-            self.compat.hash.store(hash_value(h).to_bits(), Ordering::Relaxed);
+            self.compat
+                .hash
+                .store(hash_value(h).to_bits(), Ordering::Relaxed);
             self.config_info.clear();
             self.config_info
                 .get_or_create(&vec![("hash", h.to_string())])

@@ -41,16 +41,28 @@ pub const TIME_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 /// ingress-nginx's `--length-buckets` default.
-pub const LENGTH_BUCKETS: [f64; 10] = [
-    10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0,
-];
+pub const LENGTH_BUCKETS: [f64; 10] = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0];
 /// ingress-nginx's `--size-buckets` default.
 pub const SIZE_BUCKETS: [f64; 7] = [10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7];
 
 /// The methods labelled as they are; any other is `OTHER`.
 const METHODS: [&str; 16] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "PROPFIND",
-    "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK",
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+    "PROPFIND",
+    "PROPPATCH",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "LOCK",
+    "UNLOCK",
 ];
 
 /// What the request metrics are, from the flags.
@@ -421,7 +433,10 @@ impl RequestMetrics {
         series.requests += 1;
         for ((i, bounds), h) in self.histograms.iter().zip(series.histograms.iter_mut()) {
             if let Some(v) = l.values[*i] {
-                let b = bounds.iter().position(|&le| v <= le).unwrap_or(bounds.len());
+                let b = bounds
+                    .iter()
+                    .position(|&le| v <= le)
+                    .unwrap_or(bounds.len());
                 h.counts[b] += 1;
                 h.sum += v;
             }
@@ -451,7 +466,11 @@ impl RequestMetrics {
 
     /// Series held now (for tests and benchmarks).
     pub fn series(&self) -> usize {
-        self.state.lock().expect("request metrics lock").series.len()
+        self.state
+            .lock()
+            .expect("request metrics lock")
+            .series
+            .len()
     }
 
     /// Makes the FIFO at `path` and reads it on a thread of its own for as
@@ -481,6 +500,8 @@ impl RequestMetrics {
             .spawn(move || {
                 let mut buf = vec![0u8; 256 * 1024];
                 let mut held = 0;
+                // Within a line longer than the buffer: up to its end.
+                let mut skipping = false;
                 loop {
                     let n = match pipe.read(&mut buf[held..]) {
                         Ok(0) => return,
@@ -491,7 +512,20 @@ impl RequestMetrics {
                             return;
                         }
                     };
-                    let end = held + n;
+                    let mut end = held + n;
+                    if skipping {
+                        match buf[..end].iter().position(|&b| b == b'\n') {
+                            Some(first) => {
+                                buf.copy_within(first + 1..end, 0);
+                                end -= first + 1;
+                                skipping = false;
+                            }
+                            None => {
+                                held = 0;
+                                continue;
+                            }
+                        }
+                    }
                     match buf[..end].iter().rposition(|&b| b == b'\n') {
                         Some(last) => {
                             me.feed(&buf[..last]);
@@ -500,8 +534,11 @@ impl RequestMetrics {
                         }
                         None if end == buf.len() => {
                             // A line longer than the buffer: not ours.
-                            me.state.lock().expect("request metrics lock").malformed += 1;
+                            let mut state = me.state.lock().expect("request metrics lock");
+                            state.malformed += 1;
+                            state.lines += 1;
                             held = 0;
+                            skipping = true;
                         }
                         None => held = end,
                     }
@@ -529,7 +566,7 @@ impl Collector for RequestMetrics {
             );
             v
         };
-        let mut keys: Vec<&Box<str>> = state.series.keys().collect();
+        let mut keys: Vec<&str> = state.series.keys().map(|k| &**k).collect();
         keys.sort();
         let sets: Vec<Vec<(&str, String)>> = keys.iter().map(|k| labels(k)).collect();
         if self.requests {
@@ -552,8 +589,7 @@ impl Collector for RequestMetrics {
         for (slot, (i, bounds)) in self.histograms.iter().enumerate() {
             let (name, help, _) = HISTOGRAMS[*i];
             let name = format!("{PREFIX}{name}");
-            let mut family =
-                encoder.encode_descriptor(&name, help, None, MetricType::Histogram)?;
+            let mut family = encoder.encode_descriptor(&name, help, None, MetricType::Histogram)?;
             for (k, set) in keys.iter().zip(&sets) {
                 let h = &state.series[*k].histograms[slot];
                 let buckets: Vec<(f64, u64)> = bounds
@@ -563,12 +599,9 @@ impl Collector for RequestMetrics {
                     .zip(h.counts.iter().copied())
                     .collect();
                 let count = h.counts.iter().sum();
-                family.encode_family(set)?.encode_histogram::<Vec<(
-                    String,
-                    String,
-                )>>(
-                    h.sum, count, &buckets, None
-                )?;
+                family
+                    .encode_family(set)?
+                    .encode_histogram::<Vec<(String, String)>>(h.sum, count, &buckets, None)?;
             }
         }
         for (name, help, value) in [
@@ -598,7 +631,6 @@ impl Collector for RequestMetrics {
         ] {
             ConstCounter::new(value).encode(family.encode_family(&[("reason", reason)])?)?;
         }
-        drop(family);
         let series = state.series.len() as i64;
         let g = prometheus_client::metrics::gauge::ConstGauge::new(series);
         g.encode(encoder.encode_descriptor(
@@ -664,7 +696,13 @@ mod tests {
         let m = RequestMetrics::new(RequestMetricsOptions::default());
         let mut text = String::new();
         for i in 0..500 {
-            text += &line("default", &format!("M{i}"), "200", "a.example", &format!("h{i}"));
+            text += &line(
+                "default",
+                &format!("M{i}"),
+                "200",
+                "a.example",
+                &format!("h{i}"),
+            );
             text.push('\n');
             text += &line("default", "GET", "404", "_", &format!("random{i}.example"));
             text.push('\n');
@@ -698,7 +736,10 @@ mod tests {
     #[test]
     fn buckets_and_exclusions() {
         let m = RequestMetrics::new(RequestMetricsOptions {
-            exclude: vec!["nginx_ingress_controller_bytes_sent".into(), "header_duration_seconds".into()],
+            exclude: vec![
+                "nginx_ingress_controller_bytes_sent".into(),
+                "header_duration_seconds".into(),
+            ],
             ..Default::default()
         });
         assert_eq!(m.histograms.len(), 5);
@@ -713,10 +754,15 @@ mod tests {
         r.register_collector(Box::new(m.clone()));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
-        assert!(out.contains("# TYPE nginx_ingress_controller_requests unknown"), "{out}");
-        assert!(out.contains("nginx_ingress_controller_request_duration_seconds_bucket{"), "{out}");
+        assert!(
+            out.contains("# TYPE nginx_ingress_controller_requests unknown"),
+            "{out}"
+        );
+        assert!(
+            out.contains("nginx_ingress_controller_request_duration_seconds_bucket{"),
+            "{out}"
+        );
         assert!(!out.contains("bytes_sent"), "{out}");
         assert!(!out.contains("header_duration"), "{out}");
     }
-
 }

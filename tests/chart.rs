@@ -344,7 +344,10 @@ fn lint_and_values_schema() {
         ("webhook.failurePolicy=fail", "/webhook/failurePolicy"),
         ("metrics.serviceMonitor.interval=30 seconds", "interval"),
         ("metrics.grafanaDashboard.enable=true", "enable"),
-        ("metrics.excludeSocketMetrics={requests_total}", "excludeSocketMetrics"),
+        (
+            "metrics.excludeSocketMetrics={requests_total}",
+            "excludeSocketMetrics",
+        ),
         ("defaultSslCertificate=just-a-name", "defaultSslCertificate"),
         ("ingressClass.name=Not_A_Name", "name"),
         ("extraArgs[0]=verbose", "extraArgs"),
@@ -784,7 +787,11 @@ const VARIANTS: &[Variant] = &[
                 .collect();
             assert_eq!(
                 alerts,
-                ["WicketReloadFailed", "WicketIngressRejected", "WicketIngressHigh5xxRate"]
+                [
+                    "WicketReloadFailed",
+                    "WicketIngressRejected",
+                    "WicketIngressHigh5xxRate"
+                ]
             );
             let a = args(docs);
             for flag in [
@@ -796,7 +803,10 @@ const VARIANTS: &[Variant] = &[
             ] {
                 assert!(a.iter().any(|x| x == flag), "no {flag} in {a:?}");
             }
-            assert!(!a.iter().any(|x| x.starts_with("--length-buckets")), "{a:?}");
+            assert!(
+                !a.iter().any(|x| x.starts_with("--length-buckets")),
+                "{a:?}"
+            );
         },
     },
     Variant {
