@@ -8,7 +8,8 @@
 # serve; each round starting one further), RUNS times each.
 #
 #   generated: `wicket render` output run by nginx directly (access log to
-#              /dev/stdout, sent to /dev/null, as the hand-written one).
+#              /dev/stdout, sent to /dev/null, as the hand-written one; the
+#              metrics log to its FIFO, drained into /dev/null).
 #   serve:     the same config under `wicket serve`, where the access log
 #              is piped through wicket (what a user runs). SERVE=0 skips it.
 #   static:    the config rendered with --dynamic-endpoints=false (no Lua
@@ -76,6 +77,7 @@ start_backend "$out/backend" "$BACKEND_PORT" 1
 "$WICKET" render --manifests "$out/serve-manifests" "${extra[@]}" --http-port "$gen_port" --https-port "$gen_tls" \
   >"$out/gen/nginx.conf" 2>"$out/gen/render.stderr"
 self_signed "$out/gen"; mkdir -p "$out/gen/tmp" "$out/gen/control"
+pids+=("$(metrics_pipe "$out/gen")")
 (cd "$out/gen" && exec "$NGINX" -p "$out/gen" -c "$out/gen/nginx.conf" >/dev/null 2>"$out/gen/error.log") &
 pids+=($!)
 
@@ -92,6 +94,7 @@ if [[ $STATIC == 1 ]]; then
   "$WICKET" render --manifests "$out/serve-manifests" "${extra[@]}" --http-port "$static_port" --https-port "$static_tls" \
     --dynamic-endpoints=false >"$out/static/nginx.conf" 2>"$out/static/render.stderr"
   self_signed "$out/static"; mkdir -p "$out/static/tmp" "$out/static/control"
+  pids+=("$(metrics_pipe "$out/static")")
   (cd "$out/static" && exec "$NGINX" -p "$out/static" -c "$out/static/nginx.conf" >/dev/null 2>"$out/static/error.log") &
   pids+=($!)
   kinds+=(static)
@@ -101,6 +104,7 @@ if [[ $UPDATED == 1 ]]; then
     >"$out/upd/nginx.conf" 2>"$out/upd/render.stderr"
   grep -q balancer_by_lua_block "$out/upd/nginx.conf" || die "the rendered config has no Lua balancer (is libnginx-mod-http-lua installed?)"
   self_signed "$out/upd"; mkdir -p "$out/upd/tmp" "$out/upd/control"
+  pids+=("$(metrics_pipe "$out/upd")")
   (cd "$out/upd" && exec "$NGINX" -p "$out/upd" -c "$out/upd/nginx.conf" >/dev/null 2>"$out/upd/error.log") &
   pids+=($!)
   wait_http "http://127.0.0.1:$upd_port/" 30 || die "updated does not answer"

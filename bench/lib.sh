@@ -156,3 +156,16 @@ stop_nginx_of() {
   for _ in $(seq 100); do kill -0 "$npid" 2>/dev/null || return 0; sleep 0.1; done
   kill -KILL -- "-$npid" 2>/dev/null || kill -KILL "$npid" 2>/dev/null || true
 }
+
+# metrics_pipe DIR: the FIFO a rendered config's metrics log goes to
+# (DIR/control/wicket-metrics.pipe), drained as wicket does (into
+# /dev/null), for configs run by nginx without wicket. Prints the drainer's
+# PID.
+metrics_pipe() {
+  mkdir -p "$1/control"
+  rm -f "$1/control/wicket-metrics.pipe"
+  mkfifo -m 600 "$1/control/wicket-metrics.pipe"
+  # Read and write, as wicket opens it: nginx's open never waits.
+  (exec cat <>"$1/control/wicket-metrics.pipe" >/dev/null) &
+  echo $!
+}

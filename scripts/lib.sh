@@ -34,3 +34,20 @@ ensure_nginx() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
     find_nginx >/dev/null || { echo "error: nginx is still missing after apt-get" >&2; return 1; }
 }
+
+# Packages only the tests use: Debian's Prometheus (`prometheus` and
+# `promtool`, for tests/request_metrics.rs: the chart's dashboard queries and
+# alert rules against a real Prometheus scraping wicket).
+TEST_PACKAGES=(prometheus)
+
+# Installs the TEST_PACKAGES that are missing.
+ensure_test_packages() {
+    local missing=()
+    for p in "${TEST_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "installing ${missing[*]} from Debian's packages" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}

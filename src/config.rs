@@ -744,6 +744,7 @@ pub struct LocationVars {
     pub ingress: String,
     pub service: String,
     pub port: String,
+    /// The Ingress's path, every `$` written `${wicket_dollar}`.
     pub path: String,
 }
 

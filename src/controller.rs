@@ -40,6 +40,8 @@ pub struct ControllerOptions {
     pub debounce: Duration,
     pub max_wait: Duration,
     pub min_interval: Duration,
+    /// The per-request metrics (flags).
+    pub metrics: crate::request_metrics::RequestMetricsOptions,
     /// The admission webhook, if enabled.
     pub webhook: Option<WebhookOptions>,
 }
@@ -89,7 +91,7 @@ async fn clients() -> Result<(Client, Client), ControllerError> {
 pub async fn run(opts: ControllerOptions, renderer: Renderer) -> Result<(), ControllerError> {
     let (client, requests) = clients().await?;
     let status = Status::default();
-    let metrics = crate::metrics::Metrics::new();
+    let metrics = crate::metrics::Metrics::with_options(opts.metrics.clone());
     let mut own_ports: std::collections::BTreeMap<u16, &'static str> = [
         (opts.build.http_port, "HTTP"),
         (opts.build.https_port, "HTTPS"),

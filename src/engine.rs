@@ -225,10 +225,17 @@ impl Engine {
     ) -> Result<Self, ApplyError> {
         status.not_ready("starting nginx");
         metrics.set_status_socket(nginx.state_dir.join(crate::nginx::STATUS_SOCKET));
+        let nginx = Nginx::new(nginx)?;
+        // Before any nginx -t: nginx opens the metrics pipe, which must
+        // have its reader.
+        let pipe = nginx.state_dir().join(crate::request_metrics::PIPE);
+        metrics
+            .start_request_log(nginx.state_dir())
+            .map_err(|source| ApplyError::Write { path: pipe, source })?;
         Ok(Engine {
             opts,
             renderer,
-            nginx: Nginx::new(nginx)?,
+            nginx,
             status,
             reporter: Reporter::default(),
             attempted: None,
@@ -467,6 +474,7 @@ impl Engine {
         let previous = tracing::enabled!(tracing::Level::DEBUG)
             .then(|| self.nginx.running_config().map(str::to_string))
             .flatten();
+        self.metrics.serving_soon(&build.served);
         let result = self.nginx.apply(&build.config, &self.renderer).await;
         self.attempted = Some(build.config.clone());
         let applied = match result {
@@ -510,6 +518,7 @@ impl Engine {
                 );
                 self.applied = Some(model);
                 self.live = build.served.iter().cloned().collect();
+                self.metrics.served(&build.served);
                 Applied::Applied
             }
             Err(e) => {

@@ -24,6 +24,7 @@ pub mod nginx;
 pub mod parallel;
 pub mod problem;
 pub mod render;
+pub mod request_metrics;
 pub mod resolve;
 pub mod serve;
 pub mod settings;

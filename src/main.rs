@@ -198,6 +198,59 @@ struct RunArgs {
     /// Longest a stream of changes may delay a rebuild, in milliseconds.
     #[arg(long, env = "WICKET_MAX_WAIT_MS", default_value_t = 1000)]
     max_wait_ms: u64,
+    /// Label the request metrics with the host (the rule's host the
+    /// request went to).
+    #[arg(long, env = "WICKET_METRICS_PER_HOST", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    metrics_per_host: bool,
+    /// Count requests to hosts no rule names too, labelled with the host
+    /// the client sent (at most 1000 distinct, the rest `_other`); with
+    /// --metrics-per-host.
+    #[arg(long, env = "WICKET_METRICS_PER_UNDEFINED_HOST", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    metrics_per_undefined_host: bool,
+    /// Request metrics not to export, comma separated (e.g.
+    /// nginx_ingress_controller_bytes_sent,nginx_ingress_controller_response_size).
+    #[arg(long, env = "WICKET_EXCLUDE_SOCKET_METRICS", value_delimiter = ',')]
+    exclude_socket_metrics: Vec<String>,
+    /// Buckets of the duration histograms, in seconds, comma separated.
+    #[arg(long, env = "WICKET_TIME_BUCKETS", value_delimiter = ',', value_parser = bucket, default_values_t = wicket::request_metrics::TIME_BUCKETS)]
+    time_buckets: Vec<f64>,
+    /// Buckets of request_size and response_size, in bytes, comma separated.
+    #[arg(long, env = "WICKET_LENGTH_BUCKETS", value_delimiter = ',', value_parser = bucket, default_values_t = wicket::request_metrics::LENGTH_BUCKETS)]
+    length_buckets: Vec<f64>,
+    /// Buckets of bytes_sent, in bytes, comma separated.
+    #[arg(long, env = "WICKET_SIZE_BUCKETS", value_delimiter = ',', value_parser = bucket, default_values_t = wicket::request_metrics::SIZE_BUCKETS)]
+    size_buckets: Vec<f64>,
+}
+
+/// A histogram bound: a finite number.
+fn bucket(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a finite number")),
+    }
+}
+
+/// The request metrics' options, with ingress-nginx's controller labels
+/// (the pod's namespace and name from the downward API, the class).
+fn request_metrics(
+    run: &RunArgs,
+    class: &str,
+    namespace: Option<String>,
+) -> wicket::request_metrics::RequestMetricsOptions {
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    wicket::request_metrics::RequestMetricsOptions {
+        per_host: run.metrics_per_host,
+        per_undefined_host: run.metrics_per_undefined_host,
+        exclude: run.exclude_socket_metrics.clone(),
+        time_buckets: run.time_buckets.clone(),
+        length_buckets: run.length_buckets.clone(),
+        size_buckets: run.size_buckets.clone(),
+        controller: [
+            namespace.unwrap_or_else(|| env("POD_NAMESPACE")),
+            class.to_string(),
+            env("POD_NAME"),
+        ],
+    }
 }
 
 #[derive(Args)]
@@ -578,6 +631,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         nginx: nginx_options(&args.run, state_dir),
         debounce: Duration::from_millis(args.run.debounce_ms),
         max_wait: Duration::from_millis(args.run.max_wait_ms),
+        metrics: request_metrics(&args.run, &args.build.ingress_class, None),
     };
     serve::run(opts, renderer).await?;
     Ok(ExitCode::SUCCESS)
@@ -626,6 +680,11 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             publish_addresses: args.publish_status_address,
             update_on_shutdown: args.update_status_on_shutdown,
         },
+        metrics: request_metrics(
+            &args.run,
+            &args.build.ingress_class,
+            Some(own_namespace(args.namespace.clone())),
+        ),
         leader: Some(LeaderOptions::new(
             own_namespace(args.namespace),
             args.election_id,

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -14,6 +15,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::cluster::Cluster;
 use crate::problem::{Problem, Severity};
+use crate::request_metrics::{CONTROLLER_LABELS, PREFIX, RequestMetrics, RequestMetricsOptions};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -21,6 +23,7 @@ type Labels = Vec<(&'static str, String)>;
 /// scrape.
 #[derive(Debug, Default)]
 struct NginxStats {
+    controller: [String; 3],
     up: AtomicBool,
     active: AtomicU64,
     accepted: AtomicU64,
@@ -76,6 +79,241 @@ impl Collector for NginxStats {
         ] {
             let labels = [("state", state)];
             ConstGauge::new(value as i64).encode(family.encode_family(&labels)?)?;
+        }
+        // ingress-nginx's names for the same counters.
+        let controller = |extra: Option<(&'static str, &'static str)>| {
+            let mut v: Vec<(&str, &str)> = CONTROLLER_LABELS
+                .iter()
+                .zip(self.controller.iter())
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect();
+            v.extend(extra);
+            v
+        };
+        let name = format!("{PREFIX}nginx_process_connections");
+        let mut family = encoder.encode_descriptor(
+            &name,
+            "current number of client connections with state {active, reading, writing, waiting}",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, value) in [
+            ("active", get(&self.active)),
+            ("reading", get(&self.reading)),
+            ("writing", get(&self.writing)),
+            ("waiting", get(&self.waiting)),
+        ] {
+            let labels = controller(Some(("state", state)));
+            ConstGauge::new(value as i64).encode(family.encode_family(&labels)?)?;
+        }
+        // Unknown: an OpenMetrics counter family of this name would clash
+        // with the gauge above.
+        let name = format!("{PREFIX}nginx_process_connections_total");
+        let mut family = encoder.encode_descriptor(
+            &name,
+            "total number of connections with state {accepted, handled}",
+            None,
+            MetricType::Unknown,
+        )?;
+        for (state, value) in [
+            ("accepted", get(&self.accepted)),
+            ("handled", get(&self.handled)),
+        ] {
+            let labels = controller(Some(("state", state)));
+            family.encode_family(&labels)?.encode_gauge(&value)?;
+        }
+        let c = ConstCounter::new(get(&self.requests));
+        c.encode(
+            encoder
+                .encode_descriptor(
+                    &format!("{PREFIX}nginx_process_requests"),
+                    "total number of client requests",
+                    None,
+                    c.metric_type(),
+                )?
+                .encode_family(&controller(None))?,
+        )?;
+        Ok(())
+    }
+}
+
+/// ingress-nginx's controller metrics (reloads, the config's hash) and
+/// nginx's processes, with its names.
+#[derive(Debug, Default)]
+struct Compat {
+    controller: [String; 3],
+    hash: AtomicU64,
+    last_ok: AtomicBool,
+    last_ok_time: AtomicU64,
+    success: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// What `/proc` says of nginx's master and workers.
+#[derive(Debug, Default, PartialEq)]
+pub struct ProcessStats {
+    pub procs: u64,
+    pub cpu_seconds: f64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub resident_bytes: u64,
+    pub virtual_bytes: u64,
+    pub oldest_start: f64,
+}
+
+/// nginx's processes: the child of this process that leads its own process
+/// group (the master; `nginx -t` runs in wicket's group), and that group.
+pub fn nginx_processes() -> Option<ProcessStats> {
+    let me = std::process::id() as u64;
+    let mut procs: Vec<(u64, Vec<String>)> = Vec::new();
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        procs.push((pid, rest.split_whitespace().map(str::to_string).collect()));
+    }
+    let field = |f: &[String], i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let master = procs
+        .iter()
+        .find(|(pid, f)| field(f, 1) == me && field(f, 2) == *pid)?
+        .0;
+    // SAFETY: sysconf only reads a configuration value.
+    let (tick, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK).max(1) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE).max(1) as u64,
+        )
+    };
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("btime ")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+        })
+        .unwrap_or(0.0);
+    let mut out = ProcessStats::default();
+    let mut oldest = u64::MAX;
+    for (pid, f) in procs.iter().filter(|(_, f)| field(f, 2) == master) {
+        out.procs += 1;
+        out.cpu_seconds += (field(f, 11) + field(f, 12)) as f64 / tick;
+        oldest = oldest.min(field(f, 19));
+        out.virtual_bytes += field(f, 20);
+        out.resident_bytes += field(f, 21) * page;
+        if let Ok(io) = std::fs::read_to_string(format!("/proc/{pid}/io")) {
+            for l in io.lines() {
+                let num = |p: &str| l.strip_prefix(p).and_then(|v| v.trim().parse::<u64>().ok());
+                if let Some(v) = num("read_bytes:") {
+                    out.read_bytes += v;
+                } else if let Some(v) = num("write_bytes:") {
+                    out.write_bytes += v;
+                }
+            }
+        }
+    }
+    out.oldest_start = boot + oldest as f64 / tick;
+    Some(out)
+}
+
+impl Collector for Compat {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let labels: Vec<(&str, &str)> = CONTROLLER_LABELS
+            .iter()
+            .zip(self.controller.iter())
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        let f = |a: &AtomicU64| f64::from_bits(a.load(Ordering::Relaxed));
+        for (name, help, value) in [
+            (
+                "config_hash",
+                "Running configuration hash actually running",
+                f(&self.hash),
+            ),
+            (
+                "config_last_reload_successful",
+                "Whether the last configuration reload attempt was successful",
+                f64::from(u8::from(self.last_ok.load(Ordering::Relaxed))),
+            ),
+            (
+                "config_last_reload_successful_timestamp_seconds",
+                "Timestamp of the last successful configuration reload.",
+                f(&self.last_ok_time),
+            ),
+        ] {
+            ConstGauge::new(value).encode(
+                encoder
+                    .encode_descriptor(&format!("{PREFIX}{name}"), help, None, MetricType::Gauge)?
+                    .encode_family(&labels)?,
+            )?;
+        }
+        // Unknown, so the samples keep ingress-nginx's names (an
+        // OpenMetrics counter's end in `_total`).
+        for (name, help, value) in [
+            (
+                "success",
+                "Cumulative number of Ingress controller reload operations",
+                self.success.load(Ordering::Relaxed),
+            ),
+            (
+                "errors",
+                "Cumulative number of Ingress controller errors during reload operations",
+                self.errors.load(Ordering::Relaxed),
+            ),
+        ] {
+            encoder
+                .encode_descriptor(&format!("{PREFIX}{name}"), help, None, MetricType::Unknown)?
+                .encode_family(&labels)?
+                .encode_gauge(&value)?;
+        }
+        let Some(p) = nginx_processes() else {
+            return Ok(());
+        };
+        let sub = |n: &str| format!("{PREFIX}nginx_process_{n}");
+        for (name, help, value) in [
+            ("num_procs", "number of processes", p.procs as f64),
+            (
+                "resident_memory_bytes",
+                "number of bytes of memory in use",
+                p.resident_bytes as f64,
+            ),
+            (
+                "virtual_memory_bytes",
+                "number of bytes of memory in use",
+                p.virtual_bytes as f64,
+            ),
+            (
+                "oldest_start_time_seconds",
+                "start time in seconds since 1970/01/01",
+                p.oldest_start,
+            ),
+        ] {
+            ConstGauge::new(value).encode(
+                encoder
+                    .encode_descriptor(&sub(name), help, None, MetricType::Gauge)?
+                    .encode_family(&labels)?,
+            )?;
+        }
+        for (name, help, value) in [
+            ("cpu_seconds", "Cpu usage in seconds", p.cpu_seconds),
+            ("read_bytes", "number of bytes read", p.read_bytes as f64),
+            (
+                "write_bytes",
+                "number of bytes written",
+                p.write_bytes as f64,
+            ),
+        ] {
+            ConstCounter::new(value).encode(
+                encoder
+                    .encode_descriptor(&sub(name), help, None, MetricType::Counter)?
+                    .encode_family(&labels)?,
+            )?;
         }
         Ok(())
     }
@@ -134,6 +372,8 @@ pub struct Metrics {
     objects: Family<Labels, Gauge>,
     leader: Gauge,
     nginx: Arc<NginxStats>,
+    compat: Arc<Compat>,
+    requests: Arc<RequestMetrics>,
     socket: Arc<std::sync::RwLock<Option<PathBuf>>>,
 }
 
@@ -151,6 +391,11 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_options(RequestMetricsOptions::default())
+    }
+
+    pub fn with_options(opts: RequestMetricsOptions) -> Self {
+        let controller = opts.controller.clone();
         let mut r = Registry::default();
         let reloads = Family::<Labels, Counter>::default();
         r.register(
@@ -215,8 +460,18 @@ impl Metrics {
             "Whether this replica holds the Lease and writes status and Events (controller mode)",
             leader.clone(),
         );
-        let nginx = Arc::new(NginxStats::default());
+        let nginx = Arc::new(NginxStats {
+            controller: controller.clone(),
+            ..Default::default()
+        });
         r.register_collector(Box::new(nginx.clone()));
+        let compat = Arc::new(Compat {
+            controller,
+            ..Default::default()
+        });
+        r.register_collector(Box::new(compat.clone()));
+        let requests = Arc::new(RequestMetrics::new(opts));
+        r.register_collector(Box::new(requests.clone()));
         Metrics {
             registry: Arc::new(r),
             reloads,
@@ -230,8 +485,33 @@ impl Metrics {
             objects,
             leader,
             nginx,
+            compat,
+            requests,
             socket: Default::default(),
         }
+    }
+
+    /// Reads nginx's metrics pipe, `STATE/control/wicket-metrics.pipe`.
+    pub fn start_request_log(&self, state_dir: &std::path::Path) -> std::io::Result<()> {
+        self.requests
+            .start_reader(&state_dir.join(crate::request_metrics::PIPE))
+    }
+
+    /// The per-request metrics.
+    pub fn requests(&self) -> &RequestMetrics {
+        &self.requests
+    }
+
+    /// Forgets the request metrics of Ingresses no longer served (nginx
+    /// serves a config built with `served`).
+    pub fn served(&self, served: &[crate::cluster::ObjectKey]) {
+        self.requests
+            .retain_ingresses(served.iter().map(ingress_key).collect());
+    }
+
+    /// Ingresses of a config about to be applied.
+    pub fn serving_soon(&self, served: &[crate::cluster::ObjectKey]) {
+        self.requests.add_ingresses(served.iter().map(ingress_key));
     }
 
     /// Whether this replica leads.
@@ -253,6 +533,25 @@ impl Metrics {
         self.reloads
             .get_or_create(&vec![("result", result.to_string())])
             .inc();
+        let ok = result == "success";
+        self.compat.last_ok.store(ok, Ordering::Relaxed);
+        if ok {
+            self.compat.success.fetch_add(1, Ordering::Relaxed);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default();
+            self.compat
+                .last_ok_time
+                .store(now.to_bits(), Ordering::Relaxed);
+        } else {
+            self.compat.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(h) = hash {
+            self.compat
+                .hash
+                .store(hash_value(h).to_bits(), Ordering::Relaxed);
+        }
         if let Some(s) = seconds {
             self.last_reload_duration.set(s);
             let now = std::time::SystemTime::now()
@@ -276,6 +575,9 @@ impl Metrics {
             .get_or_create(&vec![("result", result.to_string())])
             .inc();
         if let Some(h) = hash {
+            self.compat
+                .hash
+                .store(hash_value(h).to_bits(), Ordering::Relaxed);
             self.config_info.clear();
             self.config_info
                 .get_or_create(&vec![("hash", h.to_string())])
@@ -320,6 +622,17 @@ impl Metrics {
             .expect("writing to a String");
         out
     }
+}
+
+fn ingress_key(k: &crate::cluster::ObjectKey) -> String {
+    format!("{}/{}", k.namespace, k.name)
+}
+
+/// The config's hash (hex) as ingress-nginx's `config_hash` gauge: its
+/// first 52 bits, which a float holds exactly.
+fn hash_value(hex: &str) -> f64 {
+    let digits: String = hex.chars().take(13).collect();
+    u64::from_str_radix(&digits, 16).map_or(0.0, |v| v as f64)
 }
 
 #[cfg(test)]

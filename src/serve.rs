@@ -36,6 +36,8 @@ pub struct ServeOptions {
     pub debounce: Duration,
     /// Longest time a stream of events may delay a rebuild.
     pub max_wait: Duration,
+    /// The per-request metrics (flags).
+    pub metrics: crate::request_metrics::RequestMetricsOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +82,7 @@ pub async fn run(opts: ServeOptions, renderer: Renderer) -> Result<(), ServeErro
     })?;
 
     let status = Status::default();
-    let metrics = crate::metrics::Metrics::new();
+    let metrics = crate::metrics::Metrics::with_options(opts.metrics.clone());
     let own_ports = [
         (opts.build.http_port, "HTTP"),
         (opts.build.https_port, "HTTPS"),

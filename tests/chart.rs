@@ -3,10 +3,11 @@
 //! - `helm lint --strict`, and values typos refused by `values.schema.json`;
 //! - `helm template` for the default values and variants (DaemonSet with
 //!   hostNetwork, NodePort with autoscaling, webhook with the hook Jobs,
-//!   webhook with cert-manager, ServiceMonitor, ingress-nginx's class), each
+//!   webhook with cert-manager, ServiceMonitor, Grafana dashboard and
+//!   PrometheusRule, ingress-nginx's class), each
 //!   applied with a server-side dry-run into a real kube-apiserver
 //!   (`tests/common/apiserver.rs`), which validates every object; the
-//!   ServiceMonitor and cert-manager kinds are validated against minimal
+//!   ServiceMonitor, PrometheusRule and cert-manager kinds are validated against minimal
 //!   CRDs made here (the fields the chart uses, with their upstream types);
 //!   the namespace enforces the `restricted` Pod Security Standard and no
 //!   warning is allowed;
@@ -177,6 +178,50 @@ spec:
                     metricRelabelings: *relabel
 "#;
 
+/// prometheus-operator's PrometheusRule with the fields the chart uses,
+/// typed as in its CRD.
+const PROMETHEUS_RULE_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: prometheusrules.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  names: {kind: PrometheusRule, listKind: PrometheusRuleList, plural: prometheusrules, singular: prometheusrule}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        required: [spec]
+        properties:
+          spec:
+            type: object
+            properties:
+              groups:
+                type: array
+                items:
+                  type: object
+                  required: [name]
+                  properties:
+                    name: {type: string, minLength: 1}
+                    interval: {type: string}
+                    rules:
+                      type: array
+                      items:
+                        type: object
+                        required: [expr]
+                        properties:
+                          alert: {type: string}
+                          record: {type: string}
+                          expr: {x-kubernetes-int-or-string: true}
+                          for: {type: string}
+                          labels: {type: object, additionalProperties: {type: string}}
+                          annotations: {type: object, additionalProperties: {type: string}}
+"#;
+
 /// cert-manager's Issuer and Certificate with the fields the chart uses,
 /// typed as in cert-manager's CRDs.
 const CERT_MANAGER_CRDS: &str = r#"
@@ -270,6 +315,10 @@ fn lint_and_values_schema() {
         vec!["webhook.enabled=true", "webhook.certManager.enabled=true"],
         vec!["metrics.serviceMonitor.enabled=true"],
         vec!["tcp.5432=db/postgres:5432", "udp.5353=kube-system/dns:dns"],
+        vec![
+            "metrics.grafanaDashboard.enabled=true",
+            "metrics.prometheusRule.enabled=true",
+        ],
     ] {
         let mut a = vec!["lint", "--strict", chart];
         for s in &sets {
@@ -295,6 +344,11 @@ fn lint_and_values_schema() {
         ("webhook.certManager.enable=true", "enable"),
         ("webhook.failurePolicy=fail", "/webhook/failurePolicy"),
         ("metrics.serviceMonitor.interval=30 seconds", "interval"),
+        ("metrics.grafanaDashboard.enable=true", "enable"),
+        (
+            "metrics.excludeSocketMetrics={requests_total}",
+            "excludeSocketMetrics",
+        ),
         ("defaultSslCertificate=just-a-name", "defaultSslCertificate"),
         ("ingressClass.name=Not_A_Name", "name"),
         ("extraArgs[0]=verbose", "extraArgs"),
@@ -796,6 +850,56 @@ const VARIANTS: &[Variant] = &[
         },
     },
     Variant {
+        name: "Grafana dashboard, PrometheusRule and request-metrics flags",
+        namespace: "wicket",
+        sets: &[
+            "metrics.grafanaDashboard.enabled=true",
+            "metrics.prometheusRule.enabled=true",
+            "metrics.prometheusRule.labels.release=prometheus",
+            "metrics.perUndefinedHost=true",
+            "metrics.excludeSocketMetrics={nginx_ingress_controller_bytes_sent,response_size}",
+            "metrics.timeBuckets={1,5,30}",
+            "metrics.sizeBuckets={100,10000}",
+        ],
+        check: |docs| {
+            let cm = find(docs, "ConfigMap", "wicket-dashboard");
+            assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+            let dash: Value =
+                serde_json::from_str(cm["data"]["wicket.json"].as_str().unwrap()).unwrap();
+            assert_eq!(dash["uid"], "wicket-ingress");
+            let rule = find(docs, "PrometheusRule", "wicket");
+            assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+            let alerts: Vec<&str> = rule["spec"]["groups"][0]["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["alert"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                alerts,
+                [
+                    "WicketReloadFailed",
+                    "WicketIngressRejected",
+                    "WicketIngressHigh5xxRate"
+                ]
+            );
+            let a = args(docs);
+            for flag in [
+                "--metrics-per-host=true",
+                "--metrics-per-undefined-host=true",
+                "--exclude-socket-metrics=nginx_ingress_controller_bytes_sent,response_size",
+                "--time-buckets=1,5,30",
+                "--size-buckets=100,10000",
+            ] {
+                assert!(a.iter().any(|x| x == flag), "no {flag} in {a:?}");
+            }
+            assert!(
+                !a.iter().any(|x| x.starts_with("--length-buckets")),
+                "{a:?}"
+            );
+        },
+    },
+    Variant {
         name: "ingress-nginx's class (docs/migration.md)",
         namespace: "wicket",
         sets: &[
@@ -844,7 +948,7 @@ async fn variants_pass_server_side_dry_run() {
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: wicket\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n    pod-security.kubernetes.io/warn: restricted\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: wicket-host}\n",
     )
     .await;
-    for crds in [SERVICE_MONITOR_CRD, CERT_MANAGER_CRDS] {
+    for crds in [SERVICE_MONITOR_CRD, PROMETHEUS_RULE_CRD, CERT_MANAGER_CRDS] {
         apply(&admin, crds).await;
     }
     let out = kubectl(

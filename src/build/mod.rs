@@ -398,20 +398,6 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
             })
             .chain(fallbacks.iter().flatten()),
     );
-    let log_vars = [
-        "$namespace",
-        "$ingress_name",
-        "$service_name",
-        "$service_port",
-        "$location_path",
-        "${namespace}",
-        "${ingress_name}",
-        "${service_name}",
-        "${service_port}",
-        "${location_path}",
-    ]
-    .iter()
-    .any(|v| settings.log_format_upstream.as_str().contains(v));
     let mut b = Builder {
         parsed: &parsed,
         backends,
@@ -428,7 +414,6 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         location_policies_open: Vec::new(),
         canaries: BTreeMap::new(),
         flag_upstream: None,
-        log_vars,
         https_port: opts.https_port,
         tls_hosts: BTreeSet::new(),
         default_cert: String::new(),
@@ -879,8 +864,6 @@ struct Builder<'p, 'c> {
     location_policies_open: Vec<Option<Arc<LocationPolicy>>>,
     /// The upstream of `--default-backend-service`, for error pages.
     flag_upstream: Option<String>,
-    /// The log format names ingress-nginx's per-location variables.
-    log_vars: bool,
     https_port: u16,
     /// Hosts some Ingress lists under `spec.tls`.
     tls_hosts: BTreeSet<HostPattern>,
@@ -1970,7 +1953,7 @@ impl<'p> Builder<'p, '_> {
         ing: Option<usize>,
         tls: bool,
         path: &str,
-        no_global_errors: &bool,
+        _no_global_errors: &bool,
     ) -> Location {
         let exempt = || {
             self.settings
@@ -1983,17 +1966,11 @@ impl<'p> Builder<'p, '_> {
             _ => self.location_policies.get(i).cloned().flatten(),
         });
         let https_redirect = ing.and_then(|i| self.https_redirect(i, tls, path));
-        let proxies = matches!(action, Action::Proxy { .. } | Action::Fallback { .. });
-        let errors =
-            !*no_global_errors || policy.as_ref().is_some_and(|p| !p.error_pages.is_empty());
-        // A sticky cookie is scoped to the location's path ($location_path).
-        let sticky = policy
-            .as_ref()
-            .is_some_and(|p| p.balance.as_ref().is_some_and(|b| b.cookie.is_some()));
-        let wants_vars = proxies
-            && (self.log_vars || errors || sticky || matches!(action, Action::Fallback { .. }));
-        let vars = match (&source, wants_vars) {
-            (Some(src), true) => {
+        // Every location of an Ingress names it: the metrics log line
+        // (`wicket_metrics` in nginx.conf) labels requests with these, and
+        // log formats and error pages may name them.
+        let vars = match &source {
+            Some(src) => {
                 let (service, port) = ing
                     .and_then(|i| self.backend_of(i, &src.field))
                     .unwrap_or_default();
@@ -2002,10 +1979,13 @@ impl<'p> Builder<'p, '_> {
                     ingress: src.name.clone(),
                     service,
                     port,
-                    path: path.to_string(),
+                    // nginx expands variables in `set`: a regex path's
+                    // `$` would name one (and `$host` would put what the
+                    // client sent in the metrics' path label).
+                    path: path.replace('$', "${wicket_dollar}"),
                 }))
             }
-            _ => None,
+            None => None,
         };
         let plain_http = ing.is_some()
             && self
