@@ -877,7 +877,13 @@ async fn admin_endpoints_and_a_dead_nginx_is_restarted() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(w.admin_get("/readyz").await.status, 200);
+    // Ready again once wicket has seen the new nginx answer with its
+    // generation (which may come a moment after the first request does).
+    let deadline = Instant::now() + PATIENCE;
+    while w.admin_get("/readyz").await.status != 200 {
+        assert!(Instant::now() < deadline, "never ready again\n{}", w.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // SIGTERM: nginx stops gracefully and wicket exits 0.
     let pid = w.nginx_pid().unwrap();
