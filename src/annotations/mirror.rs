@@ -50,3 +50,47 @@ pub fn parse(r: &mut Reader<'_>, errors: &mut Vec<FieldError>) -> Mirroring {
         orphan,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn parsed(pairs: &[(&str, &str)]) -> (Mirroring, Vec<FieldError>) {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (format!("p/{k}"), v.to_string()))
+            .collect();
+        let mut r = Reader::new(Some(&map), "p");
+        let mut errors = Vec::new();
+        (parse(&mut r, &mut errors), errors)
+    }
+
+    #[test]
+    fn targets_hosts_and_body_parse_strictly() {
+        let (m, e) = parsed(&[
+            ("mirror-target", "https://shadow.example.com$request_uri"),
+            ("mirror-request-body", "off"),
+        ]);
+        assert!(e.is_empty(), "{e:?}");
+        let m = m.mirror.unwrap();
+        assert!(m.target.https && !m.body && m.host.is_none());
+        assert_eq!(m.target.uri, "$request_uri");
+        for (k, v) in [
+            ("mirror-target", "shadow.example.com/x"),
+            ("mirror-target", "http://a/\"; return 200;"),
+            ("mirror-target", "http://a/$cookie_x"),
+            ("mirror-host", "a b"),
+            ("mirror-host", "$host"),
+            ("mirror-request-body", "yes"),
+        ] {
+            let mut pairs = vec![("mirror-target", "http://a/")];
+            pairs.retain(|(n, _)| *n != k);
+            pairs.push((k, v));
+            assert!(!parsed(&pairs).1.is_empty(), "{k}: {v:?}");
+        }
+        // Without a target, the others do nothing (and say so in build).
+        let (m, e) = parsed(&[("mirror-host", "a.example.com")]);
+        assert!(e.is_empty() && m.mirror.is_none() && m.orphan);
+    }
+}
