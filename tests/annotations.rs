@@ -12,19 +12,6 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
-const P: &str = "nginx.ingress.kubernetes.io";
-
-/// `metadata` lines with these annotations under ingress-nginx's prefix.
-fn annotated(pairs: &[(&str, &str)]) -> String {
-    let mut out = String::from("  annotations:\n");
-    for (k, v) in pairs {
-        out.push_str(&format!(
-            "    {P}/{k}: {}\n",
-            serde_json::to_string(v).unwrap()
-        ));
-    }
-    out
-}
 
 /// An Ingress with one host and `/` to `svc`:80, with these annotations.
 fn site(ns: &str, name: &str, host: &str, svc: &str, pairs: &[(&str, &str)]) -> String {
@@ -43,16 +30,6 @@ fn with_tls(ing: &str, host: &str, secret: &str) -> String {
         "spec:\n",
         &format!("spec:\n  tls:\n  - hosts: [{host}]\n    secretName: {secret}\n"),
     )
-}
-
-fn settings(ns: &str, pairs: &[(&str, &str)]) -> String {
-    let mut out = format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: {ns}}}\ndata:\n"
-    );
-    for (k, v) in pairs {
-        out.push_str(&format!("  {k}: {}\n", serde_json::to_string(v).unwrap()));
-    }
-    out
 }
 
 fn config_map(ns: &str, name: &str, pairs: &[(&str, &str)]) -> String {

@@ -15,21 +15,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
-const P: &str = "nginx.ingress.kubernetes.io";
 
 // ---------------------------------------------------------------- objects
-
-/// `metadata` lines with these annotations under ingress-nginx's prefix.
-fn annotated(pairs: &[(&str, &str)]) -> String {
-    let mut out = String::from("  annotations:\n");
-    for (k, v) in pairs {
-        out.push_str(&format!(
-            "    {P}/{k}: {}\n",
-            serde_json::to_string(v).unwrap()
-        ));
-    }
-    out
-}
 
 /// An Ingress with one host and `path` (Prefix) to `svc`:80, with these
 /// annotations, listing the host under `spec.tls` with the Secret `site`.

@@ -11,21 +11,9 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
-const P: &str = "nginx.ingress.kubernetes.io";
 
 /// `?id=1' OR '1'='1`: what the core rules block (942100, libinjection).
 const SQLI: &str = "/?id=1%27%20OR%20%271%27%3D%271";
-
-fn annotated(pairs: &[(&str, &str)]) -> String {
-    let mut out = String::from("  annotations:\n");
-    for (k, v) in pairs {
-        out.push_str(&format!(
-            "    {P}/{k}: {}\n",
-            serde_json::to_string(v).unwrap()
-        ));
-    }
-    out
-}
 
 fn site(ns: &str, name: &str, host: &str, svc: &str, pairs: &[(&str, &str)]) -> String {
     ingress(
@@ -35,16 +23,6 @@ fn site(ns: &str, name: &str, host: &str, svc: &str, pairs: &[(&str, &str)]) -> 
         host,
         &[("/", "Prefix", svc, 80)],
     )
-}
-
-fn settings(ns: &str, pairs: &[(&str, &str)]) -> String {
-    let mut out = format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: {ns}}}\ndata:\n"
-    );
-    for (k, v) in pairs {
-        out.push_str(&format!("  {k}: {}\n", serde_json::to_string(v).unwrap()));
-    }
-    out
 }
 
 async fn web(ns: &str, name: &str) -> (Echo, String) {

@@ -36,16 +36,6 @@ fn annotated(pairs: &[(&str, &str)]) -> String {
     out
 }
 
-fn settings(ns: &str, pairs: &[(&str, &str)]) -> String {
-    let mut out = format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: {ns}}}\ndata:\n"
-    );
-    for (k, v) in pairs {
-        out.push_str(&format!("  {k}: {}\n", serde_json::to_string(v).unwrap()));
-    }
-    out
-}
-
 /// One sample of the metrics text: name, labels, value.
 struct Sample {
     name: String,

@@ -1202,3 +1202,27 @@ pub fn folder_size(dir: &Path) -> u64 {
 pub fn exists(dir: &Path, name: &str) -> bool {
     dir.join(name).exists()
 }
+
+/// `metadata` lines with these annotations under ingress-nginx's prefix
+/// (`nginx.ingress.kubernetes.io`).
+pub fn annotated(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::from("  annotations:\n");
+    for (k, v) in pairs {
+        out.push_str(&format!(
+            "    nginx.ingress.kubernetes.io/{k}: {}\n",
+            serde_json::to_string(v).unwrap()
+        ));
+    }
+    out
+}
+
+/// The ConfigMap `NS/settings` with these keys (for `--configmap NS/settings`).
+pub fn settings(ns: &str, pairs: &[(&str, &str)]) -> String {
+    let mut out = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: {ns}}}\ndata:\n"
+    );
+    for (k, v) in pairs {
+        out.push_str(&format!("  {k}: {}\n", serde_json::to_string(v).unwrap()));
+    }
+    out
+}
