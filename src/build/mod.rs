@@ -309,11 +309,30 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
 
     let passthrough = streams::passthrough(cluster, opts, &settings, &parsed, &mut problems);
 
+    // The global external auth, once for all the Ingresses it applies to.
+    let global_auth = policy::global_auth(&settings, opts);
+    if let Some(Ok(policy::GlobalAuthCheck {
+        warning: Some(w), ..
+    })) = &global_auth
+    {
+        problems.push(Problem::warning(
+            &ObjectRef::cluster_scoped(Kind::ConfigMap, "--configmap"),
+            Some("data[\"global-auth-url\"]".into()),
+            w.clone(),
+        ));
+    }
     // What each Ingress's annotations mean once the objects they name are
     // looked up, on every core.
     let policies = crate::parallel::map(&parsed, |p| {
         let mut found = Vec::new();
-        let pol = policy::of(p, cluster, &settings, opts, &mut found);
+        let pol = policy::of(
+            p,
+            cluster,
+            &settings,
+            opts,
+            global_auth.as_ref(),
+            &mut found,
+        );
         (pol, found)
     });
     let mut interner = policy::Interner::default();

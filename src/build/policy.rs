@@ -186,6 +186,7 @@ pub fn of(
     cluster: &Cluster,
     settings: &Settings,
     opts: &super::Options,
+    global: Option<&Result<GlobalAuthCheck, String>>,
     problems: &mut Vec<Problem>,
 ) -> IngressPolicy {
     let modules = &opts.modules;
@@ -465,25 +466,29 @@ pub fn of(
         out.auth_upstreams.extend(upstream);
         p.mirror = Some(Arc::new(mt));
     }
-    let global = settings.global_auth.spec().filter(|_| a.access.global_auth);
-    let own = a.extauth.spec.as_deref();
     if let Some(key) = a.extauth.orphan {
         deny(format!("{key} is set without auth-url"), key, problems);
-    } else if let Some(spec) = own.or(global.as_ref()) {
-        let name = if own.is_some() {
-            "auth-url"
-        } else {
-            "enable-global-auth"
-        };
-        match external_auth(spec, own.is_none(), ing, cluster, settings, opts) {
+    } else if let Some(spec) = a.extauth.spec.as_deref() {
+        let built = auth_set_headers(spec, ing, cluster, settings)
+            .and_then(|h| external_auth(spec, false, h, settings, opts));
+        match built {
             Ok((auth, upstream, warning)) => {
                 if let Some(w) = warning {
-                    problems.push(Problem::warning(&ing.object, Some(field(name)), w));
+                    problems.push(Problem::warning(&ing.object, Some(field("auth-url")), w));
                 }
                 out.auth_upstreams.extend(upstream);
                 p.external_auth = Some(Arc::new(auth));
             }
             Err((e, key)) => deny(e, key, problems),
+        }
+    } else if let Some(g) = global.filter(|_| a.access.global_auth) {
+        // Built once; its warning is on the ConfigMap.
+        match g {
+            Ok(c) => {
+                out.auth_upstreams.extend(c.upstream.clone());
+                p.external_auth = Some(c.auth.clone());
+            }
+            Err(e) => deny(e.clone(), "enable-global-auth", problems),
         }
     }
     let mut warnings = Vec::new();
@@ -699,24 +704,13 @@ fn target_upstream(
     Ok(named(servers))
 }
 
-/// The external authentication of an Ingress (`global`: from the global
-/// keys), its upstream, and a warning; or why its locations answer 503.
-#[allow(clippy::type_complexity)]
-fn external_auth(
+/// The headers of `auth-proxy-set-headers`, from the ConfigMap it names.
+fn auth_set_headers(
     spec: &AuthSpec,
-    global: bool,
     ing: &ParsedIngress,
     cluster: &Cluster,
     settings: &Settings,
-    opts: &super::Options,
-) -> Result<
-    (
-        ExternalAuth,
-        Option<crate::config::Upstream>,
-        Option<String>,
-    ),
-    (String, &'static str),
-> {
+) -> Result<Vec<ExpandableHeader>, (String, &'static str)> {
     let mut set_headers = Vec::new();
     if let Some(name) = &spec.proxy_set_headers {
         let cm =
@@ -744,6 +738,53 @@ fn external_auth(
             ));
         }
     }
+    Ok(set_headers)
+}
+
+/// The global external auth (`global-auth-*`), built once for every
+/// Ingress it applies to.
+pub struct GlobalAuthCheck {
+    pub auth: Arc<ExternalAuth>,
+    pub upstream: Option<crate::config::Upstream>,
+    /// Why the auth service cannot be reached (its checks answer 500).
+    pub warning: Option<String>,
+}
+
+/// The global external auth, if the keys ask for one; or why the
+/// Ingresses it applies to answer 503.
+pub fn global_auth(
+    settings: &Settings,
+    opts: &super::Options,
+) -> Option<Result<GlobalAuthCheck, String>> {
+    let spec = settings.global_auth.spec()?;
+    Some(
+        external_auth(&spec, true, Vec::new(), settings, opts)
+            .map(|(auth, upstream, warning)| GlobalAuthCheck {
+                auth: Arc::new(auth),
+                upstream,
+                warning,
+            })
+            .map_err(|(e, _)| e),
+    )
+}
+
+/// The external authentication of an Ingress (`global`: from the global
+/// keys), its upstream, and a warning; or why its locations answer 503.
+#[allow(clippy::type_complexity)]
+fn external_auth(
+    spec: &AuthSpec,
+    global: bool,
+    set_headers: Vec<ExpandableHeader>,
+    settings: &Settings,
+    opts: &super::Options,
+) -> Result<
+    (
+        ExternalAuth,
+        Option<crate::config::Upstream>,
+        Option<String>,
+    ),
+    (String, &'static str),
+> {
     let signin = match &spec.signin {
         Some(s) => {
             if !opts.modules.set_misc {
