@@ -35,7 +35,18 @@ pub fn parse(r: &mut Reader<'_>, errors: &mut Vec<FieldError>) -> Mirroring {
     let target = r
         .get("mirror-target")
         .filter(|v| !v.is_empty())
-        .and_then(|v| r.check("mirror-target", v, errors, AuthUrl::parse));
+        .and_then(|v| {
+            r.check("mirror-target", v, errors, |s| {
+                let u = AuthUrl::parse(s)?;
+                // wicket's own listener would mirror each copy again.
+                if u.host == super::extauth::AuthHost::Request {
+                    return Err(Invalid(
+                        "the host may be a DNS name or an address, not $host (each copy would be mirrored again)".into(),
+                    ));
+                }
+                Ok(u)
+            })
+        });
     let host = r.parse("mirror-host", errors, HostPort::parse);
     let body = r.parse("mirror-request-body", errors, on_off);
     let orphan = target.is_none() && (host.is_some() || body.is_some());
@@ -80,6 +91,7 @@ mod tests {
             ("mirror-target", "shadow.example.com/x"),
             ("mirror-target", "http://a/\"; return 200;"),
             ("mirror-target", "http://a/$cookie_x"),
+            ("mirror-target", "http://$host$request_uri"),
             ("mirror-host", "a b"),
             ("mirror-host", "$host"),
             ("mirror-request-body", "yes"),

@@ -930,7 +930,7 @@ pub static ANNOTATIONS: &[Annotation] = &[
         Ingress,
         OPEN,
         Differs(
-            "as auth-url: the host is a DNS name wicket looks up, an address, or $host (wicket's own listener); one that cannot be reached gets no copies (with a warning)",
+            "the host is a DNS name wicket looks up or an address (not $host: each copy would reach the same location and be mirrored again); one that cannot be reached gets no copies (with a warning)",
         ),
         "https://test.example.com$request_uri",
     ),
