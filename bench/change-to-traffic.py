@@ -23,6 +23,7 @@ Targets: median <= 300 ms, none over 2 s, no failed request.
 import argparse
 import http.client
 import os
+import shlex
 import re
 import shutil
 import signal
@@ -131,7 +132,8 @@ def main() -> int:
                  "--http-port", str(http_port), "--https-port", str(https_port),
                  "--admin-port", str(admin_port)]
                 + (["--debounce-ms", str(a.debounce_ms)] if a.debounce_ms is not None else [])
-                + (["--templates", a.templates] if a.templates else []),
+                + (["--templates", a.templates] if a.templates else [])
+                + shlex.split(os.environ.get("WICKET_ARGS", "")),
                 stdout=subprocess.DEVNULL, stderr=logf, env=env, start_new_session=True)
         deadline = time.time() + 120
         while True:

@@ -10,6 +10,7 @@
 #   bench/render-scale.sh [SIZE...]        default: 1000 10000 50000
 #   RUNS=5 (default) WICKET_NO_BUILD=1 (use $WICKET, default
 #   target/release/wicket, as is) TEMPLATES=DIR (passed as --templates DIR)
+#   WICKET_ARGS="--dynamic-endpoints=false" (more flags for wicket render)
 #   ANNOTATED=1: every Ingress carries five typical annotations (see
 #   gen-manifests.py --annotated)
 #
@@ -22,6 +23,9 @@ sizes=("$@")
 RUNS=${RUNS:-5}
 extra=()
 [[ -z ${TEMPLATES:-} ]] || extra=(--templates "$TEMPLATES")
+# WICKET_ARGS: more flags for `wicket render`, e.g. --dynamic-endpoints=false
+# shellcheck disable=SC2206
+[[ -z ${WICKET_ARGS:-} ]] || extra+=($WICKET_ARGS)
 ensure_wicket
 # user + sys seconds from a `/usr/bin/time -v` report.
 cpu_seconds() { awk -F': ' '/User time/ {u = $2} /System time/ {s = $2} END {print u + s}' "$1"; }

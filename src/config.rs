@@ -60,6 +60,9 @@ pub struct Config {
     pub limit_zones: Vec<LimitZone>,
     /// The allowed origins of `cors-allow-origin` lists, sorted by name.
     pub cors_maps: Vec<CorsMap>,
+    /// Some location sends CORS headers: the maps they read
+    /// (`templates/nginx.conf`).
+    pub cors: bool,
     /// Some external auth is cached (`auth-cache-key`): the cache zone.
     pub auth_cache: bool,
     /// The canaries of the locations, each once (their maps).
@@ -976,6 +979,7 @@ impl Config {
             htpasswd,
             limit_zones,
             cors_maps,
+            cors,
             auth_cache,
             canaries,
             modsecurity,
@@ -1031,6 +1035,7 @@ impl Config {
             && *htpasswd == old.htpasswd
             && *limit_zones == old.limit_zones
             && *cors_maps == old.cors_maps
+            && *cors == old.cors
             && *auth_cache == old.auth_cache
             && *canaries == old.canaries
             && *modsecurity == old.modsecurity

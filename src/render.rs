@@ -746,6 +746,8 @@ struct Head<'a> {
     global_error_pages: &'a [crate::config::ErrorPage],
     limit_zones: &'a [crate::config::LimitZone],
     cors_maps: &'a [crate::config::CorsMap],
+    /// Some location sends CORS headers.
+    cors: bool,
     /// Some external auth is cached: the cache zone.
     auth_cache: bool,
     canaries: &'a [std::sync::Arc<crate::config::CanaryChoice>],
@@ -790,6 +792,7 @@ impl<'a> Head<'a> {
             global_error_pages: &c.global_error_pages,
             limit_zones: &c.limit_zones,
             cors_maps: &c.cors_maps,
+            cors: c.cors,
             auth_cache: c.auth_cache,
             canaries: &c.canaries,
             modsecurity: c.modsecurity.as_ref(),

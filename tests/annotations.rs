@@ -2018,6 +2018,47 @@ async fn cors_preflights_and_headers_for_listed_wildcard_and_unlisted_origins() 
         let (head, _) = raw(w.http, LO, &preflight("list.test", o)).await;
         assert_eq!(status_of(&head), 401, "preflight {o}: {head}");
     }
+
+    // The backend's own CORS headers: those the Ingress sets are replaced
+    // (one of each), the others kept; for an origin not allowed, those the
+    // Ingress sets are removed (a difference from ingress-nginx, which
+    // passed the backend's on).
+    let count = |head: &str, name: &str| {
+        head.lines()
+            .filter(|l| {
+                l.split_once(':')
+                    .is_some_and(|(k, _)| k.eq_ignore_ascii_case(name))
+            })
+            .count()
+    };
+    let head = get_from(&w, LO, "any.test", "/cors", &origin("https://x.example")).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(count(&head, "Access-Control-Allow-Origin"), 1, "{head}");
+    assert_eq!(header(&head, "Access-Control-Allow-Origin"), Some("*"));
+    assert_eq!(
+        header(&head, "Access-Control-Expose-Headers"),
+        Some("X-Backend"),
+        "{head}"
+    );
+    let listed = format!("{}{creds}", origin("https://app.example.com"));
+    let head = get_from(&w, LO, "list.test", "/cors", &listed).await;
+    assert_eq!(count(&head, "Access-Control-Allow-Origin"), 1, "{head}");
+    assert_eq!(
+        header(&head, "Access-Control-Allow-Origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        header(&head, "Access-Control-Expose-Headers"),
+        Some("X-Request-ID"),
+        "{head}"
+    );
+    let unlisted = format!("{}{creds}", origin("https://evil.example"));
+    let head = get_from(&w, LO, "list.test", "/cors", &unlisted).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("access-control-"),
+        "{head}"
+    );
 }
 
 /// What an auth service written for the tests saw of one check.

@@ -614,7 +614,16 @@ pub static ANNOTATIONS: &[Annotation] = &[
         Supported,
         "false",
     ),
-    row("enable-cors", "cors", Ingress, OPEN, Supported, "true"),
+    row(
+        "enable-cors",
+        "cors",
+        Ingress,
+        OPEN,
+        Differs(
+            "the CORS headers it sets replace the backend's; for an Origin not allowed they are removed from the answer (ingress-nginx passed the backend's on)",
+        ),
+        "true",
+    ),
     row(
         "enable-global-auth",
         "authreqglobal",

@@ -346,6 +346,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     let mut modsecurity_files: BTreeMap<String, crate::config::RulesFile> = BTreeMap::new();
     // Whether a location turns ModSecurity on, and one runs the CRS.
     let (mut modsecurity_on, mut crs_used) = (false, false);
+    let mut cors = false;
     for (pol, found) in policies {
         for u in &pol.auth_upstreams {
             auth_upstreams.insert(u.name.clone(), u.clone());
@@ -359,6 +360,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
             modsecurity_on |= m.on;
             crs_used |= m.on && m.crs;
         }
+        cors |= pol.denied.is_none() && pol.location.as_ref().is_some_and(|l| l.cors.is_some());
         for m in &pol.cors_maps {
             cors_maps.insert(m.name.clone(), m.clone());
         }
@@ -605,6 +607,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         htpasswd: htpasswd.into_values().collect(),
         limit_zones: limit_zones.into_values().collect(),
         cors_maps: cors_maps.into_values().collect(),
+        cors,
         auth_cache,
         canaries: b.canaries.values().cloned().collect(),
         modsecurity,

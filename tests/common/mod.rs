@@ -283,6 +283,16 @@ async fn echo(
             "s=1; Domain=backend.internal; Path=/app/".parse().unwrap(),
         );
     }
+    // `/cors`: CORS headers of the backend's own.
+    if path == "/cors" {
+        for (k, v) in [
+            ("access-control-allow-origin", "https://backend.example"),
+            ("access-control-expose-headers", "X-Backend"),
+        ] {
+            r.headers_mut()
+                .insert(header::HeaderName::from_static(k), v.parse().unwrap());
+        }
+    }
     // `/location`: a redirect naming the backend's own address.
     if path == "/location" {
         *r.status_mut() = StatusCode::FOUND;
