@@ -379,6 +379,13 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         }
         ingress_policies.push(pol);
     }
+    // The location policies are taken out, to be moved into the interner
+    // (not copied): at 10,000 Ingresses their boxes would stay alive
+    // through the rest of the build.
+    let location_policies: Vec<Option<Box<LocationPolicy>>> = ingress_policies
+        .iter_mut()
+        .map(|p| p.location.take())
+        .collect();
     // The default-backend annotations' Services: their first port.
     let fallbacks: Vec<Option<ServiceRef>> = parsed
         .iter()
@@ -445,7 +452,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     {
         b.default_backend_flag(cluster, svc);
     }
-    b.finish_policies(&mut interner);
+    b.finish_policies(&mut interner, location_policies);
     let global_error_pages = b.global_error_pages(opts.configmap.as_ref());
     let default_certificate = match &opts.default_ssl_certificate {
         None => opts.default_certificate.clone(),
@@ -994,11 +1001,15 @@ impl<'p> Builder<'p, '_> {
     /// Each Ingress's location policy, with the error pages of its
     /// `custom-http-errors` (to its default-backend, else to
     /// `--default-backend-service`), shared through `interner`.
-    fn finish_policies(&mut self, interner: &mut policy::Interner) {
+    fn finish_policies(
+        &mut self,
+        interner: &mut policy::Interner,
+        policies: Vec<Option<Box<LocationPolicy>>>,
+    ) {
         let mut out = Vec::with_capacity(self.parsed.len());
         let mut open = Vec::with_capacity(self.parsed.len());
-        for (i, p) in self.parsed.iter().enumerate() {
-            let mut pol = self.policies[i].location.as_deref().cloned();
+        for ((i, p), pol) in self.parsed.iter().enumerate().zip(policies) {
+            let mut pol = pol.map(|b| *b);
             let b = &p.annotations.backend;
             if let Some(codes) = &b.custom_http_errors {
                 let target = match self.fallbacks[i]
