@@ -78,8 +78,10 @@ pub struct ParsedIngress {
     pub object: ObjectRef,
     pub namespace: DnsLabel,
     pub created: Option<Time>,
-    /// Boxed: it is large, and Ingresses are sorted and moved whole.
-    pub annotations: Box<Annotations>,
+    /// Shared: it is large, Ingresses are sorted and moved whole, and
+    /// Ingresses whose annotations mean the same share one (see
+    /// `build::share_annotations`).
+    pub annotations: std::sync::Arc<Annotations>,
     pub default_backend: Option<ServiceRef>,
     pub rules: Vec<ParsedRule>,
     pub tls: Vec<ParsedTls>,
@@ -170,14 +172,15 @@ pub fn parse(
         .as_ref()
         .and_then(|b| backend(&ns, b, "spec.defaultBackend", &mut errors));
 
-    let mut rules = Vec::new();
+    // Sized to fit: 10,000 Ingresses keep these through the build.
+    let mut rules = Vec::with_capacity(spec.rules.as_ref().map_or(0, Vec::len));
     for (i, rule) in spec.rules.iter().flatten().enumerate() {
         let field = format!("spec.rules[{i}]");
         let host = match rule.host.as_deref() {
             None | Some("") => None,
             Some(h) => errors.check(format!("{field}.host"), h, HostPattern::parse(h)),
         };
-        let mut paths = Vec::new();
+        let mut paths = Vec::with_capacity(rule.http.as_ref().map_or(0, |h| h.paths.len()));
         if let Some(http) = &rule.http {
             if http.paths.is_empty() {
                 errors.missing(
@@ -275,7 +278,7 @@ pub fn parse(
         object,
         namespace: ns,
         created: ing.metadata.creation_timestamp.clone(),
-        annotations: Box::new(annotations),
+        annotations: std::sync::Arc::new(annotations),
         default_backend,
         rules,
         tls,
