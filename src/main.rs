@@ -555,15 +555,17 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
         ipv6: wicket::render::ipv6_available(),
         ..RenderEnv::default()
     };
-    let text = renderer(&args.build)?.render(&result.config, &env)?;
-    std::io::stdout()
-        .lock()
-        .write_all(text.as_bytes())
+    // Written part by part (every part is rendered before the first byte
+    // is written, so a template error prints nothing): the whole text is
+    // never held, which lowers the peak memory by its size.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    renderer(&args.build)?.render_to(&result.config, &env, &mut out)?;
+    out.flush()
         .context("writing the config to standard output")?;
     drop_objects.join().expect("freeing the objects panicked");
-    // The process ends now: freeing the model and text one allocation at a
-    // time would only delay that.
-    std::mem::forget((result, text));
+    // The process ends now: freeing the model one allocation at a time
+    // would only delay that.
+    std::mem::forget(result);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -69,6 +69,8 @@ pub enum RenderError {
     },
     #[error("rendering nginx.conf: {0}")]
     Render(#[source] tera::Error),
+    #[error("writing nginx.conf: {0}")]
+    Write(#[source] std::io::Error),
 }
 
 impl RenderError {
@@ -79,6 +81,7 @@ impl RenderError {
             RenderError::Read { .. } => "read",
             RenderError::UpstreamName(_) => "render",
             RenderError::Render(_) => "render",
+            RenderError::Write(_) => "write",
         }
     }
 }
@@ -352,6 +355,26 @@ impl Renderer {
         Ok(splice_snippets(text, &config.snippets))
     }
 
+    /// Renders nginx.conf into `out` part by part, never holding the whole
+    /// text: what `wicket render` prints (the same text as [`render`]).
+    ///
+    /// [`render`]: Renderer::render
+    pub fn render_to(
+        &self,
+        config: &Config,
+        env: &RenderEnv,
+        out: &mut dyn std::io::Write,
+    ) -> Result<(), RenderError> {
+        if !config.snippets.is_empty() {
+            // Snippets are spliced into the whole text.
+            let text = self.render(config, env)?;
+            return out.write_all(text.as_bytes()).map_err(RenderError::Write);
+        }
+        let mut sink = WriteSink { out, written: 0 };
+        self.assemble_into(config, env, None, &mut sink)?;
+        Ok(())
+    }
+
     /// Renders nginx.conf, reusing the text of every server and upstream
     /// that is the same as in the config `cache` holds; the others are
     /// rendered on every core. The cache then holds this config and the
@@ -402,6 +425,20 @@ impl Renderer {
         env: &RenderEnv,
         previous: Option<&Last>,
     ) -> Result<(String, Spans), RenderError> {
+        let mut text = String::new();
+        let spans = self.assemble_into(config, env, previous, &mut text)?;
+        Ok((text, spans))
+    }
+
+    /// [`Renderer::assemble`] into `text`; each part is dropped once it is
+    /// written.
+    fn assemble_into(
+        &self,
+        config: &Config,
+        env: &RenderEnv,
+        previous: Option<&Last>,
+        text: &mut dyn Sink,
+    ) -> Result<Spans, RenderError> {
         let ports = Ports {
             http: config.http_port,
             https: config.https_port,
@@ -462,18 +499,28 @@ impl Renderer {
             .render(ROOT_TEMPLATE, &ctx)
             .map_err(RenderError::Render)?;
         let old_text = previous.map(|p| &*p.text);
-        let part = |p| part_text(old_text.map(String::as_str), p);
+        let old_text = old_text.map(String::as_str);
         let size = head.len()
-            + server_texts.iter().map(|p| part(p).len()).sum::<usize>()
-            + upstream_texts.iter().map(|p| part(p).len()).sum::<usize>();
-        let mut text = String::with_capacity(size + 64);
+            + server_texts
+                .iter()
+                .map(|p| part_text(old_text, p).len())
+                .sum::<usize>()
+            + upstream_texts
+                .iter()
+                .map(|p| part_text(old_text, p).len())
+                .sum::<usize>();
+        text.reserve(size + 64);
         let mut spans = Spans::default();
+        let mut server_texts = server_texts.into_iter();
+        let mut upstream_texts = upstream_texts.into_iter();
         for line in head.split_inclusive('\n') {
             match line.trim() {
                 "# wicket-servers" => {
-                    for (i, ((s, default), p)) in servers.iter().zip(&server_texts).enumerate() {
+                    for (i, ((s, default), p)) in
+                        servers.iter().zip(server_texts.by_ref()).enumerate()
+                    {
                         let start = text.len();
-                        text.push_str(part(p));
+                        text.put(part_text(old_text, &p))?;
                         // Index 0 is the default server; servers[i] is i + 1.
                         let index = i.wrapping_sub(1);
                         spans
@@ -482,22 +529,22 @@ impl Renderer {
                     }
                 }
                 "# wicket-upstreams" => {
-                    for (i, (u, p)) in upstreams.iter().zip(&upstream_texts).enumerate() {
+                    for (i, (u, p)) in upstreams.iter().zip(upstream_texts.by_ref()).enumerate() {
                         let start = text.len();
-                        text.push_str(part(p));
+                        text.put(part_text(old_text, &p))?;
                         spans
                             .upstreams
                             .insert(u.name.clone(), (i, start..text.len()));
                     }
                 }
                 _ => {
-                    text.push_str(line);
+                    text.put(line)?;
                     continue;
                 }
             }
-            text.push('\n');
+            text.put("\n")?;
         }
-        Ok((text, spans))
+        Ok(spans)
     }
 
     /// Renders the parts that have no old text, on every core.
@@ -592,6 +639,42 @@ pub(crate) fn serialize_policy<S: serde::Serializer>(
 enum Part {
     Old(Range<usize>),
     New(String),
+}
+
+/// Where [`Renderer::assemble_into`] writes the text.
+trait Sink {
+    fn put(&mut self, s: &str) -> Result<(), RenderError>;
+    /// Bytes written so far.
+    fn len(&self) -> usize;
+    fn reserve(&mut self, _additional: usize) {}
+}
+
+impl Sink for String {
+    fn put(&mut self, s: &str) -> Result<(), RenderError> {
+        self.push_str(s);
+        Ok(())
+    }
+    fn len(&self) -> usize {
+        String::len(self)
+    }
+    fn reserve(&mut self, additional: usize) {
+        String::reserve(self, additional)
+    }
+}
+
+struct WriteSink<'a> {
+    out: &'a mut dyn std::io::Write,
+    written: usize,
+}
+
+impl Sink for WriteSink<'_> {
+    fn put(&mut self, s: &str) -> Result<(), RenderError> {
+        self.written += s.len();
+        self.out.write_all(s.as_bytes()).map_err(RenderError::Write)
+    }
+    fn len(&self) -> usize {
+        self.written
+    }
 }
 
 fn part_text<'a>(old: Option<&'a str>, p: &'a Part) -> &'a str {

@@ -85,6 +85,22 @@ fn golden(name: &str, dir: &str) {
 
 fn golden_with(name: &str, dir: &str, tweak: impl FnOnce(&mut Options)) {
     let (text, problems, config) = render_with(dir, tweak);
+    // What `wicket render` prints, written part by part, is the same text.
+    let mut streamed = Vec::new();
+    let env = RenderEnv {
+        generation: 1,
+        user: None,
+        ipv6: true,
+        temp_dir: None,
+    };
+    Renderer::embedded()
+        .unwrap()
+        .render_to(&config, &env, &mut streamed)
+        .unwrap();
+    assert!(
+        String::from_utf8(streamed).unwrap() == text,
+        "render_to differs from render"
+    );
     insta::assert_snapshot!(name, text);
     insta::assert_snapshot!(format!("{name}-problems"), problems.join("\n"));
     common::nginx_test(&text, &config);
