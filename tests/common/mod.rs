@@ -140,13 +140,22 @@ pub fn nginx_test(text: &str, config: &Config) {
 }
 
 /// A free TCP port on all addresses (bound and released; the test binds it
-/// again right after).
+/// again right after). Never one it gave before in this process: the
+/// kernel can hand out a port just released again, and two of a test's
+/// ports (or two tests' running at once) must differ.
 pub fn free_port() -> u16 {
-    TcpListener::bind("0.0.0.0:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 // ---------------------------------------------------------------- backends
