@@ -2061,6 +2061,36 @@ async fn cors_preflights_and_headers_for_listed_wildcard_and_unlisted_origins() 
     );
 }
 
+/// A CORS Ingress whose only path is lost to an older Ingress writes no
+/// location: the variables CORS's maps read are declared anyway, so nginx
+/// takes the config and the older Ingress is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cors_ingress_without_locations_does_not_break_the_config() {
+    let (_web_echo, web_svc) = web("co", "web").await;
+    let w = Wicket::start(&[
+        ("svc.yaml", &web_svc),
+        ("a.yaml", &site("co", "a-plain", "lost.test", "web", &[])),
+        (
+            "b.yaml",
+            &site(
+                "co",
+                "b-cors",
+                "lost.test",
+                "web",
+                &[("enable-cors", "true")],
+            ),
+        ),
+    ])
+    .await;
+    let head = get_from(&w, LO, "lost.test", "/", "Origin: https://x.example\r\n").await;
+    assert_eq!(status_of(&head), 200, "{head}\n{}", w.logs());
+    assert!(
+        !head.to_ascii_lowercase().contains("access-control-"),
+        "{head}"
+    );
+    assert!(!w.logs().contains("config not applied"), "{}", w.logs());
+}
+
 /// What an auth service written for the tests saw of one check.
 #[derive(Clone, Debug)]
 struct Check {
