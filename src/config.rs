@@ -60,8 +60,8 @@ pub struct Config {
     pub limit_zones: Vec<LimitZone>,
     /// The allowed origins of `cors-allow-origin` lists, sorted by name.
     pub cors_maps: Vec<CorsMap>,
-    /// Some location sends CORS headers: the maps they read
-    /// (`templates/nginx.conf`).
+    /// Some Ingress has a CORS policy: the http level declares and maps
+    /// the variables its locations set (`templates/nginx.conf`).
     pub cors: bool,
     /// Some external auth is cached (`auth-cache-key`): the cache zone.
     pub auth_cache: bool,

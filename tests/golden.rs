@@ -62,21 +62,25 @@ fn render_with(
     let mut opts = opts;
     tweak(&mut opts);
     let b = build::build(&cluster, &opts);
-    let env = RenderEnv {
-        generation: 1,
-        user: None,
-        ipv6: true,
-        temp_dir: None,
-    };
     let text = Renderer::embedded()
         .unwrap()
-        .render(&b.config, &env)
+        .render(&b.config, &golden_env())
         .unwrap();
     (
         text,
         b.problems.iter().map(ToString::to_string).collect(),
         b.config,
     )
+}
+
+/// What the golden configs are rendered with.
+fn golden_env() -> RenderEnv {
+    RenderEnv {
+        generation: 1,
+        user: None,
+        ipv6: true,
+        temp_dir: None,
+    }
 }
 
 fn golden(name: &str, dir: &str) {
@@ -87,15 +91,9 @@ fn golden_with(name: &str, dir: &str, tweak: impl FnOnce(&mut Options)) {
     let (text, problems, config) = render_with(dir, tweak);
     // What `wicket render` prints, written part by part, is the same text.
     let mut streamed = Vec::new();
-    let env = RenderEnv {
-        generation: 1,
-        user: None,
-        ipv6: true,
-        temp_dir: None,
-    };
     Renderer::embedded()
         .unwrap()
-        .render_to(&config, &env, &mut streamed)
+        .render_to(&config, &golden_env(), &mut streamed)
         .unwrap();
     assert!(
         String::from_utf8(streamed).unwrap() == text,

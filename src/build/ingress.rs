@@ -80,7 +80,7 @@ pub struct ParsedIngress {
     pub created: Option<Time>,
     /// Shared: it is large, Ingresses are sorted and moved whole, and
     /// Ingresses whose annotations mean the same share one (see
-    /// `build::share_annotations`).
+    /// `AnnotationsInterner` in `build`).
     pub annotations: std::sync::Arc<Annotations>,
     pub default_backend: Option<ServiceRef>,
     pub rules: Vec<ParsedRule>,
