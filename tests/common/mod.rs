@@ -1049,13 +1049,12 @@ impl Wicket {
             .unwrap_or_else(|e| panic!("GET {path} on admin.sock: {e}\n{}", self.logs()))
     }
 
+    /// GET on the admin listener, on a new connection: a pooled one may
+    /// be closed by the listener's header timeout just as it is reused.
     pub async fn admin_get(&self, path: &str) -> Answer {
-        fetch(
-            &self.client,
-            &format!("http://127.0.0.1:{}{path}", self.admin),
-        )
-        .await
-        .unwrap()
+        fetch(&client(), &format!("http://127.0.0.1:{}{path}", self.admin))
+            .await
+            .unwrap()
     }
 
     /// Sends SIGTERM and waits for the exit status.
