@@ -145,6 +145,15 @@ pub struct NginxOptions {
     pub temp_dir: Option<PathBuf>,
 }
 
+/// How waiting for a config to load ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Loaded {
+    /// A new worker answers with its generation.
+    Served,
+    /// nginx's master logged an `[emerg]` line: it refused the config.
+    Refused,
+}
+
 /// What the applier did with a config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -188,6 +197,76 @@ pub struct Nginx {
     test_timeout: Duration,
     /// The servers and upstreams last rendered, reused while unchanged.
     render_cache: crate::render::RenderCache,
+    /// nginx's error log (its standard error), watched for refusals.
+    errors: std::sync::Arc<ErrorLog>,
+}
+
+/// nginx's error log, which goes to its standard error: copied to
+/// wicket's, with its `[emerg]` lines counted. A master that refuses the
+/// config a reload asks for writes one (and keeps the old config, its
+/// workers and sockets: nginx's reload is all or nothing).
+#[derive(Default)]
+struct ErrorLog {
+    emergs: std::sync::atomic::AtomicU64,
+    last_emerg: std::sync::Mutex<String>,
+}
+
+/// The longest line of the error log looked at whole; the rest of a longer
+/// one is still copied.
+const MAX_ERROR_LINE: usize = 16 * 1024;
+
+impl ErrorLog {
+    fn emergs(&self) -> u64 {
+        self.emergs.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Takes the next piece of the log; `partial` holds the end of a line
+    /// a piece cut.
+    fn take(&self, partial: &mut Vec<u8>, piece: &[u8]) {
+        for chunk in piece.split_inclusive(|&b| b == b'\n') {
+            if partial.len() < MAX_ERROR_LINE {
+                let room = MAX_ERROR_LINE - partial.len();
+                partial.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            if chunk.ends_with(b"\n") {
+                if is_emerg(partial) {
+                    let line = String::from_utf8_lossy(partial).trim_end().to_string();
+                    *self.last_emerg.lock().unwrap_or_else(|e| e.into_inner()) = line;
+                    self.emergs
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                partial.clear();
+            }
+        }
+    }
+
+    fn last_emerg(&self) -> String {
+        self.last_emerg
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Whether a line of the error log is one of level `emerg`: nginx writes
+/// `YYYY/MM/DD HH:MM:SS [emerg] ...` once its log is open and
+/// `nginx: [emerg] ...` before. Only the level's own place counts, so a
+/// request line that carries the word does not.
+fn is_emerg(line: &[u8]) -> bool {
+    const LEVEL: &[u8] = b"[emerg]";
+    if line.starts_with(b"nginx: [emerg]") {
+        return true;
+    }
+    let stamp = b"0000/00/00 00:00:00 ";
+    line.len() >= stamp.len() + LEVEL.len()
+        && line[..stamp.len()].iter().zip(stamp).all(|(&b, &f)| {
+            if f == b'0' {
+                b.is_ascii_digit()
+            } else {
+                b == f
+            }
+        })
+        && &line[stamp.len()..stamp.len() + LEVEL.len()] == LEVEL
 }
 
 /// Writes a file atomically: a temporary file in the same folder, then a
@@ -293,6 +372,7 @@ impl Nginx {
             load_timeout: MIN_LOAD_TIMEOUT,
             test_timeout: MIN_TEST_TIMEOUT,
             render_cache: Default::default(),
+            errors: Default::default(),
         })
     }
 
@@ -331,6 +411,14 @@ impl Nginx {
     }
 
     /// Renders, proves and loads a config.
+    ///
+    /// A running nginx proves a config itself: on SIGHUP its master parses
+    /// the new config and, when it refuses it, logs why (`[emerg]`) and
+    /// keeps the old one, its workers and sockets. So a reload loads the
+    /// config once, not twice; `nginx -t` proves a config before nginx is
+    /// started with it, and explains a config a reload refused (its
+    /// message is the one reported, and the engine's quarantine runs
+    /// `nginx -t` to find the Ingress responsible).
     pub async fn apply(
         &mut self,
         config: &std::sync::Arc<Config>,
@@ -350,14 +438,16 @@ impl Nginx {
         let dir = self.opts.state_dir.clone();
         write_atomic(&dir.join(CANDIDATE), text.as_bytes(), 0o644)?;
         lap(&mut timings.write);
-        if let Err(e) = self.test(&dir.join(CANDIDATE)).await {
-            self.refused = Some(text);
-            return Err(e);
+        let reload = self.good.is_some() && self.running();
+        if !reload {
+            if let Err(e) = self.test(&dir.join(CANDIDATE)).await {
+                self.refused = Some(text);
+                return Err(e);
+            }
+            self.refused = None;
+            lap(&mut timings.test);
+            self.learn_load_time(timings.test);
         }
-        self.refused = None;
-        lap(&mut timings.test);
-        self.load_timeout = MIN_LOAD_TIMEOUT.max(timings.test * 3);
-        self.test_timeout = MIN_TEST_TIMEOUT.max(timings.test * 10);
         std::fs::rename(dir.join(CANDIDATE), dir.join(CONF)).map_err(|source| {
             ApplyError::Write {
                 path: dir.join(CONF),
@@ -365,40 +455,96 @@ impl Nginx {
             }
         })?;
 
-        let mut outcome = if self.running() {
+        let refusals = self.errors.emergs();
+        let mut outcome = if reload {
             self.signal(Signal::SIGHUP);
             Outcome::Reloaded
         } else {
             self.spawn()?;
             Outcome::Started
         };
-        let mut waited = self.wait_for_generation(self.generation).await;
+        let mut waited = self
+            .wait_for_generation(self.generation, reload.then_some(refusals))
+            .await;
+        if let Ok(Loaded::Refused) = waited {
+            // nginx serves the config it had. Why it refused this one:
+            write_atomic(&dir.join(CANDIDATE), text.as_bytes(), 0o644)?;
+            match self.test(&dir.join(CANDIDATE)).await {
+                Err(e) => {
+                    self.put_back(false)?;
+                    if matches!(e, ApplyError::Invalid(_)) {
+                        self.refused = Some(text);
+                    }
+                    return Err(e);
+                }
+                Ok(()) => {
+                    // The config is valid: what nginx wrote was about
+                    // something else (a port it could not bind, a line of
+                    // a worker). It may still load; wait for it.
+                    tracing::warn!(
+                        line = %self.errors.last_emerg(),
+                        "nginx logged an error while reloading a config nginx -t accepts"
+                    );
+                    let _ = std::fs::remove_file(dir.join(CANDIDATE));
+                    waited = self.wait_for_generation(self.generation, None).await;
+                }
+            }
+        }
         if let Err(ApplyError::Exited(status)) = &waited {
-            // The master died while loading a config nginx -t accepted (its
-            // workers are gone with it, see `wait_for_generation`): start
-            // nginx again with that config.
+            // The master died while loading the config (its workers are
+            // gone with it, see `wait_for_generation`).
+            let status = *status;
+            if reload && let Err(e) = self.test(&dir.join(CONF)).await {
+                // One it refuses: nginx starts again with the last good
+                // one (the engine retries if that fails too).
+                tracing::warn!(%status, "nginx exited while loading a config nginx -t refuses; starting it again with the last good config");
+                self.put_back(false)?;
+                if matches!(e, ApplyError::Invalid(_)) {
+                    self.refused = Some(text);
+                }
+                let _ = self.restart().await;
+                return Err(e);
+            }
             tracing::warn!(%status, "nginx exited while loading the new config; starting it again with that config");
             self.spawn()?;
             outcome = Outcome::Started;
-            waited = self.wait_for_generation(self.generation).await;
+            waited = self.wait_for_generation(self.generation, None).await;
         }
         if let Err(e) = waited {
             // Put the last good config back on disk (and in nginx, in case it
             // loaded the new one after all).
-            if let Some((_, good)) = &self.good {
-                write_atomic(&dir.join(CONF), good.as_bytes(), 0o644)?;
-                if self.running() {
-                    self.signal(Signal::SIGHUP);
-                }
-            }
+            self.put_back(true)?;
             return Err(e);
         }
         lap(&mut timings.reload);
+        if reload {
+            self.refused = None;
+            self.learn_load_time(timings.reload);
+        }
         self.good = Some((self.generation, text));
         self.shutdown_timeout =
             Duration::from_secs(config.settings.worker_shutdown_timeout.0.into());
         self.remove_unused_certificates(config);
         Ok((outcome, timings))
+    }
+
+    /// Sets how long loading a config and `nginx -t` may take from how
+    /// long the last one took.
+    fn learn_load_time(&mut self, took: Duration) {
+        self.load_timeout = MIN_LOAD_TIMEOUT.max(took * 3);
+        self.test_timeout = MIN_TEST_TIMEOUT.max(took * 10);
+    }
+
+    /// Writes the last good config back over nginx.conf, and with `signal`
+    /// asks a running nginx to load it again.
+    fn put_back(&mut self, signal: bool) -> Result<(), ApplyError> {
+        if let Some((_, good)) = &self.good {
+            write_atomic(&self.opts.state_dir.join(CONF), good.as_bytes(), 0o644)?;
+            if signal && self.running() {
+                self.signal(Signal::SIGHUP);
+            }
+        }
+        Ok(())
     }
 
     /// Sends the endpoints of `changed` (upstreams of `config`, which
@@ -474,7 +620,7 @@ impl Nginx {
         };
         self.kill_group();
         self.spawn()?;
-        self.wait_for_generation(generation).await
+        self.wait_for_generation(generation, None).await.map(|_| ())
     }
 
     fn write_certificates(&self, config: &Config) -> Result<(), ApplyError> {
@@ -623,6 +769,7 @@ impl Nginx {
             .arg(self.opts.state_dir.join(CONF))
             .process_group(0)
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| ApplyError::Spawn {
                 binary: self.opts.binary.clone(),
@@ -648,6 +795,29 @@ impl Nginx {
             tokio::spawn(async move {
                 let mut out = tokio::io::BufReader::with_capacity(256 * 1024, out);
                 let _ = tokio::io::copy_buf(&mut out, &mut tokio::io::stdout()).await;
+            });
+        }
+        if let Some(err) = child.stderr.take() {
+            // The error log: copied to our stderr (when that fails, still
+            // read, or nginx would block), its `[emerg]` lines counted.
+            let log = self.errors.clone();
+            tokio::spawn(async move {
+                let mut err = err;
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut partial = Vec::new();
+                let mut out = Some(tokio::io::stderr());
+                loop {
+                    let n = match err.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    log.take(&mut partial, &buf[..n]);
+                    if let Some(o) = &mut out
+                        && o.write_all(&buf[..n]).await.is_err()
+                    {
+                        out = None;
+                    }
+                }
             });
         }
         self.child = Some(child);
@@ -688,8 +858,14 @@ impl Nginx {
         }
     }
 
-    /// Waits until a worker answers with `generation` on the status socket.
-    async fn wait_for_generation(&mut self, generation: u64) -> Result<(), ApplyError> {
+    /// Waits until a worker answers with `generation` on the status socket,
+    /// or, with `refusals`, until nginx's error log has more `[emerg]`
+    /// lines than that: the master refused the config.
+    async fn wait_for_generation(
+        &mut self,
+        generation: u64,
+        refusals: Option<u64>,
+    ) -> Result<Loaded, ApplyError> {
         let deadline = Instant::now() + self.load_timeout;
         let socket = self.opts.state_dir.join(STATUS_SOCKET);
         let want = generation.to_string();
@@ -709,7 +885,10 @@ impl Nginx {
                 .iter()
                 .any(|g| g.as_deref() == Some(want.as_str()))
             {
-                return Ok(());
+                return Ok(Loaded::Served);
+            }
+            if refusals.is_some_and(|n| self.errors.emergs() > n) {
+                return Ok(Loaded::Refused);
             }
             if Instant::now() > deadline {
                 return Err(ApplyError::Timeout(self.load_timeout));
@@ -823,4 +1002,70 @@ pub async fn query_status(socket: &Path, path: &str) -> Option<String> {
         .await
         .ok()
         .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_log_counts_emerg_lines_across_pieces() {
+        let log = ErrorLog::default();
+        let mut partial = Vec::new();
+        let line =
+            b"2026/12/03 03:09:11 [emerg] 42#42: unknown directive \"x\" in /s/nginx.conf:3\n";
+        // Cut in every place: one line, counted once.
+        for cut in 0..line.len() {
+            let before = log.emergs();
+            log.take(&mut partial, &line[..cut]);
+            log.take(&mut partial, &line[cut..]);
+            assert_eq!(log.emergs(), before + 1, "cut at {cut}");
+            assert!(partial.is_empty());
+        }
+        assert_eq!(
+            log.last_emerg(),
+            "2026/12/03 03:09:11 [emerg] 42#42: unknown directive \"x\" in /s/nginx.conf:3"
+        );
+        // A line not yet ended is not counted.
+        let before = log.emergs();
+        log.take(&mut partial, b"nginx: [emerg] bind() failed");
+        assert_eq!(log.emergs(), before);
+        log.take(&mut partial, b"\n");
+        assert_eq!(log.emergs(), before + 1);
+    }
+
+    #[test]
+    fn error_log_counts_only_the_level_in_its_place() {
+        let log = ErrorLog::default();
+        let mut partial = Vec::new();
+        log.take(
+            &mut partial,
+            b"2026/12/03 03:09:11 [error] 7#7: *1 open() \"/srv/[emerg]\" failed, request: \"GET /[emerg] HTTP/1.1\"\n\
+              2026/12/03 03:09:11 [notice] 7#7: signal process started\n\
+              [emerg] not at the start of a line of nginx's\n",
+        );
+        assert_eq!(log.emergs(), 0);
+        log.take(
+            &mut partial,
+            b"2026/12/03 03:09:12 [emerg] 7#7: a\n2026/12/03 03:09:12 [emerg] 7#7: b\n",
+        );
+        assert_eq!(log.emergs(), 2);
+        assert_eq!(log.last_emerg(), "2026/12/03 03:09:12 [emerg] 7#7: b");
+    }
+
+    #[test]
+    fn error_log_keeps_a_bounded_piece_of_a_long_line() {
+        let log = ErrorLog::default();
+        let mut partial = Vec::new();
+        let mut line = b"2026/12/03 03:09:11 [emerg] 7#7: ".to_vec();
+        line.extend(std::iter::repeat_n(b'x', 3 * MAX_ERROR_LINE));
+        for piece in line.chunks(1000) {
+            log.take(&mut partial, piece);
+            assert!(partial.len() <= MAX_ERROR_LINE);
+        }
+        log.take(&mut partial, b"\n");
+        assert_eq!(log.emergs(), 1);
+        assert_eq!(log.last_emerg().len(), MAX_ERROR_LINE);
+        assert!(partial.is_empty());
+    }
 }
