@@ -537,7 +537,7 @@ impl Engine {
                     self.retry_at = Some(Instant::now() + Duration::from_secs(1));
                 }
                 // Ready only while an nginx serves the newest config that
-                // nginx -t accepted: not when nginx is down, nor when a
+                // nginx accepted: not when nginx is down, nor when a
                 // config it accepted did not load (its retry decides).
                 if !serving || !self.nginx.is_running() {
                     self.status.not_ready(if serving {

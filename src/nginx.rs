@@ -1,15 +1,18 @@
 //! The applier: owns the nginx child process and its state folder.
 //!
-//! Each config is written as a candidate, proven with `nginx -t`, swapped in
-//! with a rename, and loaded with SIGHUP; the applier then waits until a new
-//! worker answers with the new generation on the status socket. When any step
-//! fails, the last good config stays on disk and keeps serving.
+//! Each config is written as a candidate, swapped in with a rename, and
+//! loaded with SIGHUP; the applier then waits until a new worker answers
+//! with the new generation on the status socket, or until nginx's master
+//! logs an `[emerg]` line (it refused the config and keeps the old one).
+//! A refused config is proven with `nginx -t` for the reason reported;
+//! a config nginx is started with is proven with `nginx -t` first. When
+//! any step fails, the last good config stays on disk and keeps serving.
 //!
 //! State folder layout:
 //!
 //! ```text
 //! nginx.conf             the config nginx runs (the last good one)
-//! nginx.conf.candidate   the last config that nginx -t refused, if any
+//! nginx.conf.candidate   the last config that nginx refused, if any
 //! certs/NAME.crt|.key    certificates, mode 0600, in a 0700 folder
 //! auth/NAME.htpasswd     basic authentication's users (read by the workers:
 //!                        theirs alone, 0400, when wicket runs as root)
@@ -62,8 +65,8 @@ pub const MODSECURITY_DIR: &str = "modsecurity";
 /// (a server of the config answering 503).
 pub const UNAVAILABLE_SOCKET: &str = "wicket-unavailable.sock";
 /// Least time a reload or start may take before it counts as failed; a
-/// large config gets longer: three times what `nginx -t` took on it (a
-/// reload parses the same config, and starts workers).
+/// large config gets longer: three times what the last load (or `nginx -t`
+/// before a start) took.
 const MIN_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time on top of `worker-shutdown-timeout` before a stopping nginx is killed.
 const STOP_MARGIN: Duration = Duration::from_secs(5);
