@@ -730,6 +730,9 @@ struct Globals<'a> {
     auth_access_log: bool,
     proxy_buffer_size: &'a crate::values::Size,
     request_headers: &'a [crate::config::ExpandableHeader],
+    /// The Lua module is loaded (dynamic endpoints): locations may call
+    /// its handlers.
+    lua: bool,
 }
 
 impl<'a> Globals<'a> {
@@ -746,6 +749,7 @@ impl<'a> Globals<'a> {
             auth_access_log: s.enable_auth_access_log,
             proxy_buffer_size: &s.proxy_buffer_size,
             request_headers: &c.request_headers,
+            lua: c.dynamic_endpoints,
         }
     }
 }

@@ -403,6 +403,17 @@ local function report()
   return answer(200, concat(out, "\n") .. "\n")
 end
 
+-- A CORS preflight of an allowed origin ($wicket_cors is "1o": the
+-- location's policy set it) gets 204 here, at the end of the rewrite phase,
+-- before authentication; the location's more_set_headers add the CORS
+-- headers. Locations call it from rewrite_by_lua_block instead of an `if`
+-- block (templates/location.conf says why).
+function wicket.cors_preflight()
+  if ngx.var.wicket_cors == "1o" then
+    return ngx.exit(204)
+  end
+end
+
 function wicket.serve()
   local method = ngx.req.get_method()
   if method == "POST" then

@@ -1887,42 +1887,80 @@ async fn request_and_connection_limits_per_client_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_preflights_and_headers_for_listed_wildcard_and_unlisted_origins() {
+    // With the Lua module (dynamic endpoints), its rewrite handler answers
+    // preflights; the config has no `if` for them.
+    cors_preflights_and_headers(&[], 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_and_headers_without_the_lua_module() {
+    cors_preflights_and_headers(&["--dynamic-endpoints=false"], 0).await;
+}
+
+/// The CORS answers a user sees, with `args` for `wicket serve`; `by_lua`
+/// of the three CORS locations answer preflights from Lua, the others with
+/// an `if` (always the redirect's, whose `return` would answer first).
+async fn cors_preflights_and_headers(args: &[&str], by_lua: usize) {
     let (web_echo, web_svc) = web("co", "web").await;
     let users = format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: staff, namespace: co}}\ntype: Opaque\nstringData:\n  auth: {}\n",
         serde_json::to_string(&format!("alice:{}", password_hash("-apr1", "wonderland"))).unwrap()
     );
-    let w = Wicket::start(&[
-        ("svc.yaml", &web_svc),
-        ("users.yaml", &users),
-        (
-            "any.yaml",
-            &site("co", "any", "any.test", "web", &[("enable-cors", "true")]),
-        ),
-        (
-            "list.yaml",
-            &site(
-                "co",
-                "list",
-                "list.test",
-                "web",
-                &[
-                    ("enable-cors", "true"),
-                    (
-                        "cors-allow-origin",
-                        "https://app.example.com, https://*.example.org:8443",
-                    ),
-                    ("cors-allow-methods", "GET, POST"),
-                    ("cors-expose-headers", "X-Request-ID"),
-                    ("cors-allow-credentials", "false"),
-                    ("cors-max-age", "600"),
-                    ("auth-type", "basic"),
-                    ("auth-secret", "staff"),
-                ],
+    let w = Wicket::start_with(
+        &[
+            ("svc.yaml", &web_svc),
+            ("users.yaml", &users),
+            (
+                "any.yaml",
+                &site("co", "any", "any.test", "web", &[("enable-cors", "true")]),
             ),
-        ),
-    ])
+            (
+                "moved.yaml",
+                &site(
+                    "co",
+                    "moved",
+                    "moved.test",
+                    "web",
+                    &[
+                        ("enable-cors", "true"),
+                        ("permanent-redirect", "https://elsewhere.example/"),
+                    ],
+                ),
+            ),
+            (
+                "list.yaml",
+                &site(
+                    "co",
+                    "list",
+                    "list.test",
+                    "web",
+                    &[
+                        ("enable-cors", "true"),
+                        (
+                            "cors-allow-origin",
+                            "https://app.example.com, https://*.example.org:8443",
+                        ),
+                        ("cors-allow-methods", "GET, POST"),
+                        ("cors-expose-headers", "X-Request-ID"),
+                        ("cors-allow-credentials", "false"),
+                        ("cors-max-age", "600"),
+                        ("auth-type", "basic"),
+                        ("auth-secret", "staff"),
+                    ],
+                ),
+            ),
+        ],
+        args,
+    )
     .await;
+    let conf = std::fs::read_to_string(w.state_dir().join("nginx.conf")).unwrap();
+    let lua = "rewrite_by_lua_block { wicket.cors_preflight() }";
+    assert_eq!(conf.matches(lua).count(), by_lua, "{conf}");
+    assert_eq!(
+        conf.matches("if ($wicket_cors = 1o) {").count(),
+        3 - by_lua,
+        "{conf}"
+    );
     let origin = |o: &str| format!("Origin: {o}\r\n");
     let preflight = |host: &str, o: &str| {
         format!(
@@ -1949,8 +1987,16 @@ async fn cors_preflights_and_headers_for_listed_wildcard_and_unlisted_origins() 
     );
     assert_eq!(header(&head, "Access-Control-Max-Age"), Some("1728000"));
     let before = web_echo.requests.load(std::sync::atomic::Ordering::SeqCst);
-    let (head, _) = raw(w.http, LO, &preflight("any.test", "https://x.example")).await;
+    let (head, body) = raw(w.http, LO, &preflight("any.test", "https://x.example")).await;
     assert_eq!(status_of(&head), 204, "{head}");
+    assert!(body.is_empty(), "{body:?}");
+    // A 204 has no body and so no Content-Length (RFC 9110, 8.6).
+    assert_eq!(header(&head, "Content-Length"), None, "{head}");
+    assert_eq!(
+        header(&head, "Access-Control-Allow-Methods"),
+        Some("GET, PUT, POST, DELETE, PATCH, OPTIONS"),
+        "{head}"
+    );
     assert_eq!(
         header(&head, "Access-Control-Allow-Origin"),
         Some("*"),
@@ -1959,6 +2005,16 @@ async fn cors_preflights_and_headers_for_listed_wildcard_and_unlisted_origins() 
     assert_eq!(
         web_echo.requests.load(std::sync::atomic::Ordering::SeqCst),
         before
+    );
+    // A redirect's preflight is answered too; other requests are redirected.
+    let (head, _) = raw(w.http, LO, &preflight("moved.test", "https://x.example")).await;
+    assert_eq!(status_of(&head), 204, "{head}");
+    assert_eq!(header(&head, "Access-Control-Allow-Origin"), Some("*"));
+    let head = get_from(&w, LO, "moved.test", "/", &origin("https://x.example")).await;
+    assert_eq!(status_of(&head), 301, "{head}");
+    assert_eq!(
+        header(&head, "Location"),
+        Some("https://elsewhere.example/")
     );
 
     // A list: listed and wildcard origins are echoed, on a 401 too; one
