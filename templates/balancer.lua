@@ -403,13 +403,20 @@ local function report()
   return answer(200, concat(out, "\n") .. "\n")
 end
 
--- A CORS preflight of an allowed origin ($wicket_cors is "1o": the
--- location's policy set it) gets 204 here, at the end of the rewrite phase,
--- before authentication; the location's more_set_headers add the CORS
--- headers. Locations call it from rewrite_by_lua_block instead of an `if`
--- block (templates/location.conf says why).
-function wicket.cors_preflight()
-  if ngx.var.wicket_cors == "1o" then
+-- What a location answers before its other handlers, in place of `if`
+-- blocks (templates/location.conf says why), at the end of the rewrite
+-- phase, before authentication: with CODE, a request over plain HTTP is
+-- redirected to HTTPS (PORT ":N" or "", KEEP_SLASH: $request_uri rather
+-- than $wicket_redirect_uri); with CORS, a preflight of an allowed origin
+-- ($wicket_cors is "1o": the location's policy set it) gets 204, the
+-- location's more_set_headers adding the CORS headers.
+function wicket.edge(code, port, keep_slash, cors)
+  local var = ngx.var
+  if code and var.pass_access_scheme == "http" then
+    local uri = keep_slash and var.request_uri or var.wicket_redirect_uri
+    return ngx.redirect("https://" .. var.wicket_redirect_host .. port .. uri, code)
+  end
+  if cors and var.wicket_cors == "1o" then
     return ngx.exit(204)
   end
 end

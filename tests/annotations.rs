@@ -97,6 +97,19 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_and_rewrites() {
+    // With the Lua module, its rewrite handler redirects to HTTPS.
+    redirects_and_rewrites_with(&[], true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_and_rewrites_without_the_lua_module() {
+    redirects_and_rewrites_with(&["--dynamic-endpoints=false"], false).await;
+}
+
+/// The redirects a user sees, with `args` for `wicket serve`; `lua`: the
+/// HTTPS redirects are made by the Lua module's rewrite handler (else by
+/// `if` blocks).
+async fn redirects_and_rewrites_with(args: &[&str], lua: bool) {
     let (_e, svc) = web("r", "web").await;
     let (cert, key) = cert_for(&["tls.test", "off.test", "tls2.test", "www.tls2.test"]);
     let files = [
@@ -245,19 +258,42 @@ async fn redirects_and_rewrites() {
         ),
     ];
     let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let w = Wicket::start(&files).await;
+    let w = Wicket::start_with(&files, args).await;
+    let conf = std::fs::read_to_string(w.state_dir().join("nginx.conf")).unwrap();
+    // tls.test's two locations and force.test's one.
+    let (by_lua, by_if) = (
+        conf.matches("rewrite_by_lua_block { wicket.edge(").count(),
+        conf.matches("if ($pass_access_scheme = http) {").count(),
+    );
+    assert_eq!((by_lua, by_if), if lua { (3, 0) } else { (0, 3) }, "{conf}");
     let loc = |a: &Answer| {
         a.headers
             .get("location")
             .map(|v| v.to_str().unwrap().to_string())
     };
 
-    // ssl-redirect by default for TLS hosts; no-tls-redirect-locations.
+    // ssl-redirect by default for TLS hosts, path and query kept, a
+    // trailing slash dropped at the end; no-tls-redirect-locations.
     let a = w.get("tls.test", "/x").await;
     assert_eq!(
         (a.status, loc(&a).as_deref()),
         (308, Some("https://tls.test/x"))
     );
+    let a = w.get("tls.test", "/dir/").await;
+    assert_eq!(
+        (a.status, loc(&a).as_deref()),
+        (308, Some("https://tls.test/dir"))
+    );
+    let a = w.get("tls.test", "/x?q=1").await;
+    assert_eq!(
+        (a.status, loc(&a).as_deref()),
+        (308, Some("https://tls.test/x?q=1"))
+    );
+    // Over HTTPS, served.
+    let a = fetch(&tls_client(&[&cert]), &w.https_url("tls.test", "/x"))
+        .await
+        .unwrap();
+    assert_eq!(a.who(), "web");
     assert_eq!(
         w.get("tls.test", "/.well-known/acme-challenge/token")
             .await
@@ -1954,7 +1990,7 @@ async fn cors_preflights_and_headers(args: &[&str], by_lua: usize) {
     )
     .await;
     let conf = std::fs::read_to_string(w.state_dir().join("nginx.conf")).unwrap();
-    let lua = "rewrite_by_lua_block { wicket.cors_preflight() }";
+    let lua = "rewrite_by_lua_block { wicket.edge(nil, nil, nil, true) }";
     assert_eq!(conf.matches(lua).count(), by_lua, "{conf}");
     assert_eq!(
         conf.matches("if ($wicket_cors = 1o) {").count(),
