@@ -791,3 +791,48 @@ fn only_an_endpoint_change_is_sent_without_a_reload() {
     assert!(a.upstreams.iter().all(|u| u.fixed), "{:?}", a.upstreams);
     assert!(b.endpoint_changes(&a).is_none());
 }
+
+#[test]
+fn external_names_are_those_of_the_externalname_services_served_ingresses_use() {
+    let svc = |ns: &str, name: &str, spec: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}\n"
+        )
+    };
+    let backend = |svc: &str| {
+        format!(
+            "  rules:\n  - host: a.example.com\n    http:\n      paths:\n      - path: /{svc}\n        pathType: Prefix\n        backend: {{service: {{name: {svc}, port: {{number: 80}}}}}}\n"
+        )
+    };
+    let yaml = [
+        svc("shop", "ext", "  type: ExternalName\n  externalName: api.example.net.\n"),
+        // Named by nobody: not looked up.
+        svc("shop", "unused", "  type: ExternalName\n  externalName: unused.example.net\n"),
+        // Same name in another namespace: not the Ingress's.
+        svc("other", "ext2", "  type: ExternalName\n  externalName: other.example.net\n"),
+        svc("shop", "ip", "  type: ExternalName\n  externalName: 192.0.2.7\n"),
+        svc("shop", "local", "  type: ExternalName\n  externalName: localhost\n"),
+        svc("shop", "web", "  ports:\n  - port: 80\n"),
+        ingress("a", "", &backend("ext")),
+        ingress("b", "", &backend("ext2")),
+        ingress("c", "", &backend("ip")),
+        ingress("d", "", &backend("local")),
+        ingress("e", "", &backend("web")),
+        ingress(
+            "f",
+            "  annotations:\n    nginx.ingress.kubernetes.io/auth-url: \"http://auth.example.org/check\"\n",
+            &backend("web"),
+        ),
+        // Not ours: its ExternalName is not looked up.
+        ingress("g", "", &format!("  ingressClassName: someone-else\n{}", backend("unused"))),
+    ]
+    .concat();
+    let names = build::external_names(&cluster(&yaml), &opts());
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        vec![
+            "api.example.net".to_string(),
+            "auth.example.org".to_string()
+        ]
+    );
+}

@@ -111,7 +111,21 @@ impl Options {
 /// [`crate::resolve::Resolver`] looks up before a build. Names that are an
 /// address, or `localhost`, need no lookup and are left out.
 pub fn external_names(cluster: &Cluster, opts: &Options) -> BTreeSet<String> {
-    let mut services: BTreeSet<(&str, &str)> = BTreeSet::new();
+    // The ExternalName Services, by namespace and name: most clusters have
+    // few, and then the backends need no lookup each.
+    let external: BTreeMap<(&str, &str), &str> = cluster
+        .services
+        .iter()
+        .filter_map(|(key, svc)| {
+            let spec = svc.spec.as_ref()?;
+            if spec.type_.as_deref() != Some("ExternalName") {
+                return None;
+            }
+            let host = spec.external_name.as_deref()?;
+            Some(((key.namespace.as_str(), key.name.as_str()), host))
+        })
+        .collect();
+    let mut names: BTreeSet<&str> = BTreeSet::new();
     // The hosts of auth-url, global-auth-url and mirror-target.
     let mut auth_hosts: BTreeSet<String> = BTreeSet::new();
     let mut auth_host = |url: Option<&String>| {
@@ -143,32 +157,31 @@ pub fn external_names(cluster: &Cluster, opts: &Options) -> BTreeSet<String> {
             auth_host(ing.metadata.annotations.as_ref().and_then(|a| a.get(k)));
         }
         let Some(spec) = &ing.spec else { continue };
+        if external.is_empty() {
+            continue;
+        }
         let paths = spec.rules.iter().flatten().filter_map(|r| r.http.as_ref());
         let backends = paths
             .flat_map(|h| &h.paths)
             .map(|p| &p.backend)
             .chain(&spec.default_backend);
         for b in backends {
-            if let Some(svc) = &b.service {
-                services.insert((key.namespace.as_str(), svc.name.as_str()));
+            if let Some(svc) = &b.service
+                && let Some(host) = external.get(&(key.namespace.as_str(), svc.name.as_str()))
+            {
+                names.insert(host);
             }
         }
     }
-    if let Some(svc) = &opts.default_backend_service {
-        services.insert((svc.namespace.as_str(), svc.name.as_str()));
+    if let Some(svc) = &opts.default_backend_service
+        && let Some(host) = external.get(&(svc.namespace.as_str(), svc.name.as_str()))
+    {
+        names.insert(host);
     }
-    services
+    names
         .into_iter()
-        .filter_map(|(ns, name)| {
-            let spec = cluster
-                .services
-                .get(&ObjectKey::new(ns, name))?
-                .spec
-                .as_ref()?;
-            if spec.type_.as_deref() != Some("ExternalName") {
-                return None;
-            }
-            let host = spec.external_name.as_deref()?.trim_end_matches('.');
+        .filter_map(|host| {
+            let host = host.trim_end_matches('.');
             let needs_lookup = DnsSubdomain::parse(host).is_ok()
                 && host.parse::<std::net::IpAddr>().is_err()
                 && host != "localhost"
