@@ -155,16 +155,18 @@ impl<'a, 'r> Backends<'a, 'r> {
     /// then finds them cached. Upstreams are still recorded only when a
     /// route uses them.
     pub fn prefetch(&mut self, backends: impl IntoIterator<Item = &'r ServiceRef>) {
+        let backends = backends.into_iter();
         let mut seen = foldhash::HashSet::default();
+        seen.reserve(backends.size_hint().0);
         let todo: Vec<&'r ServiceRef> = backends
-            .into_iter()
             .filter(|b| !self.cache.contains_key(b) && seen.insert(*b))
             .collect();
+        drop(seen);
         let this = &*self;
         let answers = crate::parallel::map(&todo, |b| this.resolve_uncached(b));
-        for (b, answer) in todo.into_iter().zip(answers) {
-            self.cache.insert(b, answer);
-        }
+        // Room for all at once: growing moves every answer again.
+        self.cache.reserve(todo.len());
+        self.cache.extend(todo.into_iter().zip(answers));
     }
 
     /// A backend's upstream, or why there is none; a Service port without

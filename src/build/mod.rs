@@ -1384,6 +1384,11 @@ impl<'p> Builder<'p, '_> {
                 for path in &rule.paths {
                     let key = route_key(&path.matcher);
                     let target = match &rule.host {
+                        // Most paths' hosts are there already: no copy of
+                        // the name for those.
+                        Some(h) if self.hosts.contains_key(h) => {
+                            self.hosts.get_mut(h).expect("present")
+                        }
                         Some(h) => self.hosts.entry(h.clone()).or_default(),
                         None => &mut self.any,
                     };

@@ -174,24 +174,27 @@ impl Folder {
     /// change are not read again; the others are read and parsed on every
     /// core. Returns whether anything changed.
     pub fn rescan(&mut self) -> std::io::Result<bool> {
-        let mut present = BTreeMap::new();
+        let mut names = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
-            let Some(name) = entry
-                .file_name()
-                .to_str()
-                .filter(|n| is_manifest_name(n))
-                .map(str::to_string)
-            else {
-                continue;
-            };
-            // Follows symlinks.
-            if let Ok(m) = std::fs::metadata(entry.path())
-                && m.is_file()
-            {
-                present.insert(name, Stamp::of(&m));
+            if let Some(name) = entry.file_name().to_str().filter(|n| is_manifest_name(n)) {
+                names.push(name.to_string());
             }
         }
+        // One `stat` per file (following symlinks), on every core: 10,000
+        // files cost ~40 ms on one.
+        let dir = &self.dir;
+        let stamps = crate::parallel::map(&names, |name| {
+            std::fs::metadata(dir.join(name))
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| Stamp::of(&m))
+        });
+        let present: BTreeMap<String, Stamp> = names
+            .into_iter()
+            .zip(stamps)
+            .filter_map(|(name, stamp)| Some((name, stamp?)))
+            .collect();
         let before = self.files.len();
         self.files.retain(|name, _| present.contains_key(name));
         let mut changed = self.files.len() != before;
@@ -207,7 +210,6 @@ impl Folder {
                 (name, hash)
             })
             .collect();
-        let dir = &self.dir;
         let results = crate::parallel::map(&stale, |(name, hash)| {
             (name.clone(), read(&dir.join(name), *hash))
         });
