@@ -836,3 +836,32 @@ fn external_names_are_those_of_the_externalname_services_served_ingresses_use() 
         ]
     );
 }
+
+#[test]
+fn a_regex_that_takes_every_uri_leaves_no_catch_all_location() {
+    let regex_meta = "  annotations:\n    nginx.ingress.kubernetes.io/use-regex: \"true\"\n";
+    let roots = |path: &str| {
+        let b = run(&format!(
+            "{BACKENDS}{}",
+            ingress(
+                "re",
+                regex_meta,
+                &simple_rule("a.example.com", path, "ImplementationSpecific")
+            )
+        ));
+        assert!(b.problems.is_empty(), "{:?}", b.problems);
+        b.config.servers[0]
+            .locations
+            .iter()
+            .filter(|l| matches!(l.matcher, Match::Root))
+            .count()
+    };
+    // nginx tries these before `location /`, and they match every URI.
+    for path in ["/", "/.*", "/(.*)"] {
+        assert_eq!(roots(path), 0, "{path}");
+    }
+    // These leave URIs to the catch-all (404).
+    for path in ["/api", "/a.*", "/(api|web)"] {
+        assert_eq!(roots(path), 1, "{path}");
+    }
+}
