@@ -60,6 +60,11 @@ pub struct Config {
     pub limit_zones: Vec<LimitZone>,
     /// The allowed origins of `cors-allow-origin` lists, sorted by name.
     pub cors_maps: Vec<CorsMap>,
+    /// The CORS header values of the locations, one per profile name,
+    /// sorted by it: maps from `$wicket_cors_p` give them, so a location
+    /// sets one variable rather than five (each `set` costs nginx a scan
+    /// of every declared variable at every load).
+    pub cors_profiles: Vec<CorsPolicy>,
     /// Some Ingress has a CORS policy: the http level declares and maps
     /// the variables its locations set (`templates/nginx.conf`).
     pub cors: bool,
@@ -312,6 +317,10 @@ pub struct LiteralHeader {
 /// A location's CORS answers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct CorsPolicy {
+    /// The name of its header values in [`Config::cors_profiles`] (what
+    /// the location sets `$wicket_cors_p` to): a hash of them, so the same
+    /// values have the same name in every build.
+    pub profile: String,
     /// The variable of [`Config::cors_maps`] that is 1 for an allowed
     /// `Origin`; `None`: any origin.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -979,6 +988,7 @@ impl Config {
             htpasswd,
             limit_zones,
             cors_maps,
+            cors_profiles,
             cors,
             auth_cache,
             canaries,
@@ -1035,6 +1045,7 @@ impl Config {
             && *htpasswd == old.htpasswd
             && *limit_zones == old.limit_zones
             && *cors_maps == old.cors_maps
+            && *cors_profiles == old.cors_profiles
             && *cors == old.cors
             && *auth_cache == old.auth_cache
             && *canaries == old.canaries

@@ -833,6 +833,7 @@ struct Head<'a> {
     global_error_pages: &'a [crate::config::ErrorPage],
     limit_zones: &'a [crate::config::LimitZone],
     cors_maps: &'a [crate::config::CorsMap],
+    cors_profiles: &'a [crate::config::CorsPolicy],
     /// Some location sends CORS headers.
     cors: bool,
     /// Some external auth is cached: the cache zone.
@@ -879,6 +880,7 @@ impl<'a> Head<'a> {
             global_error_pages: &c.global_error_pages,
             limit_zones: &c.limit_zones,
             cors_maps: &c.cors_maps,
+            cors_profiles: &c.cors_profiles,
             cors: c.cors,
             auth_cache: c.auth_cache,
             canaries: &c.canaries,

@@ -1997,6 +1997,16 @@ async fn cors_preflights_and_headers(args: &[&str], by_lua: usize) {
         3 - by_lua,
         "{conf}"
     );
+    // Each location names its header values (any.test and moved.test share
+    // the defaults) with one variable; maps give the values.
+    assert_eq!(conf.matches("set $wicket_cors_p p").count(), 3, "{conf}");
+    assert_eq!(conf.matches("set $wicket_cors_methods").count(), 0, "{conf}");
+    let methods_map = conf
+        .split("map $wicket_cors_p $wicket_cors_methods {")
+        .nth(1)
+        .and_then(|m| m.split('}').next())
+        .unwrap_or_else(|| panic!("no methods map: {conf}"));
+    assert_eq!(methods_map.matches(';').count(), 3, "{methods_map}");
     let origin = |o: &str| format!("Origin: {o}\r\n");
     let preflight = |host: &str, o: &str| {
         format!(

@@ -371,6 +371,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
     let mut htpasswd: BTreeMap<String, crate::config::Htpasswd> = BTreeMap::new();
     let mut limit_zones: BTreeMap<String, crate::config::LimitZone> = BTreeMap::new();
     let mut cors_maps: BTreeMap<String, crate::config::CorsMap> = BTreeMap::new();
+    let mut cors_profiles: BTreeMap<String, crate::config::CorsPolicy> = BTreeMap::new();
     let mut auth_upstreams: BTreeMap<String, crate::config::Upstream> = BTreeMap::new();
     let mut modsecurity_files: BTreeMap<String, crate::config::RulesFile> = BTreeMap::new();
     // Whether a location turns ModSecurity on, and one runs the CRS.
@@ -390,6 +391,11 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
             crs_used |= m.on && m.crs;
         }
         cors |= pol.denied.is_none() && pol.location.as_ref().is_some_and(|l| l.cors.is_some());
+        if let Some(c) = pol.location.as_ref().and_then(|l| l.cors.as_ref())
+            && !cors_profiles.contains_key(&c.profile)
+        {
+            cors_profiles.insert(c.profile.clone(), c.clone());
+        }
         for m in &pol.cors_maps {
             cors_maps.insert(m.name.clone(), m.clone());
         }
@@ -643,6 +649,7 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
         htpasswd: htpasswd.into_values().collect(),
         limit_zones: limit_zones.into_values().collect(),
         cors_maps: cors_maps.into_values().collect(),
+        cors_profiles: cors_profiles.into_values().collect(),
         cors,
         auth_cache,
         canaries: b.canaries.values().cloned().collect(),
