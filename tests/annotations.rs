@@ -2000,7 +2000,11 @@ async fn cors_preflights_and_headers(args: &[&str], by_lua: usize) {
     // Each location names its header values (any.test and moved.test share
     // the defaults) with one variable; maps give the values.
     assert_eq!(conf.matches("set $wicket_cors_p p").count(), 3, "{conf}");
-    assert_eq!(conf.matches("set $wicket_cors_methods").count(), 0, "{conf}");
+    assert_eq!(
+        conf.matches("set $wicket_cors_methods").count(),
+        0,
+        "{conf}"
+    );
     let methods_map = conf
         .split("map $wicket_cors_p $wicket_cors_methods {")
         .nth(1)
