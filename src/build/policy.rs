@@ -380,17 +380,16 @@ pub fn of(
                 (Some(name), "$http_origin".to_string())
             }
         };
-        let profile = {
-            use sha2::Digest;
-            let id = format!(
-                "{allow_origin:?}{:?}{:?}{:?}{}",
-                c.methods, c.headers, c.expose, c.max_age
-            );
-            format!(
-                "p{}",
-                hex::encode(&sha2::Sha256::digest(id.as_bytes())[..6])
+        let profile = format!(
+            "p{}",
+            short_hash(
+                &format!(
+                    "{allow_origin:?}{:?}{:?}{:?}{}",
+                    c.methods, c.headers, c.expose, c.max_age
+                ),
+                6
             )
-        };
+        );
         p.cors = Some(CorsPolicy {
             profile,
             origin_map,
