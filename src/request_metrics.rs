@@ -239,18 +239,29 @@ fn method(field: &[u8]) -> &'static str {
 }
 
 /// Parses one line (without its newline); `None` if it is not one nginx's
-/// `wicket_metrics` format writes.
+/// `wicket_metrics` format writes. Its second field is the location's
+/// `$wicket_loc`, `NAMESPACE|INGRESS|SERVICE|PORT|PATH` (empty outside an
+/// Ingress's locations); nginx escapes no `|`, so it is split before its
+/// parts are unescaped, and the path, last, may hold more.
 pub fn parse(line: &[u8]) -> Option<Line<'_>> {
-    let mut f: [&[u8]; 16] = [b""; 16];
+    let mut f: [&[u8]; 13] = [b""; 13];
     let mut n = 0;
     for part in line.split(|&b| b == b'\t') {
         *f.get_mut(n)? = part;
         n += 1;
     }
-    if n != 16 || f[0] != b"w1" {
+    if n != 13 || f[0] != b"w2" {
         return None;
     }
-    let status = std::str::from_utf8(f[9]).ok()?;
+    let [namespace, ingress, service, path] = if f[1].is_empty() || f[1] == b"-" {
+        [const { String::new() }; 4]
+    } else {
+        let mut loc = f[1].splitn(5, |&b| b == b'|');
+        let mut part = || loc.next().and_then(text);
+        let [ns, ing, svc, _port, path] = [part(), part(), part(), part(), part()];
+        [ns?, ing?, svc?, path?]
+    };
+    let status = std::str::from_utf8(f[6]).ok()?;
     if status.len() != 3 || !status.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -259,24 +270,24 @@ pub fn parse(line: &[u8]) -> Option<Line<'_>> {
             .then(|| number(b))
             .flatten()
     };
-    let request_length = integer(f[10])?;
-    let bytes_sent = integer(f[12])?;
-    let request_time = number(f[11])?;
+    let request_length = integer(f[7])?;
+    let bytes_sent = integer(f[9])?;
+    let request_time = number(f[8])?;
     Some(Line {
-        namespace: text(f[1])?,
-        ingress: text(f[2])?,
-        service: text(f[3])?,
-        path: text(f[4])?,
-        canary: text(f[5])?,
-        server_name: text(f[6])?,
-        host: f[7],
-        method: method(f[8]),
+        namespace,
+        ingress,
+        service,
+        path,
+        canary: text(f[2])?,
+        server_name: text(f[3])?,
+        host: f[4],
+        method: method(f[5]),
         status,
         values: [
             Some(request_time),
-            upstream_time(f[15]).ok()?,
-            upstream_time(f[13]).ok()?,
-            upstream_time(f[14]).ok()?,
+            upstream_time(f[12]).ok()?,
+            upstream_time(f[10]).ok()?,
+            upstream_time(f[11]).ok()?,
             Some(request_length),
             Some(bytes_sent),
             Some(bytes_sent),
@@ -649,7 +660,7 @@ mod tests {
 
     fn line(ns: &str, method: &str, status: &str, server: &str, host: &str) -> String {
         format!(
-            "w1\t{ns}\tweb\tweb-svc\t/api\t-\t{server}\t{host}\t{method}\t{status}\t120\t0.003\t512\t0.001\t0.002\t0.002"
+            "w2\t{ns}|web|web-svc|http|/api\t-\t{server}\t{host}\t{method}\t{status}\t120\t0.003\t512\t0.001\t0.002\t0.002"
         )
     }
 
@@ -677,18 +688,32 @@ mod tests {
     fn refuses_what_nginx_does_not_write() {
         for bad in [
             "",
-            "w1",
-            "w2\ta\tb\tc\td\te\tf\tg\tGET\t200\t1\t0.1\t1\t-\t-\t-",
-            "w1\ta\tb\tc\td\te\tf\tg\tGET\t20x\t1\t0.1\t1\t-\t-\t-",
-            "w1\ta\tb\tc\td\te\tf\tg\tGET\t200\t-1\t0.1\t1\t-\t-\t-",
-            "w1\ta\tb\tc\td\te\tf\tg\tGET\t200\t1\tNaN\t1\t-\t-\t-",
-            "w1\ta\tb\tc\td\te\tf\tg\tGET\t200\t1\t0.1\t1\t-\t-\t-\textra",
-            "w1\ta\\x\tb\tc\td\te\tf\tg\tGET\t200\t1\t0.1\t1\t-\t-\t-",
+            "w2",
+            "w1\ta|b|c|d|e\tf\tg\th\tGET\t200\t1\t0.1\t1\t-\t-\t-",
+            "w2\ta|b|c|d|e\tf\tg\th\tGET\t20x\t1\t0.1\t1\t-\t-\t-",
+            "w2\ta|b|c|d|e\tf\tg\th\tGET\t200\t-1\t0.1\t1\t-\t-\t-",
+            "w2\ta|b|c|d|e\tf\tg\th\tGET\t200\t1\tNaN\t1\t-\t-\t-",
+            "w2\ta|b|c|d|e\tf\tg\th\tGET\t200\t1\t0.1\t1\t-\t-\t-\textra",
+            "w2\ta\\x|b|c|d|e\tf\tg\th\tGET\t200\t1\t0.1\t1\t-\t-\t-",
+            // Fewer than five parts.
+            "w2\ta|b|c|d\tf\tg\th\tGET\t200\t1\t0.1\t1\t-\t-\t-",
         ] {
             assert!(parse(bad.as_bytes()).is_none(), "{bad:?}");
         }
-        let ok = "w1\ta\\x22b\tb\tc\td\te\tf\tg\tGET\t200\t1\t0.1\t1\t-\t-\t-";
-        assert_eq!(parse(ok.as_bytes()).unwrap().namespace, "a\"b");
+        let ok = "w2\ta\\x22b|b|c|80|/x|y\\x09\tf\tg\th\tGET\t200\t1\t0.1\t1\t-\t-\t-";
+        let l = parse(ok.as_bytes()).unwrap();
+        assert_eq!(l.namespace, "a\"b");
+        assert_eq!((l.ingress.as_str(), l.service.as_str()), ("b", "c"));
+        // The path is the rest, `|` and all.
+        assert_eq!(l.path, "/x|y\t");
+        // Outside an Ingress's locations: no labels.
+        for none in [
+            "w2\t\t\t_\th\tGET\t404\t1\t0.1\t1\t-\t-\t-",
+            "w2\t-\t-\t_\th\tGET\t404\t1\t0.1\t1\t-\t-\t-",
+        ] {
+            let l = parse(none.as_bytes()).unwrap();
+            assert_eq!((l.namespace.as_str(), l.path.as_str()), ("", ""));
+        }
     }
 
     #[test]

@@ -209,7 +209,9 @@ local function set_cookie(value)
   local var = ngx.var
   local path = var.wicket_sticky_path
   if path == nil or path == "" then
-    path = var.location_path
+    -- The location's NAMESPACE|INGRESS|SERVICE|PORT|PATH (nginx.conf):
+    -- read here, not through the regex map of $location_path.
+    path = match(var.wicket_loc or "", "^[^|]*|[^|]*|[^|]*|[^|]*|(.*)$")
     -- A regular expression is no cookie path.
     if path == nil or path == "" or find(path, "[^%w/%-%._~]") then
       path = "/"

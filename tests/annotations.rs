@@ -1024,7 +1024,7 @@ async fn global_settings_shape_every_answer() {
             ("error-log-level", "info"),
             (
                 "log-format-upstream",
-                "wicket-log $remote_addr $status $request_uri \"$http_user_agent\"",
+                "wicket-log $remote_addr $status $request_uri \"$http_user_agent\" $namespace/$ingress_name/$service_name/$service_port$location_path",
             ),
             ("log-format-escape-json", "true"),
             ("proxy-read-timeout", "1"),
@@ -1204,7 +1204,7 @@ async fn global_settings_shape_every_answer() {
     let deadline = std::time::Instant::now() + PATIENCE;
     while !w
         .logs()
-        .contains("wicket-log 127.0.0.1 200 /logged?x=1 \"a\\\"b\"")
+        .contains("wicket-log 127.0.0.1 200 /logged?x=1 \"a\\\"b\" g/a/web/80/")
     {
         assert!(std::time::Instant::now() < deadline, "{}", w.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -2890,12 +2890,13 @@ async fn affinity_keeps_a_client_on_one_endpoint_and_hashing_keeps_a_key() {
         ),
         (
             "persistent.yaml",
-            &site(
+            // Under a path: the cookie's Path is the Ingress's.
+            &ingress(
                 "a",
                 "persistent",
+                &annotated(&[("affinity", "cookie"), ("affinity-mode", "persistent")]),
                 "persistent.test",
-                "pool",
-                &[("affinity", "cookie"), ("affinity-mode", "persistent")],
+                &[("/shop", "Prefix", "pool", 80)],
             ),
         ),
         (
@@ -2946,20 +2947,20 @@ async fn affinity_keeps_a_client_on_one_endpoint_and_hashing_keeps_a_key() {
         let port = w.http;
         async move { raw(port, LO, &req).await }
     };
-    for (host, name) in [
-        ("sticky.test", "ROUTE"),
-        ("persistent.test", "INGRESSCOOKIE"),
+    for (host, name, path) in [
+        ("sticky.test", "ROUTE", "/"),
+        ("persistent.test", "INGRESSCOOKIE", "/shop"),
     ] {
         // Clients without the cookie are spread, each told its cookie.
         let mut seen = std::collections::BTreeSet::new();
         let mut cookies = Vec::new();
         for _ in 0..30 {
-            let (head, body) = ask(host, "/", "").await;
+            let (head, body) = ask(host, path, "").await;
             assert_eq!(status_of(&head), 200, "{head}");
             let set = header(&head, "Set-Cookie").unwrap_or_else(|| panic!("{host}: {head}"));
             assert!(set.starts_with(&format!("{name}=")), "{set}");
             assert!(
-                set.contains("; Path=/") && set.ends_with("; HttpOnly"),
+                set.contains(&format!("; Path={path};")) && set.ends_with("; HttpOnly"),
                 "{set}"
             );
             if host == "sticky.test" {
@@ -2974,14 +2975,14 @@ async fn affinity_keeps_a_client_on_one_endpoint_and_hashing_keeps_a_key() {
         // again.
         for (cookie, first) in cookies.iter().take(5) {
             for _ in 0..10 {
-                let (head, body) = ask(host, "/", &format!("Cookie: {cookie}\r\n")).await;
+                let (head, body) = ask(host, path, &format!("Cookie: {cookie}\r\n")).await;
                 assert_eq!(endpoint(&body), *first, "{host} {cookie}");
                 assert!(header(&head, "Set-Cookie").is_none(), "{head}");
             }
         }
     }
     // A persistent cookie that names no endpoint (one gone) gets a new one.
-    let (head, _) = ask("persistent.test", "/", "Cookie: INGRESSCOOKIE=00ff\r\n").await;
+    let (head, _) = ask("persistent.test", "/shop", "Cookie: INGRESSCOOKIE=00ff\r\n").await;
     assert!(header(&head, "Set-Cookie").is_some(), "{head}");
 
     // A hash key keeps its endpoint; keys are spread.

@@ -587,7 +587,7 @@ async fn a_malformed_line_is_counted_and_the_pipe_goes_on() {
     {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().write(true).open(&pipe).unwrap();
-        f.write_all(b"not a metrics line\nw1\tm\tweb\tweb\t/\t-\tm.example\tm.example\tGET\t2x0\t1\t0.1\t1\t-\t-\t-\n")
+        f.write_all(b"not a metrics line\nw2\tm|web|web|80|/\t-\tm.example\tm.example\tGET\t2x0\t1\t0.1\t1\t-\t-\t-\n")
             .unwrap();
         // A line longer than wicket's buffer.
         f.write_all(&vec![b'x'; 600 * 1024]).unwrap();
