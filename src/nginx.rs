@@ -64,6 +64,9 @@ pub const MODSECURITY_DIR: &str = "modsecurity";
 /// Where upstreams without endpoints send requests, with dynamic endpoints
 /// (a server of the config answering 503).
 pub const UNAVAILABLE_SOCKET: &str = "wicket-unavailable.sock";
+/// The longest wait after a SIGHUP before the first probe of the new
+/// generation.
+const MAX_QUIET: Duration = Duration::from_secs(2);
 /// Least time a reload or start may take before it counts as failed; a
 /// large config gets longer: three times what the last load (or `nginx -t`
 /// before a start) took.
@@ -198,6 +201,8 @@ pub struct Nginx {
     load_timeout: Duration,
     /// How long `nginx -t` may take (see [`MIN_TEST_TIMEOUT`]).
     test_timeout: Duration,
+    /// How long the last reload took until a new worker answered.
+    last_reload: Duration,
     /// The servers and upstreams last rendered, reused while unchanged.
     render_cache: crate::render::RenderCache,
     /// nginx's error log (its standard error), watched for refusals.
@@ -374,6 +379,7 @@ impl Nginx {
             refused: None,
             load_timeout: MIN_LOAD_TIMEOUT,
             test_timeout: MIN_TEST_TIMEOUT,
+            last_reload: Duration::ZERO,
             render_cache: Default::default(),
             errors: Default::default(),
         })
@@ -523,6 +529,7 @@ impl Nginx {
         if reload {
             self.refused = None;
             self.learn_load_time(timings.reload);
+            self.last_reload = timings.reload;
         }
         self.good = Some((self.generation, text));
         self.shutdown_timeout =
@@ -872,6 +879,12 @@ impl Nginx {
         let deadline = Instant::now() + self.load_timeout;
         let socket = self.opts.state_dir.join(STATUS_SOCKET);
         let want = generation.to_string();
+        if refusals.is_some() {
+            // After a SIGHUP, for half the time the last reload took, the
+            // master is still loading the config: the probes would reach
+            // old workers only, and take the CPU it loads with.
+            tokio::time::sleep((self.last_reload / 2).min(MAX_QUIET)).await;
+        }
         loop {
             if let Some(c) = &mut self.child
                 && let Ok(Some(status)) = c.try_wait()

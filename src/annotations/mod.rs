@@ -81,6 +81,24 @@ pub struct Reader<'a> {
     prefix: &'a str,
     /// Which of `under` a parser read.
     read: Vec<bool>,
+    /// One bit per name of `under` ([`name_bit`]): the parsers ask for
+    /// every name of the registry, and most are absent.
+    names: u64,
+}
+
+/// A bit of 64 for an annotation name, from its length and three of its
+/// bytes (names share long prefixes, so not the first alone).
+fn name_bit(name: &str) -> u64 {
+    let b = name.as_bytes();
+    let (first, mid, last) = match b {
+        [] => (0, 0, 0),
+        _ => (b[0], b[b.len() / 2], b[b.len() - 1]),
+    };
+    let h = (b.len() as u64)
+        ^ (u64::from(first) << 8)
+        ^ (u64::from(mid) << 16)
+        ^ (u64::from(last) << 24);
+    1 << (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58)
 }
 
 impl<'a> Reader<'a> {
@@ -98,6 +116,7 @@ impl<'a> Reader<'a> {
         debug_assert!(under.windows(2).all(|w| w[0].0 < w[1].0));
         Reader {
             read: vec![false; under.len()],
+            names: under.iter().fold(0, |m, (n, _)| m | name_bit(n)),
             under,
             keys,
             prefix,
@@ -110,6 +129,9 @@ impl<'a> Reader<'a> {
     }
 
     fn position(&self, name: &str) -> Option<usize> {
+        if self.names & name_bit(name) == 0 {
+            return None;
+        }
         self.under.binary_search_by(|(n, _)| (*n).cmp(name)).ok()
     }
 
@@ -280,5 +302,35 @@ pub fn parse_ingress(
         modsecurity: modsecurity::parse(reader, errors, policy.allow_snippets),
         tls: tls::parse(reader, errors),
         server: server::parse(reader, errors),
+    }
+}
+
+#[cfg(test)]
+mod reader_tests {
+    use super::*;
+
+    /// The bit filter never hides a name that is there: every registry
+    /// name is found alone and among all the others.
+    #[test]
+    fn every_present_name_is_found() {
+        let prefix = "nginx.ingress.kubernetes.io";
+        let key = |n: &str| format!("{prefix}/{n}");
+        let all: BTreeMap<String, String> = registry::ANNOTATIONS
+            .iter()
+            .map(|a| (key(a.name), a.name.to_string()))
+            .collect();
+        let mut r = Reader::new(Some(&all), prefix);
+        for a in registry::ANNOTATIONS {
+            assert_eq!(r.get(a.name), Some(a.name), "{}", a.name);
+        }
+        for a in registry::ANNOTATIONS {
+            let one = BTreeMap::from([(key(a.name), "v".to_string())]);
+            let mut r = Reader::new(Some(&one), prefix);
+            assert_eq!(r.get(a.name), Some("v"), "{}", a.name);
+            // And the others are absent.
+            for b in registry::ANNOTATIONS.iter().filter(|b| b.name != a.name) {
+                assert_eq!(r.get(b.name), None, "{} with {}", b.name, a.name);
+            }
+        }
     }
 }
