@@ -607,7 +607,15 @@ fn fields() -> Vec<Field> {
                     ),
                 )
             },
-            twin: |_| "twin".into(),
+            // A path that takes every URI (`/`, `/.*`, `/(.*)`) leaves the
+            // host no `location /`: its twin is itself.
+            twin: |v| {
+                if matches!(v, "" | ".*" | "(.*)") {
+                    v.into()
+                } else {
+                    "twin".into()
+                }
+            },
             ingress: true,
             broken: "",
         },
@@ -1083,7 +1091,7 @@ proptest! {
 
 #[test]
 fn the_known_payloads_in_every_field() {
-    let extra = ["a.b", "/", "*.example.com", "v1/(.*)"];
+    let extra = ["a.b", "/", "*.example.com", "v1/(.*)", "", ".*", "(.*)"];
     let long = "a".repeat(70_000);
     let mut failures = Vec::new();
     for f in all_fields() {
