@@ -2180,8 +2180,7 @@ fn canary_choice(
         ingress: ingress.to_string(),
         source: String::new(),
     };
-    use sha2::Digest;
-    let id = hex::encode(&sha2::Sha256::digest(format!("{choice:?}").as_bytes())[..6]);
+    let id = policy::short_hash(&format!("{choice:?}"));
     choice.var = format!("wicket_canary_{id}");
     let v = &choice.var;
     let h = if choice.header_var.is_some() {

@@ -356,7 +356,6 @@ pub fn of(
         let (origin_map, allow_origin) = match &c.origins {
             Origins::Any => (None, "*".to_string()),
             Origins::List(list) => {
-                use sha2::Digest;
                 let exact: Vec<String> = list
                     .iter()
                     .filter(|o| !o.wildcard)
@@ -368,10 +367,7 @@ pub fn of(
                     .map(|o| o.regex())
                     .collect();
                 let id = format!("{exact:?}{regex:?}");
-                let name = format!(
-                    "wicket_cors_{}",
-                    hex::encode(&sha2::Sha256::digest(id.as_bytes())[..6])
-                );
+                let name = format!("wicket_cors_{}", short_hash(&id));
                 out.cors_maps.push(CorsMap {
                     name: name.clone(),
                     exact,
@@ -382,13 +378,10 @@ pub fn of(
         };
         let profile = format!(
             "p{}",
-            short_hash(
-                &format!(
-                    "{allow_origin:?}{:?}{:?}{:?}{}",
-                    c.methods, c.headers, c.expose, c.max_age
-                ),
-                6
-            )
+            short_hash(&format!(
+                "{allow_origin:?}{:?}{:?}{:?}{}",
+                c.methods, c.headers, c.expose, c.max_age
+            ))
         );
         p.cors = Some(CorsPolicy {
             profile,
@@ -473,7 +466,7 @@ pub fn of(
             body: m.body,
             unreachable,
         };
-        mt.location = format!("/_wicket_mirror_{}", short_hash(&format!("{mt:?}"), 8));
+        mt.location = format!("/_wicket_mirror_{}", short_hash(&format!("{mt:?}")));
         out.auth_upstreams.extend(upstream);
         p.mirror = Some(Arc::new(mt));
     }
@@ -613,9 +606,18 @@ fn balance_vars(
     })
 }
 
-fn short_hash(text: &str, bytes: usize) -> String {
+/// The name of an nginx object (a map, a variable, an upstream, a zone, an
+/// internal location) that Ingresses share when they ask for the same
+/// thing: 96 bits of a SHA-256 of what it holds, in hex (as the files of
+/// certificates and htpasswd are named). Names are not checked for
+/// clashes, so they must be long enough that no tenant can find a value
+/// whose name is another tenant's (48 bits could be searched in hours, and
+/// the object named would then serve the other's locations); and short
+/// enough for nginx's variables hash (`variables_hash_bucket_size` 64:
+/// `$wicket_canary_NAME_h` is the longest).
+pub(crate) fn short_hash(text: &str) -> String {
     use sha2::Digest;
-    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..bytes])
+    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..12])
 }
 
 /// The upstream an auth URL's host and port name, or why it cannot be
@@ -645,7 +647,7 @@ fn target_upstream(
     let named = |servers: Vec<UpstreamServer>| Upstream {
         name: format!(
             "wicket_{kind}_{}",
-            short_hash(&format!("{scheme}://{}", url.host_header()), 6)
+            short_hash(&format!("{scheme}://{}", url.host_header()))
         ),
         service: format!("{what} {scheme}://{}", url.host_header()),
         servers,
@@ -858,7 +860,7 @@ fn external_auth(
         global,
         snippet: spec.snippet.as_ref().map(|s| s.as_str().to_string()),
     };
-    let id = short_hash(&format!("{auth:?}{signin:?}{:?}", spec.cache_key), 8);
+    let id = short_hash(&format!("{auth:?}{signin:?}{:?}", spec.cache_key));
     auth.location = format!("/_wicket_auth_{id}");
     if let Some(key) = &spec.cache_key {
         auth.cache_key = Some(format!("$host{}{}", auth.location, key.as_str()));
@@ -1063,12 +1065,8 @@ fn limits(
     ing: &ParsedIngress,
     l: &crate::annotations::limits::Limits,
 ) -> (LocationLimits, Vec<LimitZone>) {
-    use sha2::Digest;
     let id = ing.key.to_string();
-    let base = format!(
-        "wicket_limit_{}",
-        hex::encode(&sha2::Sha256::digest(id.as_bytes())[..6])
-    );
+    let base = format!("wicket_limit_{}", short_hash(&id));
     let key = if l.allowlist.is_empty() {
         "$binary_remote_addr".to_string()
     } else {
@@ -1259,6 +1257,14 @@ mod tests {
             out.push("deny all".into());
         }
         out
+    }
+
+    #[test]
+    fn shared_object_names_carry_96_bits() {
+        let a = short_hash("[\"https://a.example\"][]");
+        assert_eq!(a.len(), 24);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, short_hash("[\"https://b.example\"][]"));
     }
 
     #[test]
