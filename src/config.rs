@@ -26,6 +26,11 @@ pub struct Config {
     /// server name hash.
     pub server_names_hash_bucket_size: u32,
     pub server_names_hash_max_size: u32,
+    /// Sized from the number of variables the config defines (each CORS
+    /// origin list, canary and limit zone adds maps), so nginx can always
+    /// build its variables hash.
+    pub variables_hash_bucket_size: u32,
+    pub variables_hash_max_size: u32,
     /// The catch-all server for hosts no rule names.
     pub default_server: Server,
     /// One server per host: exact names first, then wildcards, each sorted.
@@ -974,6 +979,8 @@ impl Config {
             https_port,
             server_names_hash_bucket_size,
             server_names_hash_max_size,
+            variables_hash_bucket_size,
+            variables_hash_max_size,
             default_server,
             servers,
             upstreams,
@@ -1032,6 +1039,8 @@ impl Config {
             && *https_port == old.https_port
             && *server_names_hash_bucket_size == old.server_names_hash_bucket_size
             && *server_names_hash_max_size == old.server_names_hash_max_size
+            && *variables_hash_bucket_size == old.variables_hash_bucket_size
+            && *variables_hash_max_size == old.variables_hash_max_size
             && *default_server == old.default_server
             && *servers == old.servers
             && *certificates == old.certificates

@@ -816,6 +816,8 @@ struct Head<'a> {
     https_port: u16,
     server_names_hash_bucket_size: u32,
     server_names_hash_max_size: u32,
+    variables_hash_bucket_size: u32,
+    variables_hash_max_size: u32,
     settings: &'a crate::settings::Settings,
     certificates: &'a [crate::config::Certificate],
     /// `load_module` arguments.
@@ -864,6 +866,8 @@ impl<'a> Head<'a> {
             https_port: c.https_port,
             server_names_hash_bucket_size: c.server_names_hash_bucket_size,
             server_names_hash_max_size: c.server_names_hash_max_size,
+            variables_hash_bucket_size: c.variables_hash_bucket_size,
+            variables_hash_max_size: c.variables_hash_max_size,
             settings: s,
             certificates: &c.certificates,
             load_modules,

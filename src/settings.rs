@@ -194,6 +194,14 @@ pub struct Settings {
     pub brotli_types: Vec<String>,
     pub server_tokens: bool,
     pub server_name_hash_bucket_size: Option<u32>,
+    /// A floor for `server_names_hash_max_size` (wicket sizes it from the
+    /// number of exact names, and never below this).
+    pub server_name_hash_max_size: u32,
+    /// `variables_hash_bucket_size` and a floor for
+    /// `variables_hash_max_size` (wicket raises it with the number of maps
+    /// the Ingresses generate, so that nginx can always build the hash).
+    pub variables_hash_bucket_size: u32,
+    pub variables_hash_max_size: u32,
 
     pub block_cidrs: Vec<Cidr>,
     pub block_user_agents: Vec<MatchPattern>,
@@ -327,6 +335,9 @@ impl Default for Settings {
                 .collect(),
             server_tokens: false,
             server_name_hash_bucket_size: None,
+            server_name_hash_max_size: 1024,
+            variables_hash_bucket_size: 256,
+            variables_hash_max_size: 2048,
             block_cidrs: Vec::new(),
             block_user_agents: Vec::new(),
             block_referers: Vec::new(),
@@ -502,6 +513,19 @@ impl Settings {
                     return Err(Invalid("must be a power of two".into()));
                 }
                 s.server_name_hash_bucket_size = Some(n);
+            }
+            "server-name-hash-max-size" => {
+                s.server_name_hash_max_size = parse_count(value, 512, 1 << 20)?
+            }
+            "variables-hash-bucket-size" => {
+                let n = parse_count(value, 64, 65_536)?;
+                if !n.is_power_of_two() {
+                    return Err(Invalid("must be a power of two".into()));
+                }
+                s.variables_hash_bucket_size = n;
+            }
+            "variables-hash-max-size" => {
+                s.variables_hash_max_size = parse_count(value, 512, 1 << 20)?
             }
             "block-cidrs" => s.block_cidrs = ranges(value)?,
             "block-user-agents" => {

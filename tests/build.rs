@@ -2,6 +2,8 @@
 //! determinism, without nginx. What the routes do to real requests is tested
 //! through nginx in `serve.rs`.
 
+mod common;
+
 use wicket::build::{self, Build, ClassOptions, Options};
 use wicket::cluster::{Cluster, Kind};
 use wicket::config::{Action, Match};
@@ -864,4 +866,48 @@ fn a_regex_that_takes_every_uri_leaves_no_catch_all_location() {
     for path in ["/api", "/a.*", "/(api|web)"] {
         assert_eq!(roots(path), 1, "{path}");
     }
+}
+
+#[test]
+fn thousands_of_generated_maps_still_fit_nginx_s_variables_hash() {
+    // Each distinct CORS origin list is a map of its own, and each canary
+    // five: with nginx's default hash sizes (max 1024, bucket 64), 1,500 of
+    // them made `nginx -t` warn that it could not build the variables hash
+    // and fall back to a slower one.
+    let mut yaml = BACKENDS.to_string();
+    for i in 0..1500 {
+        yaml.push_str(&ingress(
+            &format!("c{i}"),
+            &format!(
+                "  annotations:\n    nginx.ingress.kubernetes.io/enable-cors: \"true\"\n    nginx.ingress.kubernetes.io/cors-allow-origin: \"https://o{i}.example\"\n"
+            ),
+            &simple_rule(&format!("h{i}.example"), "/", "Prefix"),
+        ));
+    }
+    let b = run(&yaml);
+    assert_eq!(b.config.cors_maps.len(), 1500);
+    let text = Renderer::embedded()
+        .unwrap()
+        .render(&b.config, &RenderEnv::default())
+        .unwrap();
+    assert!(text.contains("    variables_hash_bucket_size 256;\n"));
+    let said = common::nginx_test(&text, &b.config);
+    assert!(!said.contains("variables_hash"), "nginx -t said: {said}");
+}
+
+#[test]
+fn the_variables_hash_keys_set_floors() {
+    let yaml = format!(
+        "{BACKENDS}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: wicket, namespace: shop}}\ndata: {{variables-hash-bucket-size: \"512\", variables-hash-max-size: \"16384\", server-name-hash-max-size: \"4096\"}}\n"
+    );
+    let mut o = opts();
+    o.configmap = Some("shop/wicket".parse().unwrap());
+    let b = build::build(&cluster(&yaml), &o);
+    assert_eq!(b.config.variables_hash_bucket_size, 512);
+    assert_eq!(b.config.variables_hash_max_size, 16384);
+    assert_eq!(b.config.server_names_hash_max_size, 4096);
+    let b = run(BACKENDS);
+    assert_eq!(b.config.variables_hash_bucket_size, 256);
+    assert_eq!(b.config.variables_hash_max_size, 2048);
+    assert_eq!(b.config.server_names_hash_max_size, 1024);
 }

@@ -2742,9 +2742,9 @@ pub static KEYS: &[Key] = &[
     key(
         "server-name-hash-max-size",
         OPEN,
-        Unsupported("not supported yet"),
+        Differs("a floor: wicket raises it with the number of host names"),
         "1024",
-        "",
+        "8192",
     ),
     key(
         "server-snippet",
@@ -2956,19 +2956,13 @@ pub static KEYS: &[Key] = &[
     key("use-http2", OPEN, Supported, "true", "false"),
     key("use-port-in-redirects", OPEN, Supported, "false", "true"),
     key("use-proxy-protocol", OPEN, Supported, "false", "true"),
-    key(
-        "variables-hash-bucket-size",
-        OPEN,
-        Unsupported("not supported yet"),
-        "256",
-        "",
-    ),
+    key("variables-hash-bucket-size", OPEN, Supported, "256", "512"),
     key(
         "variables-hash-max-size",
         OPEN,
-        Unsupported("not supported yet"),
+        Differs("a floor: wicket raises it with the number of maps the Ingresses generate"),
         "2048",
-        "",
+        "4096",
     ),
     key(
         "vts-default-filter-key",

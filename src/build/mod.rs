@@ -636,7 +636,13 @@ pub fn build_reusing(cluster: &Cluster, opts: &Options, previous: Option<&Config
             .server_name_hash_bucket_size
             .unwrap_or(0)
             .max(hash_bucket_size(longest)),
-        server_names_hash_max_size: (exact.next_power_of_two() as u32 * 4).max(1024),
+        server_names_hash_max_size: (exact.next_power_of_two() as u32 * 4)
+            .max(settings.server_name_hash_max_size),
+        variables_hash_bucket_size: settings.variables_hash_bucket_size,
+        variables_hash_max_size: variables_hash_max_size(
+            settings.variables_hash_max_size,
+            cors_maps.len() + 5 * b.canaries.len() + 2 * limit_zones.len(),
+        ),
         default_server,
         servers,
         upstreams,
@@ -2147,6 +2153,16 @@ impl<'a> OldServers<'a> {
 
 /// How requests are split between a location's main upstream and its
 /// canary's, named by a hash of all of it.
+/// A ceiling for nginx's variables hash that it can always be built under:
+/// four slots for each variable the Ingresses generate (`generated`) and
+/// for the few hundred nginx and wicket define, so that no bucket overflows
+/// (the default `variables_hash_bucket_size` 256 holds four of the longest
+/// names), and never below the configured floor (2048 by default).
+fn variables_hash_max_size(floor: u32, generated: usize) -> u32 {
+    let wanted = (generated + 512).next_power_of_two().saturating_mul(4);
+    u32::try_from(wanted).unwrap_or(u32::MAX).max(floor)
+}
+
 fn canary_choice(
     c: &crate::annotations::canary::Canary,
     main: &str,

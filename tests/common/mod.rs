@@ -104,8 +104,9 @@ pub fn modules() -> wicket::config::Modules {
 }
 
 /// Runs `nginx -t` on a rendered config with its certificates in a
-/// temporary state folder; panics with nginx's message if it refuses.
-pub fn nginx_test(text: &str, config: &Config) {
+/// temporary state folder; panics with nginx's message if it refuses, and
+/// returns what it said (its warnings) if it accepts.
+pub fn nginx_test(text: &str, config: &Config) -> String {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("certs")).unwrap();
     std::fs::create_dir(dir.path().join("tmp")).unwrap();
@@ -137,6 +138,7 @@ pub fn nginx_test(text: &str, config: &Config) {
         "nginx -t refused the config: {}\n{text}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A free TCP port on all addresses (bound and released; the test binds it
