@@ -770,6 +770,12 @@ mod tests {
             ("enable-owasp-modsecurity-crs", "yes"),
             ("modsecurity-snippet", "SecRuleEngine On\0"),
             ("modsecurity-snippet", "SecAction \"id:949110,pass\""),
+            ("variables-hash-bucket-size", "100"),
+            ("variables-hash-bucket-size", "256;"),
+            ("variables-hash-bucket-size", "32"),
+            ("variables-hash-max-size", "2048 4096"),
+            ("variables-hash-max-size", "99999999999"),
+            ("server-name-hash-max-size", "-1"),
         ] {
             let mut s = Settings::default();
             assert!(s.apply(k, v).is_err(), "{k}={v:?} accepted");

@@ -2151,8 +2151,6 @@ impl<'a> OldServers<'a> {
     }
 }
 
-/// How requests are split between a location's main upstream and its
-/// canary's, named by a hash of all of it.
 /// A ceiling for nginx's variables hash that it can always be built under:
 /// four slots for each variable the Ingresses generate (`generated`) and
 /// for the few hundred nginx and wicket define, so that no bucket overflows
@@ -2163,6 +2161,8 @@ fn variables_hash_max_size(floor: u32, generated: usize) -> u32 {
     u32::try_from(wanted).unwrap_or(u32::MAX).max(floor)
 }
 
+/// How requests are split between a location's main upstream and its
+/// canary's, named by a hash of all of it.
 fn canary_choice(
     c: &crate::annotations::canary::Canary,
     main: &str,
