@@ -608,8 +608,8 @@ fn balance_vars(
 
 /// The name of an nginx object (a map, a variable, an upstream, a zone, an
 /// internal location) that Ingresses share when they ask for the same
-/// thing: 96 bits of a SHA-256 of what it holds, in hex (as the files of
-/// certificates and htpasswd are named). Names are not checked for
+/// thing, and the files of htpasswd and CA bundles: 96 bits of a SHA-256
+/// of what it holds, in hex. Names are not checked for
 /// clashes, so they must be long enough that no tenant can find a value
 /// whose name is another tenant's (48 bits could be searched in hours, and
 /// the object named would then serve the other's locations); and short
@@ -1200,8 +1200,7 @@ fn basic_auth(
             out
         }
     };
-    use sha2::Digest;
-    let file = hex::encode(&sha2::Sha256::digest(content.as_bytes())[..12]);
+    let file = short_hash(&content);
     let realm = auth
         .realm
         .clone()

@@ -215,7 +215,7 @@ pub fn client_ca_files(secret: &Secret) -> Result<(String, Option<String>), Stri
 
 /// A CA bundle as the config holds it, named by a hash of its content.
 pub fn trusted(pem: String, source: String) -> crate::config::Trusted {
-    let name = hex::encode(&Sha256::digest(pem.as_bytes())[..12]);
+    let name = super::policy::short_hash(&pem);
     crate::config::Trusted { name, pem, source }
 }
 
